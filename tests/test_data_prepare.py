@@ -92,6 +92,7 @@ def source(tmp_path: Path) -> Path:
     _rgba_sprite().save(outside)
     os.symlink(outside, src / "link_out.png")
     os.symlink(src / "25.png", src / "link_in.png")  # inside the source: allowed
+    os.symlink(tmp_path / "gone.png", src / "dangling.png")
     return src
 
 
@@ -128,6 +129,7 @@ def test_manifest_accounts_for_every_input(source: Path, tmp_path: Path) -> None
     assert reason("tiny.png") == "too_small"
     assert reason("bomb.png") == "decompression_bomb"
     assert reason("link_out.png") == "symlink_outside_source"
+    assert reason("dangling.png") == "broken_symlink"
     assert reason("gray.png") == "empty"
     assert reason("copy_of_25.png") == "duplicate"  # "25.png" sorts first and is kept
     assert reason("link_in.png") == "duplicate"
@@ -145,7 +147,7 @@ def test_manifest_accounts_for_every_input(source: Path, tmp_path: Path) -> None
     for r in (4, 8, 16):
         arr = np.load(out / f"images_{r}.npy")
         assert arr.shape == (len(ok), 3, r, r) and arr.dtype == np.uint8
-    assert summary["status"] == {"duplicate": 4, "ok": len(ok), "rejected": 7}
+    assert summary["status"] == {"duplicate": 4, "ok": len(ok), "rejected": 8}
     assert json.loads((out / "summary.json").read_text())["reasons"] == summary["reasons"]
     assert _tree_digest(source) == before  # sources untouched
     assert not list(tmp_path.glob(".prepared*"))  # no temp folder left behind
@@ -258,3 +260,17 @@ def test_svg_renders_without_fetching_what_it_points_to(tmp_path: Path) -> None:
     assert m.loc["2.svg", "reason"] == "empty"
     img = np.load(out / "images_8.npy")[0]
     assert img[2, 4, 4] > 150 and img[0, 4, 4] < 80  # blue circle in the middle
+
+
+def test_cli_prepare_reads_the_data_section(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stylegan.cli import main
+
+    params = tmp_path / "params.yaml"
+    out = tmp_path / "cli_out"
+    params.write_text(f"data:\n  source: {source}\n  out_dir: {out}\n  max_resolution: 8\n  max_pixels: 100000\n")
+    assert main(["prepare", "--params", str(params), "--set", "min_size=16", "--workers", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["params"]["max_resolution"] == 8
+    assert sorted(p.name for p in out.glob("images_*.npy")) == ["images_4.npy", "images_8.npy"]
+    assert main(["prepare", "--params", str(params), "--set", f"source={tmp_path / 'nowhere'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["fetch", "--params", str(params)]) == 0  # a folder source: nothing to fetch

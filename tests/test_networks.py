@@ -243,3 +243,13 @@ def test_paper_parameter_counts() -> None:
     n_d = _nparams(Discriminator(cfg))
     assert n_d == 23_087_249  # the official StyleGAN 1024 discriminator
     print(f"paper G trainable parameters: {n_g:,}; D: {n_d:,}")
+
+
+def test_mapping_network_uses_its_lr_multiplier() -> None:
+    cfg = ModelConfig(z_dim=16, w_dim=16, mapping_layers=3, mapping_width=24, mapping_lr_mul=0.01, max_resolution=8)
+    m = Generator(cfg).mapping
+    assert [m.fc0.in_features, m.fc1.in_features, m.fc2.in_features, m.fc2.out_features] == [16, 24, 24, 16]
+    assert m.fc0.weight_gain == pytest.approx(2**0.5 / 4 * 0.01) and m.fc0.bias_gain == 0.01
+    assert m.fc1.weight.std().item() == pytest.approx(100.0, rel=0.15)  # N(0, 1) / lr_mul
+    # Synthesis layers keep lr_mul 1.
+    assert Generator(cfg).synthesis.b8.conv0.weight_gain == pytest.approx(2**0.5 / (cfg.channels(4) * 9) ** 0.5)

@@ -329,7 +329,7 @@ class Trainer:
                 last = self.save()
                 break
             phase = self.phase
-            stats = self._train_step(phase)
+            stats = self.train_step(phase)
             steps += 1
             self._accumulate(stats)
             if self.cur_nimg >= self._tick["next_nimg"]:
@@ -387,7 +387,10 @@ class Trainer:
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= self.world_size
 
-    def _train_step(self, phase: Phase) -> dict[str, float]:
+    def train_step(self, phase: Phase | None = None) -> dict[str, float]:
+        """One D update and one G update at ``phase`` (default: the current one); no reporting or
+        checkpointing (``run``/``run_stage`` add those). Returns loss_G, loss_D and r1."""
+        phase = phase or self.phase
         t, m = self.train_cfg, self.model_cfg
         if phase.resolution != self.cur_resolution:
             self._enter_stage(phase)

@@ -49,6 +49,10 @@ def _train(args: argparse.Namespace) -> int:
     from stylegan.config import load_params, section, set_override
     from stylegan.training import Trainer
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     params = load_params(args.params)
     for assignment in args.set:
         set_override(params, assignment)
@@ -80,6 +84,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="train up to the end of this resolution's stage only")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     p.add_argument("--export", default=None, metavar="DIR", help="export G_ema (safetensors + JSON) here afterwards")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: one per core; 1 can be faster on a busy machine)")
     p.set_defaults(func=_train)
 
 

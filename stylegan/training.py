@@ -398,8 +398,11 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = phase.lr
         res, alpha = phase.resolution, phase.alpha
+        # Compiled graphs get alpha as a tensor: a Python float would be baked in and recompiled
+        # at every new value during a fade-in.
+        alpha_in: float | torch.Tensor = torch.tensor(alpha, device=self.device) if t.compile else alpha
         b = phase.batch_size // self.world_size
-        g_kwargs = {"resolution": res, "alpha": alpha, "mixing_prob": m.style_mixing_prob, "noise_mode": "random"}
+        g_kwargs = {"resolution": res, "alpha": alpha_in, "mixing_prob": m.style_mixing_prob, "noise_mode": "random"}
 
         # --- D step ---
         reals = self._reals(phase)
@@ -412,14 +415,14 @@ class Trainer:
         if t.loss == "logistic":
             do_r1 = t.r1_gamma > 0 and self.step % t.r1_interval == 0
             with self._autocast():
-                fake_logits = self._D_fwd(fakes.detach(), resolution=res, alpha=alpha)
+                fake_logits = self._D_fwd(fakes.detach(), resolution=res, alpha=alpha_in)
             if do_r1:
                 reals_g = reals.detach().requires_grad_(True)
                 real_logits = self.D(reals_g, resolution=res, alpha=alpha)
                 r1 = losses.r1_penalty(real_logits, reals_g)
             else:
                 with self._autocast():
-                    real_logits = self._D_fwd(reals, resolution=res, alpha=alpha)
+                    real_logits = self._D_fwd(reals, resolution=res, alpha=alpha_in)
             loss_D = losses.logistic_d_loss(real_logits.float(), fake_logits.float())
             if do_r1:
                 # Lazy regularisation: applied every r1_interval steps, scaled to keep its strength.
@@ -447,7 +450,7 @@ class Trainer:
         self.D.requires_grad_(False)
         with self._autocast():
             fakes = self._G_fwd(z, update_w_avg=True, **g_kwargs)
-            fake_logits = self._D_fwd(fakes, resolution=res, alpha=alpha)
+            fake_logits = self._D_fwd(fakes, resolution=res, alpha=alpha_in)
         g_loss = losses.logistic_g_loss if t.loss == "logistic" else losses.wgan_g_loss
         loss_G = g_loss(fake_logits.float())
         self.opt_G.zero_grad(set_to_none=True)
@@ -464,7 +467,11 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self, batch_size: int) -> None:
         t = self.train_cfg
-        beta = 0.5 ** (batch_size / (t.ema_kimg * 1000)) if t.ema_kimg > 0 else 0.0
+        ema_nimg = t.ema_kimg * 1000
+        if t.ema_rampup is not None:
+            # Early in a run a long half-life would keep G_ema at its random init (StyleGAN2-ADA's ramp-up).
+            ema_nimg = min(ema_nimg, self.cur_nimg * t.ema_rampup)
+        beta = 0.5 ** (batch_size / ema_nimg) if ema_nimg > 0 else 0.0
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
             p_ema.copy_(p.detach().lerp(p_ema, beta))
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):

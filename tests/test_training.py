@@ -177,6 +177,15 @@ def test_ema_half_life(data: Path, tmp_path: Path) -> None:
     beta = 0.5 ** (4 / 4.0)  # batch 4, half-life 4 images
     assert torch.allclose(trainer.G_ema.synthesis.b4.conv1.weight, p.lerp(p_ema_before, beta))
 
+    # Ramp-up: the half-life is capped at ema_rampup * images shown (0 at the first step: a copy).
+    ramped = Trainer(tiny_model(), tiny_train(ema_kimg=10.0, ema_rampup=0.5), data, tmp_path / "ramped")
+    ramped.run(max_steps=1)
+    assert torch.equal(ramped.G_ema.synthesis.b4.conv1.weight, ramped.G.synthesis.b4.conv1.weight)
+    before = ramped.G_ema.synthesis.b4.conv1.weight.clone()
+    ramped.run(max_steps=1)  # now 4 images shown: half-life min(10000, 2) images, batch 4 -> beta 1/4
+    p = ramped.G.synthesis.b4.conv1.weight
+    assert torch.allclose(ramped.G_ema.synthesis.b4.conv1.weight, p.lerp(before, 0.25))
+
 
 def test_params_change_refuses_to_resume(data: Path, tmp_path: Path) -> None:
     Trainer(tiny_model(), tiny_train(), data, tmp_path / "run").run(max_steps=1)

@@ -324,11 +324,14 @@ class Trainer:
         last: Path | None = None
         steps = 0
         self._start_tick()
+        clock: tuple[int, float] = (-1, 0.0)  # (stage index, when this call started training it)
         while not done():
             if max_steps is not None and steps >= max_steps:
                 last = self.save()
                 break
             phase = self.phase
+            if clock[0] != phase.stage.index:
+                clock = (phase.stage.index, time.perf_counter())
             stats = self.train_step(phase)
             steps += 1
             self._accumulate(stats)
@@ -341,7 +344,7 @@ class Trainer:
                     self._emit_tick(phase)
                 last = self._save_stage(phase.resolution)
                 self._snapshot(phase)
-                result = StageResult(phase.resolution, self.kimg, last, 0.0)
+                result = StageResult(phase.resolution, self.kimg, last, time.perf_counter() - clock[1])
                 self._call("on_stage_end", result)
             elif crossed_snapshot and t.snapshot_kimg > 0:
                 last = self.save()

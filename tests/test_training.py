@@ -151,6 +151,7 @@ def test_stages_callbacks_checkpoints_and_snapshots(data: Path, tmp_path: Path) 
     assert any(0 < s["alpha"] < 1 for s in rec.ticks)  # the fade-in was reported
     assert all(np.isfinite(s["loss_G"]) and np.isfinite(s["loss_D"]) for s in rec.ticks)
     assert [r.resolution for r in rec.stage_ends] == [4, 8]
+    assert all(r.seconds > 0 for r in rec.stage_ends)
     res, kimg, grid, path = rec.snapshots[-1]
     assert kimg == pytest.approx(0.048)
     assert res == 8 and path.exists() and path.parent == tmp_path / "run" / "snapshots"

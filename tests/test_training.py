@@ -253,3 +253,13 @@ def test_export_from_trainer_is_trimmed_to_the_trained_resolution(data: Path, tm
     assert G.img_resolution == 4
     ours = generate(trainer.G_ema, seeds=[0, 1], resolution=4)
     assert np.array_equal(generate(G, seeds=[0, 1]), ours)
+
+
+def test_channels_last_option_trains(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_model(), tiny_train(channels_last=True, amp=True), data, tmp_path / "run")
+    assert trainer.D.b8.conv0.weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.amp_dtype is None  # amp never applies on CPU
+    before = trainer.G.synthesis.b4.conv1.weight.clone()
+    stats = trainer.train_step()
+    assert all(np.isfinite(v) for v in stats.values())
+    assert not torch.equal(before, trainer.G.synthesis.b4.conv1.weight)

@@ -49,7 +49,24 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def frechet_distance_features(real: np.ndarray, fake: np.ndarray) -> float:
-    return frechet_distance(*mean_cov(real), *mean_cov(fake))
+    """Fréchet distance of two feature sets (N, D), (M, D).
+
+    With fewer samples than dimensions (e.g. 64 images x 1280 features) the covariances have
+    rank < N, and tr(sqrt(S1 S2)) equals the nuclear norm of Xc Yc^T / sqrt((N-1)(M-1)) for
+    the centred features: an N x M SVD instead of two D x D eigen-decompositions; same value.
+    """
+    x = np.asarray(real, dtype=np.float64)
+    y = np.asarray(fake, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
+        raise ValueError(f"need two feature sets (N>=2, D) of one width, got {x.shape} and {y.shape}")
+    if max(len(x), len(y)) > x.shape[1]:
+        return frechet_distance(*mean_cov(x), *mean_cov(y))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    n, m = len(x), len(y)
+    tr_sqrt = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt((n - 1) * (m - 1))
+    diff = x.mean(0) - y.mean(0)
+    fd = diff @ diff + (xc**2).sum() / (n - 1) + (yc**2).sum() / (m - 1) - 2.0 * tr_sqrt
+    return float(max(fd, 0.0))
 
 
 def kid(

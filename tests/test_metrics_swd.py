@@ -83,3 +83,16 @@ def test_swd_rejects_bad_input() -> None:
         swd(blobs(4, 0, res=8), blobs(4, 1, res=8))
     with pytest.raises(ValueError, match="one size"):
         swd(blobs(4, 0, res=32), blobs(4, 1, res=16))
+
+
+def test_swd_subsamples_the_larger_set_at_random_not_its_head() -> None:
+    # A packed dataset is in file order: here 48 sharp sprites, then 48 blurred ones. Fakes are
+    # an even mix of both. Comparing the fakes with the head of the reals (all sharp) would
+    # report a distance the model does not have.
+    real = np.concatenate([blobs(48, 0), blur(blobs(48, 2), 1.5)])
+    fake = np.concatenate([blobs(24, 1), blur(blobs(24, 3), 1.5)])
+    mixed = swd(real, fake, seed=0)["swd"]
+    head_only = swd(real[:48], fake, seed=0)["swd"]  # what taking the first len(fake) reals measures
+    assert mixed < 0.75 * head_only, f"{mixed:.1f} vs head-only {head_only:.1f}"
+    # The draw is seeded: the same call gives the same numbers.
+    assert swd(real, fake, seed=0)["swd"] == mixed

@@ -97,7 +97,7 @@ def _as_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def swd(
     real: np.ndarray | torch.Tensor,  # uint8 images (N, 3, R, R) or (N, R, R, 3)
-    fake: np.ndarray | torch.Tensor,  # same resolution; the first min(len(real), len(fake)) of each are used
+    fake: np.ndarray | torch.Tensor,  # same resolution; the larger set is subsampled (seeded) to the smaller's size
     *,
     min_resolution: int = 16,  # coarsest pyramid level
     patches_per_image: int = 128,
@@ -117,11 +117,19 @@ def swd(
     n = min(len(real_t), len(fake_t))
     if n < 2:
         raise ValueError(f"SWD needs at least 2 images per set, got {len(real_t)} real and {len(fake_t)} fake")
+    # The larger set is cut to n by a seeded random draw, never to its first n rows: a packed
+    # dataset is in file order (front / back / shiny sprites in runs), so its head is no sample.
+    pick = np.random.RandomState(seed)
+
+    def draw(t: torch.Tensor) -> torch.Tensor:
+        return t if len(t) == n else t[torch.from_numpy(np.sort(pick.choice(len(t), n, replace=False)))]
+
+    real_t, fake_t = draw(real_t), draw(fake_t)
     num_levels = int(np.log2(res // min_resolution)) + 1
     resolutions = [res >> i for i in range(num_levels)]
     # Independent patch positions for each set (as the paper's code draws them), shared directions.
     descs: list[list[torch.Tensor]] = []
-    for set_index, images in enumerate((real_t[:n], fake_t[:n])):
+    for set_index, images in enumerate((real_t, fake_t)):
         gen = torch.Generator().manual_seed(seed * 2 + set_index)
         per_level: list[list[torch.Tensor]] = [[] for _ in resolutions]
         for i in range(0, n, batch_size):

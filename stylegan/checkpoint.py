@@ -30,6 +30,8 @@ CHECKPOINT_FORMAT = "pokegan-checkpoint"
 GENERATOR_FORMAT = "pokegan-generator"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "generator.safetensors"
+_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
 CONFIG_NAME = "generator.json"
 
 # Train settings that change how a run is executed or reported, not what it computes:
@@ -65,6 +67,9 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes 0600 files; give the result the permissions a plain open() would, so a
+        # tracker, a server or a teammate can read checkpoints, exports and images.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -20,17 +20,12 @@ from PIL import Image, ImageDraw
 
 from stylegan import sampling
 from stylegan.metrics.reference import atomic_write_bytes
+from stylegan.sampling import save_png
 
 TRUNCATION_PSIS = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
 STYLE_RANGES = ("coarse", "middle", "fine")
 LOSS_COLUMNS = ("loss_G", "loss_D")
 _COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
-
-
-def save_png(image: Image.Image, path: Path) -> Path:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _upscale(image: Image.Image, tile: int, min_tile: int = 128) -> Image.Image:

@@ -176,3 +176,23 @@ def test_load_generator_errors(tmp_path: Path) -> None:
         load_generator(tmp_path / "f")
     with pytest.raises(CheckpointError, match="not one of"):
         export_generator(Generator(tiny_model()), tmp_path / "g", resolution=32)
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path: Path) -> None:
+    # Checkpoints, exports and images must be readable by whoever reads the run (a tracker, a
+    # server, a teammate): the mode a plain open() gives under the current umask.
+    import stat
+
+    from stylegan.sampling import save_png
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    usual = stat.S_IMODE(plain.stat().st_mode)
+    assert usual & 0o044, "the test needs a umask that lets group/others read"
+    paths = [
+        save_checkpoint(tmp_path / "ckpt.pt", {"x": torch.zeros(1)}),
+        export_generator(Generator(tiny_model(max_resolution=8)), tmp_path / "export"),
+        save_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "img.png"),
+    ]
+    for p in [*paths, tmp_path / "export" / "generator.json"]:
+        assert stat.S_IMODE(p.stat().st_mode) == usual, f"{p.name}: {oct(p.stat().st_mode)} != {oct(usual)}"

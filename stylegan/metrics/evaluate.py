@@ -27,7 +27,8 @@ from stylegan.metrics.effnet import FeatureExtractor, MissingWeightsError
 from stylegan.metrics.inception import InceptionFeatureExtractor
 from stylegan.metrics.reference import ReferenceSet, atomic_write_json
 from stylegan.metrics.swd import swd
-from stylegan.reports import save_png, write_reports
+from stylegan.reports import write_reports
+from stylegan.sampling import save_png
 
 TICKS_NAME = "train_ticks.csv"  # the flows copy the trainer's tick log here, next to eval.json
 

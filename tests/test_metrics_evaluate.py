@@ -125,3 +125,20 @@ def test_cli_evaluate(data_root: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert (tmp_path / "reports" / "novelty_pixel.png").is_file()
     # A missing model is one clear line, exit code 2.
     assert main(["evaluate", "--model", str(tmp_path / "none"), "--params", str(tmp_path / "params.yaml")]) == 2
+
+
+def test_metric_samples_use_seeded_random_noise(tmp_path: Path) -> None:
+    from stylegan.metrics.evaluate import evaluation_samples
+    from stylegan.sampling import generate
+
+    G = tiny_generator()  # noise strengths 0.5: the noise inputs visibly change the images
+    cfg = small_cfg(tmp_path, num_samples=6)
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    a = evaluation_samples(G, cfg)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+    assert a.shape == (6, 3, 32, 32) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, evaluation_samples(G, cfg))  # deterministic
+    # Not the const buffers: with those every sample would share one noise realisation.
+    const = generate(G, seeds=range(cfg.seed, cfg.seed + 6), noise_mode="const").transpose(0, 3, 1, 2)
+    assert not np.array_equal(a, const)

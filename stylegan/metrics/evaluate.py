@@ -46,6 +46,24 @@ def _deep_feature_metrics(
     }
 
 
+def evaluation_samples(G: torch.nn.Module, cfg: EvaluateConfig) -> np.ndarray:
+    """uint8 ``(num_samples, 3, R, R)`` samples the metrics compare with the data.
+
+    Noise inputs are random, as in the official StyleGAN metrics: const noise would give every
+    sample the same stochastic detail, a narrower distribution than the generator's. The noise
+    is drawn from ``cfg.seed`` in a forked RNG, so the samples are deterministic and the
+    caller's global RNG is left as it was.
+    """
+    dev = next(G.parameters()).device
+    seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        fake = sampling.generate(
+            G, seeds=seeds, truncation_psi=cfg.truncation_psi, noise_mode="random", batch_size=cfg.batch_size
+        )
+    return np.ascontiguousarray(fake.transpose(0, 3, 1, 2))
+
+
 def evaluate_generator(
     G: torch.nn.Module,  # a Generator (eval mode); its img_resolution picks images_<R>.npy
     data_root: str | Path,  # data/prepared
@@ -68,11 +86,7 @@ def evaluate_generator(
     if len(ref.indices) < 2:
         raise ValueError(f"{data_root} holds {len(ref.indices)} image(s) at {res}x{res}; evaluation needs at least 2")
 
-    seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
-    fake = sampling.generate(
-        G, seeds=seeds, truncation_psi=cfg.truncation_psi, noise_mode="const", batch_size=cfg.batch_size
-    ).transpose(0, 3, 1, 2)
-    fake = np.ascontiguousarray(fake)
+    fake = evaluation_samples(G, cfg)
     real = ref.images
     metrics: dict[str, float] = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,9 +13,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models run fastest single-threaded (and far faster on a shared, busy machine).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_one_thread() -> Iterator[None]:
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(1)  # a test that set more threads (pokegan train --threads) hands back one

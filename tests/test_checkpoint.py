@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,15 +22,6 @@ from stylegan.checkpoint import (
 )
 from stylegan.config import ModelConfig, TrainConfig
 from stylegan.networks import Generator
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    # Tiny models run fastest single-threaded (and far faster on a shared, busy machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(**kw: int) -> ModelConfig:

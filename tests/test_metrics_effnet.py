@@ -6,8 +6,6 @@ extractor and at most 40 images per set keep this file to seconds on a shared CP
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -21,14 +19,6 @@ pytestmark = pytest.mark.skipif(
 
 N = 40  # images per set
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On a shared, oversubscribed CPU one thread per test process is several times faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 

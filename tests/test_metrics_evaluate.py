@@ -20,15 +20,6 @@ from tests.test_metrics_reports import tiny_generator
 from tests.test_metrics_swd import blobs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On a shared, oversubscribed CPU one thread per test process is several times faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def _no_inception_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # never the user's cache

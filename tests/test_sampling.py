@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,15 +20,6 @@ from stylegan.sampling import (
     seeds_to_z,
     style_mixing_grid,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    # Tiny models run fastest single-threaded (and far faster on a shared, busy machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

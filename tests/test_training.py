@@ -15,14 +15,6 @@ from stylegan.training import Trainer, resolve_device
 COLOUR = np.array([230, 60, 40], np.uint8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    # Tiny models run fastest single-threaded (and far faster on a shared, busy machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def write_toy_data(root: Path, resolutions: tuple[int, ...] = (4, 8, 16), n: int = 64) -> Path:
     """Solid-colour images (a fixed colour, every resolution), as the prepare stage packs them."""

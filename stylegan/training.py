@@ -139,6 +139,7 @@ class Trainer:
         self.cur_resolution: int | None = None  # resolution of the last step (growth detection)
         self._dataset: PackedDataset | None = None
         self._tick: dict[str, Any] = {}
+        self._r1_applied = False  # whether the last train_step computed the R1 / GP penalty
         self.resumed_from: Path | None = None
         if self.rank == 0 and self.ckpt_dir.exists():
             remove_stale_temp_files(self.ckpt_dir)
@@ -415,8 +416,8 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             fakes = self._G_fwd(z, **g_kwargs)
         r1 = torch.zeros((), device=self.device)
+        do_r1 = t.r1_gamma > 0 and self.step % t.r1_interval == 0
         if t.loss == "logistic":
-            do_r1 = t.r1_gamma > 0 and self.step % t.r1_interval == 0
             with self._autocast():
                 fake_logits = self._D_fwd(fakes.detach(), resolution=res, alpha=alpha_in)
             if do_r1:
@@ -465,6 +466,7 @@ class Trainer:
         self._update_ema(phase.batch_size)
         self.cur_nimg += phase.batch_size
         self.step += 1
+        self._r1_applied = do_r1 if t.loss == "logistic" else True  # lazy R1: ticks average r1 over these steps only
         return {"loss_G": float(loss_G.detach()), "loss_D": float(loss_D.detach()), "r1": float(r1.detach())}
 
     @torch.no_grad()
@@ -498,11 +500,13 @@ class Trainer:
             "start_time": time.perf_counter(),
             "start_nimg": self.cur_nimg,
             "steps": 0,
+            "r1_steps": 0,
             "sums": {"loss_G": 0.0, "loss_D": 0.0, "r1": 0.0},
         }
 
     def _accumulate(self, stats: dict[str, float]) -> None:
         self._tick["steps"] += 1
+        self._tick["r1_steps"] += int(self._r1_applied)
         for k, v in stats.items():
             self._tick["sums"][k] += v
 
@@ -518,7 +522,9 @@ class Trainer:
             "batch_size": phase.batch_size,
             "loss_G": tk["sums"]["loss_G"] / n,
             "loss_D": tk["sums"]["loss_D"] / n,
-            "r1": tk["sums"]["r1"] / n,
+            # With lazy R1 the penalty exists on every r1_interval-th step; averaging the zeros
+            # of the other steps in would report it 1/r1_interval times too small.
+            "r1": tk["sums"]["r1"] / max(tk["r1_steps"], 1),
             "images_per_sec": (self.cur_nimg - tk["start_nimg"]) / max(secs, 1e-9),
             "sec_per_tick": secs,
             "stage": phase.stage.index,

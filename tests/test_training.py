@@ -255,3 +255,20 @@ def test_channels_last_option_trains(data: Path, tmp_path: Path) -> None:
     stats = trainer.train_step()
     assert all(np.isfinite(v) for v in stats.values())
     assert not torch.equal(before, trainer.G.synthesis.b4.conv1.weight)
+
+
+def test_lazy_r1_ticks_average_the_penalty_over_the_steps_that_compute_it(data: Path, tmp_path: Path) -> None:
+    rec = Recorder()
+    trainer = Trainer(tiny_model(), tiny_train(r1_interval=2, tick_kimg=0.016), data, tmp_path / "run", callbacks=[rec])
+    step_r1: list[float] = []
+    plain_step = trainer.train_step
+
+    def recording_step(phase: Any = None) -> dict[str, float]:
+        stats = plain_step(phase)
+        step_r1.append(stats["r1"])
+        return stats
+
+    trainer.train_step = recording_step  # type: ignore[method-assign]
+    trainer.run(max_steps=4)  # one tick of 4 steps; R1 on steps 0 and 2 only
+    assert len(step_r1) == 4 and step_r1[1] == step_r1[3] == 0.0 and step_r1[0] > 0 and step_r1[2] > 0
+    assert rec.ticks[0]["r1"] == pytest.approx((step_r1[0] + step_r1[2]) / 2)  # not diluted by the skipped steps

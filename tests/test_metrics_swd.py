@@ -85,3 +85,13 @@ def test_swd_subsamples_the_larger_set_at_random_not_its_head() -> None:
     assert mixed < 0.75 * head_only, f"{mixed:.1f} vs head-only {head_only:.1f}"
     # The draw is seeded: the same call gives the same numbers.
     assert swd(real, fake, seed=0)["swd"] == mixed
+
+
+def test_descriptor_normalisation_matches_progan_finalize_descriptors() -> None:
+    from stylegan.metrics.swd import _normalize
+
+    desc = np.random.RandomState(0).rand(5, 3, 7, 7).astype(np.float64) * 255
+    # Progressive GAN's sliced_wasserstein.finalize_descriptors, verbatim in numpy.
+    ref = desc - np.mean(desc, axis=(0, 2, 3), keepdims=True)
+    ref /= np.std(desc, axis=(0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(_normalize(torch.from_numpy(desc)).numpy(), ref.reshape(5, -1), rtol=1e-10)

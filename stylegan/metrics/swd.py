@@ -64,7 +64,7 @@ def _patch_descriptors(
 def _normalize(desc: torch.Tensor) -> torch.Tensor:
     """Per colour channel: zero mean, unit std over every descriptor of the set; then flatten."""
     mean = desc.mean(dim=(0, 2, 3), keepdim=True)
-    std = desc.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+    std = desc.std(dim=(0, 2, 3), keepdim=True, correction=0).clamp_min(1e-8)  # np.std, as ProGAN's code
     return ((desc - mean) / std).reshape(desc.shape[0], -1)
 
 

@@ -51,10 +51,12 @@ def test_paper_preset_schedule() -> None:
     m = from_dict(ModelConfig, PRESETS["paper"]["model"])
     s = stages(t, m)
     assert [x.resolution for x in s] == [8, 16, 32, 64, 128, 256, 512, 1024]
-    assert s[-1].end_kimg == 600 + 7 * 1200
+    assert s[-1].end_kimg == 25_000  # the official total_kimg
     p = phase_at(t, m, 600 + 300)  # halfway through the 16x16 fade-in
     assert (p.resolution, p.alpha, p.batch_size, p.lr) == (16, 0.5, 128, 0.001)
-    assert phase_at(t, m, 10_000).batch_size == 4 and phase_at(t, m, 10_000).lr == 0.003
+    assert phase_at(t, m, 10_000).batch_size == 32 and phase_at(t, m, 10_000).lr == 0.003
+    assert phase_at(t, m, 600 + 3 * 1200 + 900).resolution == 128
+    assert phase_at(t, m, 600 + 3 * 1200 + 900).batch_size == 32  # 128x128: minibatch_base of the 8-GPU config
 
 
 def test_max_resolution_limits_and_validation() -> None:

@@ -280,6 +280,11 @@ def read_generator_info(path: str | Path) -> tuple[Path, dict[str, Any]]:
             f"no exported generator at {path} (expected {WEIGHTS_NAME} + {CONFIG_NAME}; "
             "produce one with `pokegan train --export DIR` or stylegan.checkpoint.export_generator)"
         )
+    if weights.suffix != ".safetensors":  # e.g. a training checkpoint or params.yaml passed by mistake
+        raise CheckpointError(
+            f"{path} is not an exported generator (a folder or .safetensors file); export a run's G_ema with "
+            "`pokegan train --params PARAMS --run-dir RUN --export DIR` (a finished run trains nothing more)"
+        )
     config = weights.with_name(CONFIG_NAME) if weights.name == WEIGHTS_NAME else weights.with_suffix(".json")
     if not config.is_file():
         raise FileNotFoundError(f"{weights} has no {config.name} next to it; re-export the generator")

@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a pokegan checkpoint "
             f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}); "
-            "delete it to resume from the previous one"
+            "delete or replace it (a run resumes from its newest readable checkpoint)"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pokegan checkpoint")

@@ -303,13 +303,19 @@ _ADDERS += [_add_fetch, _add_prepare]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    # Warnings (a skipped corrupt checkpoint, ...) as one line each, not with a source line.
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_, **__: f"pokegan {args.command}: warning: {message}\n"
     try:
         return int(args.func(args) or 0)
     except (OSError, ValueError, KeyError) as exc:
         # Bad input (OSError: a path that is a file, a full disk, no permission) gets one clear line, not a traceback.
         print(f"pokegan {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
+    finally:
+        warnings.formatwarning = formatwarning
 
 if __name__ == "__main__":
     sys.exit(main())

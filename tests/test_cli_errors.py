@@ -220,3 +220,19 @@ def test_prepare_negative_workers(sprites: Path, tmp_path: Path, capsys: pytest.
     _fails(["prepare", "--params", str(tmp_path / "p.yaml"), "--root", str(tmp_path), "--set", f"source={sprites}",
             "--workers", "-3"],
            capsys, "workers must be >= 0")
+
+
+def test_train_corrupt_checkpoint_is_one_warning_line(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # An interrupted copy of the newest checkpoint: the run resumes from the one before, says so in one line.
+    argv = ["train", "--params", str(project / "params.yaml"), "--run-dir", str(project / "run"), "--max-steps", "1"]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    ckpts = sorted((project / "run" / "checkpoints").glob("ckpt-*.pt"))
+    assert len(ckpts) == 2
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:500])
+    capsys.readouterr()
+    with pytest.warns(UserWarning) as record:
+        assert main(argv) == 0
+    assert "skipped unreadable checkpoint" in str(record[0].message)
+    assert "delete it to resume from the previous one" not in str(record[0].message)  # it already did
+    assert f"resumed from {ckpts[0]}" in capsys.readouterr().out

@@ -127,7 +127,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a pokegan checkpoint "
             f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}); "
-            "delete it to resume from the previous one"
+            "delete or replace it (a run resumes from its newest readable checkpoint)"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pokegan checkpoint")
@@ -284,6 +284,11 @@ def read_generator_info(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise FileNotFoundError(
             f"no exported generator at {path} (expected {WEIGHTS_NAME} + {CONFIG_NAME}; "
             "produce one with `pokegan train --export DIR` or stylegan.checkpoint.export_generator)"
+        )
+    if weights.suffix != ".safetensors":  # e.g. a training checkpoint or params.yaml passed by mistake
+        raise CheckpointError(
+            f"{path} is not an exported generator (a folder or .safetensors file); export a run's G_ema with "
+            "`pokegan train --params PARAMS --run-dir RUN --export DIR` (a finished run trains nothing more)"
         )
     config = weights.with_name(CONFIG_NAME) if weights.name == WEIGHTS_NAME else weights.with_suffix(".json")
     if not config.is_file():

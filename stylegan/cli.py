@@ -24,6 +24,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------
+# Checks shared by the commands: fail before any work, with the flag that is wrong.
+
+
+def _int_at_least(low: int) -> object:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _check_dir_arg(path: str | Path, flag: str) -> None:
+    """``flag`` names a folder to write into: it (and every parent that exists) must be a folder."""
+    path = Path(path)
+    for p in [path, *path.parents]:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{flag} {path}: {p} is a file, not a folder; pass a folder path")
+
+
+def _check_file_arg(path: str | Path, flag: str, example: str) -> None:
+    """``flag`` names a file to write: not an existing folder, and its parents must be folders."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; pass a file path such as {path / example}")
+    _check_dir_arg(path.parent, flag)
+
+
+# ---------------------------------------------------------------------------------------------
 # pokegan train
 
 
@@ -49,6 +82,9 @@ def _train(args: argparse.Namespace) -> int:
     from stylegan.config import load_params, section, set_override
     from stylegan.training import Trainer
 
+    _check_dir_arg(args.run_dir, "--run-dir")
+    if args.export:
+        _check_dir_arg(args.export, "--export")  # before training, not after it
     if args.threads:
         import torch
 
@@ -82,9 +118,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default="runs/train", help="checkpoints and snapshots; an existing run resumes")
     p.add_argument("--stage", type=int, default=None, metavar="RES",
                    help="train up to the end of this resolution's stage only")
-    p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    p.add_argument("--max-steps", type=_int_at_least(0), default=None,
+                   help="stop (with a checkpoint) after this many steps")
     p.add_argument("--export", default=None, metavar="DIR", help="export G_ema (safetensors + JSON) here afterwards")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
                    help="torch CPU threads (default: one per core; 1 can be faster on a busy machine)")
     p.set_defaults(func=_train)
 
@@ -118,12 +155,20 @@ def _sample(args: argparse.Namespace) -> int:
     from stylegan.training import resolve_device
 
     seeds = parse_seeds(args.seeds)
+    if not 0.0 <= args.psi <= 1.0:  # also rejects nan
+        raise ValueError(f"--psi must be in [0, 1] (1 = no truncation, 0 = the average w), got {args.psi}")
+    _check_dir_arg(args.out, "--out")
+    if args.grid:
+        _check_file_arg(args.grid, "--grid", "grid.png")
     device = resolve_device(args.device)  # clear error for cuda on a machine without it
     try:
         G = _load_model(args.model, device)
     except _PipelineMissing as exc:
         print(f"pokegan sample: error: {exc}", file=sys.stderr)
         return 2
+    num_ws = int(G.num_ws)
+    if args.cutoff is not None and not 1 <= args.cutoff <= num_ws:
+        raise ValueError(f"--cutoff must be in 1..{num_ws} (this generator's style layers), got {args.cutoff}")
     images = generate(
         G, seeds=seeds, truncation_psi=args.psi, truncation_cutoff=args.cutoff, noise_mode=args.noise_mode
     )
@@ -162,13 +207,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     for assignment in args.set:
         set_override(params, assignment)
+    from stylegan.training import resolve_device
+
     cfg = section(params, "evaluate")
+    if not 0.0 <= cfg.truncation_psi <= 1.0:  # also rejects nan
+        raise ValueError(f"evaluate.truncation_psi must be in [0, 1] (1 = no truncation), got {cfg.truncation_psi}")
     data_root = args.data if args.data is not None else section(params, "data").out_dir
     out = Path(args.out)
-    G = load_generator(args.model, device=args.device)
+    _check_file_arg(out, "--out", "eval.json")
+    _check_dir_arg(args.reports if args.reports is not None else cfg.reports_dir, "--reports")
+    if args.ticks is not None and not Path(args.ticks).is_file():
+        raise FileNotFoundError(f"--ticks {args.ticks} does not exist; pass the trainer's train_ticks.csv or omit it")
+    device = resolve_device(args.device)  # clear error for an unknown device or missing CUDA
+    G = load_generator(args.model, device=device)
     metrics = evaluate_generator(
         G, data_root, cfg, out.parent, args.reports if args.reports is not None else cfg.reports_dir,
-        metrics_file=out.name, ticks=args.ticks, device=args.device,
+        metrics_file=out.name, ticks=args.ticks, device=device,
         log=lambda msg: print(f"pokegan evaluate: {msg}", file=sys.stderr, flush=True),
     )
     width = max(len(k) for k in metrics) if metrics else 0
@@ -190,7 +244,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reports", default=None, help="folder for the figures (default: evaluate.reports_dir)")
     p.add_argument("--ticks", default=None,
                    help="training tick log (CSV) for loss curves (default: train_ticks.csv next to --out, if any)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto (CUDA when present)")
     p.set_defaults(func=_evaluate)
 
 
@@ -249,13 +303,19 @@ _ADDERS += [_add_fetch, _add_prepare]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    # Warnings (a skipped corrupt checkpoint, ...) as one line each, not with a source line.
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_, **__: f"pokegan {args.command}: warning: {message}\n"
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        # Bad input gets one clear line, not a traceback.
+    except (OSError, ValueError, KeyError) as exc:
+        # Bad input (OSError: a path that is a file, a full disk, no permission) gets one clear line, not a traceback.
         print(f"pokegan {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
+    finally:
+        warnings.formatwarning = formatwarning
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -81,6 +81,8 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, section: str = "") -> T:
     """Build dataclass ``cls`` from a plain mapping, validating keys and types."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{section or cls.__name__} must be a mapping of key: value, got {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -320,12 +322,16 @@ def load_params(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"params file {path} does not exist; pass --params with the path to params.yaml")
+    if not path.is_file():
+        raise ConfigError(f"params file {path} is not a file; pass --params with the path to params.yaml")
     text = path.read_text()
-    if path.suffix == ".json":
-        return json.loads(text)
     import yaml
 
-    data = yaml.safe_load(text) or {}
+    try:
+        data = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                          f"{' '.join(str(exc).split())}; fix the syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     return data

@@ -21,6 +21,9 @@ from stylegan.checkpoint import atomic_write
 StyleRange = str | tuple[int, int] | range
 
 
+MAX_SEEDS = 1_000_000  # one call's seeds; a typo'd range must fail, not fill memory
+
+
 def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
     """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (ranges inclusive); ints and lists pass through."""
     if isinstance(text, int):
@@ -37,9 +40,13 @@ def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
                 lo, hi = int(a), int(b)  # "-5" fails here: seeds are never negative
                 if hi < lo:
                     raise ValueError
+                if len(seeds) + hi - lo + 1 > MAX_SEEDS:  # before building the list: 0-999999999 would exhaust memory
+                    raise OverflowError
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
+        except OverflowError:
+            raise ValueError(f"seed spec {text!r} asks for over {MAX_SEEDS:,} seeds; use smaller ranges") from None
         except ValueError:
             raise ValueError(f"bad seed spec {part!r} in {text!r}; use e.g. '0-63' or '1,5,9-12'") from None
     if not seeds:

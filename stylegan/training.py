@@ -73,7 +73,10 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; anything else as given (with a clear error)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for but CUDA is not available; use device 'auto' or 'cpu'")
     return dev

@@ -41,7 +41,10 @@ class PackedDataset(Dataset):
             have = available_resolutions(root)
             hint = f"available: {have}" if have else "no packed arrays there; run `dvc repro prepare` (or `pokegan prepare`)"
             raise FileNotFoundError(f"no {resolution}x{resolution} data at {path} ({hint})")
-        arr = np.load(path, mmap_mode="r" if mmap else None)
+        try:
+            arr = np.load(path, mmap_mode="r" if mmap else None)
+        except (ValueError, OSError, EOFError) as exc:  # truncated or not an .npy: say which file and what to do
+            raise ValueError(f"{path} is truncated or not a packed array ({exc}); re-run the prepare stage") from exc
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] != 3 or arr.shape[2:] != (resolution, resolution):
             raise ValueError(
                 f"{path} holds {arr.dtype} {arr.shape}; expected uint8 (N, 3, {resolution}, {resolution}). "

@@ -364,6 +364,7 @@ class PreparedWriter:
         source_info: dict[str, Any] | None = None,  # extra facts for the summary; None = none
     ) -> None:
         self.out_dir = Path(out_dir)
+        check_out_dir(self.out_dir)
         self.cfg = cfg
         self.source_info = dict(source_info or {})
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -463,6 +464,23 @@ def source_info(cfg: DataConfig) -> dict[str, Any]:
     return {"source": cfg.source}
 
 
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuse an out_dir that preparing would destroy: a file, or a folder that is not ours.
+
+    The output swap replaces the whole folder, so a typo such as ``out_dir: data/raw`` (or the
+    source itself) must fail before anything is moved, not delete what was there.
+    """
+    out_dir = Path(out_dir)
+    for parent in [out_dir, *out_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"data.out_dir {out_dir} cannot be a folder: {parent} is a file; pick another data.out_dir")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "summary.json").is_file():
+        raise ValueError(
+            f"data.out_dir {out_dir} is a non-empty folder without summary.json, so not an earlier prepare "
+            "output; it would be replaced as a whole: pick a new or empty data.out_dir"
+        )
+
+
 def write_prepared(
     chunk_results: Iterable[Sequence[FrameResult]],  # prepare_chunk outputs, in chunk order
     cfg: DataConfig,  # the data params
@@ -487,6 +505,10 @@ def prepare(
 ) -> dict[str, Any]:
     """The whole preparation: list, prepare in parallel (order kept), write. Returns the summary."""
     say = log or (lambda s: print(s, file=sys.stderr))
+    out_dir = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else Path(root) / cfg.out_dir
+    check_out_dir(out_dir)  # before any work
+    if (workers if workers is not None else cfg.workers) < 0:
+        raise ValueError(f"workers must be >= 0 (0 = one per core), got {workers if workers is not None else cfg.workers}")
     items = list_inputs(cfg, root)
     if not items:
         raise ValueError(f"data.source {cfg.source!r} holds no files")
@@ -494,7 +516,6 @@ def prepare(
     n_workers = n_workers or os.cpu_count() or 1
     chunks = split_chunks(items, max(1, n_workers * 8))  # small slices balance uneven files
     say(f"preparing {len(items)} inputs in {len(chunks)} chunks on {n_workers} process(es)")
-    out_dir = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else Path(root) / cfg.out_dir
     if n_workers == 1:
         return write_prepared((prepare_chunk(c, cfg) for c in chunks), cfg, out_dir)
     with multiprocessing.get_context().Pool(n_workers) as pool:

@@ -1,0 +1,14 @@
+"""Orchestration: Prefect flows, MLflow tracking and registry. The only package that imports them.
+
+Telemetry is switched off before prefect, mlflow or dvc is imported anywhere in the pipeline
+(the machines this runs on often have no network, and users did not ask to be counted).
+"""
+
+import os
+
+for _var, _value in (
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("DVC_NO_ANALYTICS", "1"),
+):
+    os.environ.setdefault(_var, _value)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -34,12 +33,12 @@ def _png_base64(image: np.ndarray) -> str:
 
 
 class GeneratorModel(PythonModel):
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):  # untyped on purpose: MLflow inspects hints
         from stylegan.checkpoint import load_generator
 
         self.G = load_generator(context.artifacts["generator"], device="cpu")
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # untyped: MLflow would turn hints into a schema
         from stylegan.sampling import generate
 
         df = pd.DataFrame(model_input)

@@ -25,6 +25,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+import stylegan
+
 EXPERIMENT = "pokegan"
 MODEL_ARTIFACT = "generator"  # name of the logged model inside its run
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -218,7 +220,7 @@ def input_example() -> Any:
     return pd.DataFrame({"seed": [0, 1], "truncation_psi": [0.7, 0.7], "noise_mode": ["const", "const"]})
 
 
-def log_generator_model(run_id: str, export_dir: str | Path, code_root: str | Path) -> Any:
+def log_generator_model(run_id: str, export_dir: str | Path) -> Any:
     """Log the exported G_ema (safetensors + JSON) as a pyfunc model in ``run_id``; returns ModelInfo.
 
     The model is defined by code (flows/pyfunc_model.py), not a pickle; ``stylegan/`` travels
@@ -228,14 +230,14 @@ def log_generator_model(run_id: str, export_dir: str | Path, code_root: str | Pa
     if not (export_dir / "generator.safetensors").exists():
         raise FileNotFoundError(f"no exported generator in {export_dir}; the train stage writes it")
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*type hints.*")
-        warnings.filterwarnings("ignore", message=".*integer column.*")
+        warnings.filterwarnings("ignore", message="(?s).*type hint")
+        warnings.filterwarnings("ignore", message="(?s).*integer column")
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             return mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=str(PYFUNC_CODE),
                 artifacts={"generator": str(export_dir)},
-                code_paths=[str(Path(code_root) / "stylegan")],
+                code_paths=[str(Path(stylegan.__file__).parent)],  # the library, wherever it is imported from
                 signature=model_signature(),
                 input_example=input_example(),
                 pip_requirements=PIP_REQUIREMENTS,

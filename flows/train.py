@@ -128,16 +128,19 @@ def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
     if trainer.stage_done(resolution):
         logger.info("stage %dx%d already complete in %s (params match); skipped", resolution, resolution,
                     job["run_dir"])
-        return {"resolution": resolution, "skipped": True, "kimg": trainer.kimg, "seconds": 0.0}
-    logger.info("stage %dx%d: starting at kimg %.3f", resolution, resolution, trainer.kimg)
+        return {"resolution": resolution, "skipped": True, "start_kimg": trainer.kimg, "kimg": trainer.kimg,
+                "seconds": 0.0}
+    start_kimg = trainer.kimg  # > the previous stage's end when a retry resumes mid-stage
+    logger.info("stage %dx%d: starting at kimg %.3f (from %s)", resolution, resolution, start_kimg,
+                trainer.resumed_from or "scratch")
     ticks = TickLog(Path(job["run_dir"]) / "ticks.csv", trainer.kimg)
     progress: Progress = job["progress"]
     trainer.callbacks = [*job["callbacks"], ticks, progress]
     result = trainer.run_stage(resolution)
     logger.info("stage %dx%d done: kimg %.3f in %.1f s -> %s", resolution, resolution, result.kimg,
                 result.seconds, result.checkpoint)
-    return {"resolution": resolution, "skipped": False, "kimg": float(result.kimg), "seconds": float(result.seconds),
-            "checkpoint": str(result.checkpoint)}
+    return {"resolution": resolution, "skipped": False, "start_kimg": start_kimg, "kimg": float(result.kimg),
+            "seconds": float(result.seconds), "checkpoint": str(result.checkpoint)}
 
 
 @task(name="export-and-register", cache_policy=NO_CACHE)
@@ -146,7 +149,6 @@ def export_and_register(job: dict[str, Any], final_resolution: int) -> dict[str,
     from stylegan.training import Trainer
 
     logger = get_run_logger()
-    root: Path = job["root"]
     trainer = Trainer(job["model_cfg"], job["train_cfg"], job["data_root"], job["run_dir"], device="cpu")
     out = job["export_dir"]
     tmp = out.with_name(f".{out.name}.tmp")
@@ -167,7 +169,7 @@ def export_and_register(job: dict[str, Any], final_resolution: int) -> dict[str,
         client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
         logger.info("generator unchanged; %s v%s is %s again", reg.name, version, reg.candidate_alias)
     else:
-        info = tracking.log_generator_model(job["mlflow_run_id"], out, root)
+        info = tracking.log_generator_model(job["mlflow_run_id"], out)
         model_uri = info.model_uri
         version = tracking.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
                                     tags={"generator.sha256": sha, "resolution": str(final_resolution),
@@ -267,7 +269,7 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
         client.log_artifact(run_id, str(ticks), "ticks")
     summary = {"kimg": float(registered["kimg"]), "resolution": final_res,
                "seconds": sum(r["seconds"] for r in results),
-               "stages": {str(r["resolution"]): {"kimg": r["kimg"], "seconds": r["seconds"], "skipped": r["skipped"]}
+               "stages": {str(r["resolution"]): {k: r[k] for k in ("start_kimg", "kimg", "seconds", "skipped")}
                           for r in results}}
     write_json(metrics_dir / "train.json", summary)
     write_json(root_p / REGISTERED, registered)

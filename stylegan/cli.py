@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from stylegan import __version__
 
@@ -22,8 +23,127 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---------------------------------------------------------------------------------------------
+# pokegan train
+
+
+class _ConsoleReporter:
+    """Prints one line per tick / snapshot / stage end (the CLI's only 'tracker')."""
+
+    def on_tick(self, s: dict) -> None:
+        print(
+            f"kimg {s['kimg']:9.3f}  res {s['resolution']:4d}  alpha {s['alpha']:.3f}  lr {s['lr']:.4g}  "
+            f"loss_G {s['loss_G']:7.4f}  loss_D {s['loss_D']:7.4f}  r1 {s['r1']:7.4f}  "
+            f"{s['images_per_sec']:7.1f} img/s",
+            flush=True,
+        )
+
+    def on_snapshot(self, resolution: int, kimg: float, grid: object, path: object) -> None:
+        print(f"snapshot {path}", flush=True)
+
+    def on_stage_end(self, result: object) -> None:
+        print(f"stage done: {result}", flush=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from stylegan.config import load_params, section, set_override
+    from stylegan.training import Trainer
+
+    params = load_params(args.params)
+    for assignment in args.set:
+        set_override(params, assignment)
+    model_cfg = section(params, "model")
+    train_cfg = section(params, "train")
+    data_root = args.data or section(params, "data").out_dir
+    trainer = Trainer(model_cfg, train_cfg, data_root, args.run_dir, callbacks=[_ConsoleReporter()])
+    if trainer.resumed_from is not None:
+        print(f"resumed from {trainer.resumed_from} at kimg {trainer.kimg:.3f}", flush=True)
+    if args.stage is not None:
+        trainer.run_stage(args.stage, max_steps=args.max_steps)
+    else:
+        trainer.run(max_steps=args.max_steps)
+    print(f"trained to kimg {trainer.kimg:.3f}; checkpoints in {trainer.ckpt_dir}", flush=True)
+    if args.export:
+        path = trainer.export(args.export)
+        print(f"exported G_ema to {path}", flush=True)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train (or resume) the progressive StyleGAN from params.yaml")
+    p.add_argument("--params", default="params.yaml", help="params file with model, train and data sections")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a param (repeatable), e.g. --set train.lr=0.002")
+    p.add_argument("--data", default=None, help="folder of images_<R>.npy (default: data.out_dir)")
+    p.add_argument("--run-dir", default="runs/train", help="checkpoints and snapshots; an existing run resumes")
+    p.add_argument("--stage", type=int, default=None, metavar="RES",
+                   help="train up to the end of this resolution's stage only")
+    p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    p.add_argument("--export", default=None, metavar="DIR", help="export G_ema (safetensors + JSON) here afterwards")
+    p.set_defaults(func=_train)
+
+
+# ---------------------------------------------------------------------------------------------
+# pokegan sample
+
+
+class _PipelineMissing(RuntimeError):
+    pass
+
+
+def _load_model(spec: str, device: str) -> object:
+    if spec.startswith("models:/"):
+        # Registry hook: the flows package resolves MLflow URIs; the library never imports mlflow.
+        try:
+            from flows.sample import load_registered_generator
+        except ImportError as exc:
+            raise _PipelineMissing(
+                f"loading {spec} needs the pipeline extra (mlflow and the flows package): "
+                f"pip install 'pokegan[pipeline]' ({exc}); or pass a local export folder to --model"
+            ) from exc
+        return load_registered_generator(spec).to(device)
+    from stylegan.checkpoint import load_generator
+
+    return load_generator(spec, device=device)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from stylegan.sampling import generate, image_grid, parse_seeds, save_png
+
+    seeds = parse_seeds(args.seeds)
+    try:
+        G = _load_model(args.model, args.device)
+    except _PipelineMissing as exc:
+        print(f"pokegan sample: error: {exc}", file=sys.stderr)
+        return 2
+    images = generate(
+        G, seeds=seeds, truncation_psi=args.psi, truncation_cutoff=args.cutoff, noise_mode=args.noise_mode
+    )
+    out = Path(args.out)
+    for seed, img in zip(seeds, images, strict=True):
+        save_png(img, out / f"seed{seed:06d}.png")
+    print(f"wrote {len(images)} images to {out}", flush=True)
+    if args.grid:
+        save_png(image_grid(images), args.grid)
+        print(f"wrote grid {args.grid}", flush=True)
+    return 0
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate images from an exported generator (or a models:/ URI)")
+    p.add_argument("--model", required=True, help="export folder, generator.safetensors, or models:/name@alias")
+    p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9-12")
+    p.add_argument("--psi", type=float, default=0.7, help="truncation psi (1 = none, 0 = the average face)")
+    p.add_argument("--cutoff", type=int, default=None, help="truncate only the first CUTOFF style layers")
+    p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
+    p.add_argument("--out", default="samples", help="folder for one PNG per seed")
+    p.add_argument("--grid", default=None, metavar="FILE", help="also write all samples as one PNG grid")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.set_defaults(func=_sample)
+
+
 # Each _add_<name>(sub) registers one subcommand with set_defaults(func=handler).
-_ADDERS: list = []
+_ADDERS: list = [_add_train, _add_sample]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,311 @@
+"""Checkpoints that describe themselves, written atomically; pickle-free export of the generator.
+
+A training checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it
+loads with ``torch.load(weights_only=True)``: nothing in it can execute code on load. It
+carries the configs, the networks, both optimizers, the images-shown counter, the schedule
+position and every RNG state, so resuming needs no flags and continues bit for bit.
+
+The shipped generator is ``G_ema`` as ``generator.safetensors`` + ``generator.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stylegan.config import ModelConfig, TrainConfig, from_dict, to_dict
+
+CHECKPOINT_FORMAT = "pokegan-checkpoint"
+GENERATOR_FORMAT = "pokegan-generator"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "generator.safetensors"
+CONFIG_NAME = "generator.json"
+
+# Train settings that change how a run is executed or reported, not what it computes:
+# changing them does not stop a run from resuming.
+_BOOKKEEPING_KEYS = (
+    "device",
+    "amp",
+    "channels_last",
+    "compile",
+    "tick_kimg",
+    "snapshot_kimg",
+    "keep_checkpoints",
+    "grid_seeds",
+    "truncation_psi",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or exported generator is missing, corrupt or incompatible."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
+    """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, then rename.
+
+    The temp file is flushed and fsynced before ``os.replace``, so a crash at any point leaves
+    either the old file or the complete new one, and no temp file behind on a Python error.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable (best effort; not every filesystem allows it).
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return path
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete temp files a killed process left behind (``.<name>.*.tmp``)."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints
+
+
+def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
+    """Hash of everything that defines what a run computes (bookkeeping settings excluded)."""
+    train = {k: v for k, v in to_dict(train_cfg).items() if k not in _BOOKKEEPING_KEYS}
+    blob = json.dumps({"model": to_dict(model_cfg), "train": train}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically write a checkpoint dict (tensors, numbers, strings, lists, dicts only)."""
+    state = {"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, **state}
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; clear errors for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a pokegan checkpoint "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}); "
+            "delete it to resume from the previous one"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a pokegan checkpoint")
+    if state.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {state['version']}; this pokegan reads up to {FORMAT_VERSION}"
+        )
+    return state
+
+
+def configs_from_checkpoint(state: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    model = from_dict(ModelConfig, state["model_config"], "model")
+    return model, from_dict(TrainConfig, state["train_config"], "train")
+
+
+def rolling_name(nimg: int) -> str:
+    return f"ckpt-{nimg:09d}.pt"
+
+
+def stage_name(resolution: int) -> str:
+    return f"stage-{resolution}.pt"
+
+
+def rolling_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """``(images shown, path)`` of the rolling checkpoints in ``folder``, oldest first."""
+    out = []
+    for p in Path(folder).glob("ckpt-*.pt"):
+        digits = p.stem.split("-", 1)[1]
+        if digits.isdigit():
+            out.append((int(digits), p))
+    return sorted(out)
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` rolling checkpoints (stage-final ones are never touched)."""
+    keep = max(int(keep), 1)
+    doomed = [p for _, p in rolling_checkpoints(folder)[:-keep]]
+    for p in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return doomed
+
+
+# RNG states as tensors and plain types, so weights_only loading accepts them.
+
+
+def capture_rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": int(py_state[0]),
+            "internal": torch.tensor(py_state[1], dtype=torch.int64),
+            "gauss_next": py_state[2],
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"].cpu())
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator export (safetensors + JSON; no pickle anywhere)
+
+
+def _generator_class() -> type:
+    from stylegan.networks import Generator
+
+    return Generator
+
+
+def trim_generator_state(
+    state: dict[str, torch.Tensor], cfg: ModelConfig, resolution: int
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Config and state dict of a generator built for ``resolution`` (higher blocks dropped)."""
+    if resolution not in cfg.resolutions:
+        raise CheckpointError(f"resolution {resolution} is not one of the model's {cfg.resolutions}")
+    small_cfg = replace(cfg, max_resolution=resolution)
+    wanted = _generator_class()(small_cfg).state_dict()
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"generator state lacks {len(missing)} tensors needed at {resolution}x{resolution}: {missing[:5]}"
+        )
+    out = {}
+    for k, v in wanted.items():
+        if state[k].shape != v.shape:
+            shape = tuple(state[k].shape)
+            raise CheckpointError(f"{k}: shape {shape} does not fit a {resolution}x{resolution} generator")
+        out[k] = state[k].detach().to("cpu").clone().contiguous()
+    return small_cfg, out
+
+
+def export_generator(
+    G_ema: torch.nn.Module,
+    out_dir: str | Path,
+    resolution: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``out_dir/generator.safetensors`` + ``generator.json`` for the trained ``resolution``.
+
+    The exported generator is built for exactly that resolution (its ``img_resolution``),
+    so samplers never see untrained higher blocks. ``metadata`` must be JSON-able.
+    """
+    from safetensors.torch import save as st_save
+
+    cfg: ModelConfig = G_ema.cfg
+    resolution = resolution or cfg.max_resolution
+    small_cfg, tensors = trim_generator_state(G_ema.state_dict(), cfg, resolution)
+    out_dir = Path(out_dir)
+    info = {
+        "format": GENERATOR_FORMAT,
+        "version": FORMAT_VERSION,
+        "resolution": resolution,
+        "model_config": to_dict(small_cfg),
+        "metadata": metadata or {},
+    }
+    blob = st_save(tensors, metadata={"format": "pt", GENERATOR_FORMAT: str(FORMAT_VERSION)})
+    atomic_write(out_dir / WEIGHTS_NAME, lambda f: f.write(blob))
+    text = json.dumps(info, indent=2, sort_keys=True).encode()
+    atomic_write(out_dir / CONFIG_NAME, lambda f: f.write(text))
+    return out_dir / WEIGHTS_NAME
+
+
+def read_generator_info(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``(weights path, generator.json contents)`` for an export folder or its .safetensors file."""
+    path = Path(path)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"no exported generator at {path} (expected {WEIGHTS_NAME} + {CONFIG_NAME}; "
+            "produce one with `pokegan train --export DIR` or stylegan.checkpoint.export_generator)"
+        )
+    config = weights.with_name(CONFIG_NAME) if weights.name == WEIGHTS_NAME else weights.with_suffix(".json")
+    if not config.is_file():
+        raise FileNotFoundError(f"{weights} has no {config.name} next to it; re-export the generator")
+    try:
+        info = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config} is corrupt ({exc}); re-export the generator") from exc
+    if not isinstance(info, dict) or info.get("format") != GENERATOR_FORMAT:
+        raise CheckpointError(f"{config} is not a pokegan generator config")
+    return weights, info
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load an exported generator (folder or .safetensors) in eval mode, no grads, no pickle."""
+    from safetensors.torch import load_file
+
+    weights, info = read_generator_info(path)
+    cfg = from_dict(ModelConfig, info["model_config"], "model")
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{weights} is corrupt ({type(exc).__name__}: {exc}); re-export the generator") from exc
+    G = _generator_class()(cfg)
+    try:
+        G.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights} does not match its config: {exc}") from exc
+    G.eval().requires_grad_(False)
+    return G.to(device)

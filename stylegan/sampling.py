@@ -1,0 +1,262 @@
+"""Sampling: images from seeds, truncation, style mixing, noise variation, interpolation, grids.
+
+Every function is deterministic per seed: z comes from ``np.random.RandomState(seed)`` (the
+convention of the reference implementations, so seeds mean the same across tools), and the
+default ``noise_mode="const"`` uses the generator's stored noise buffers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stylegan.checkpoint import atomic_write
+
+StyleRange = str | tuple[int, int] | range
+
+
+def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (ranges inclusive); ints and lists pass through."""
+    if isinstance(text, int):
+        return [text]
+    if not isinstance(text, str):
+        return [int(s) for s in text]
+    seeds: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)  # "-5" fails here: seeds are never negative
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f"bad seed spec {part!r} in {text!r}; use e.g. '0-63' or '1,5,9-12'") from None
+    if not seeds:
+        raise ValueError(f"no seeds in {text!r}; use e.g. '0-63' or '1,5,9-12'")
+    if any(s < 0 or s >= 2**32 for s in seeds):
+        raise ValueError(f"seeds must be in [0, 2**32), got {text!r}")
+    return seeds
+
+
+def _device_of(G: torch.nn.Module, device: str | torch.device | None) -> torch.device:
+    return torch.device(device) if device is not None else next(G.parameters()).device
+
+
+def seeds_to_z(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
+    """float32 ``(N, z_dim)``: one standard normal vector per seed."""
+    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float ``(N, 3, H, W)`` in [-1, 1] -> uint8 ``(N, H, W, 3)``."""
+    assert images.ndim == 4 and images.shape[1] == 3, f"expected (N, 3, H, W), got {tuple(images.shape)}"
+    x = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate(
+    G: torch.nn.Module,
+    seeds: Sequence[int] | str | None = None,
+    z: torch.Tensor | np.ndarray | None = None,
+    truncation_psi: float = 1.0,
+    truncation_cutoff: int | None = None,
+    noise_mode: str = "const",
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    resolution: int | None = None,  # None = G.img_resolution (the trainer passes the current stage)
+    alpha: float = 1.0,  # fade-in of ``resolution`` (the trainer's snapshots during a fade)
+) -> np.ndarray:
+    """uint8 images ``(N, H, W, 3)`` for ``seeds`` (or explicit latents ``z``)."""
+    if (seeds is None) == (z is None):
+        raise ValueError("pass exactly one of seeds or z")
+    zs = seeds_to_z(parse_seeds(seeds), G.z_dim) if seeds is not None else torch.as_tensor(z).float()
+    assert zs.ndim == 2 and zs.shape[1] == G.z_dim, f"z must be (N, {G.z_dim}), got {tuple(zs.shape)}"
+    dev = _device_of(G, device)
+    out = []
+    for i in range(0, len(zs), batch_size):
+        img = G(
+            zs[i : i + batch_size].to(dev),
+            resolution=resolution,
+            alpha=alpha,
+            truncation_psi=truncation_psi,
+            truncation_cutoff=truncation_cutoff,
+            noise_mode=noise_mode,
+        )
+        out.append(to_uint8(img))
+    return np.concatenate(out)
+
+
+def _style_range(styles: StyleRange, num_ws: int) -> range:
+    if isinstance(styles, str):
+        from stylegan.networks import style_layer_range
+
+        r = style_layer_range(styles, num_ws)
+        return r if isinstance(r, range) else range(*r)
+    r = styles if isinstance(styles, range) else range(*styles)
+    if not (0 <= r.start < r.stop <= num_ws):
+        raise ValueError(f"style layers {r} outside 0..{num_ws}")
+    return r
+
+
+@torch.no_grad()
+def mix_styles(
+    G: torch.nn.Module,
+    row_seeds: Sequence[int],  # sources: their styles are copied in
+    col_seeds: Sequence[int],  # destinations: everything else comes from them
+    styles: StyleRange = "coarse",  # coarse | middle | fine, or (start, stop) layer indices
+    truncation_psi: float = 1.0,
+    noise_mode: str = "const",
+    device: str | torch.device | None = None,
+) -> dict[str, np.ndarray]:
+    """Sources, destinations and mixes: ``mixed[i, j]`` = destination i with source j's styles."""
+    dev = _device_of(G, device)
+    layers = _style_range(styles, G.num_ws)
+    if len(layers) == 0:
+        raise ValueError(f"style range {styles!r} selects no layers of this {G.img_resolution}x generator")
+    rows, cols = list(row_seeds), list(col_seeds)
+    ws = G.mapping(seeds_to_z(rows + cols, G.z_dim).to(dev), truncation_psi=truncation_psi)
+    src_ws, dst_ws = ws[: len(rows)], ws[len(rows) :]
+    mixed = dst_ws[:, None].repeat(1, len(rows), 1, 1)  # (dst, src, num_ws, w_dim)
+    mixed[:, :, layers.start : layers.stop] = src_ws[None, :, layers.start : layers.stop]
+    synth = G.synthesis
+    flat = to_uint8(synth(mixed.flatten(0, 1), noise_mode=noise_mode))
+    return {
+        "sources": to_uint8(synth(src_ws, noise_mode=noise_mode)),
+        "destinations": to_uint8(synth(dst_ws, noise_mode=noise_mode)),
+        "mixed": flat.reshape(len(cols), len(rows), *flat.shape[1:]),
+    }
+
+
+def style_mixing_grid(
+    G: torch.nn.Module,
+    row_seeds: Sequence[int],
+    col_seeds: Sequence[int],
+    styles: StyleRange = "coarse",
+    truncation_psi: float = 1.0,
+    noise_mode: str = "const",
+    device: str | torch.device | None = None,
+) -> Image.Image:
+    """The classic StyleGAN figure: sources across the top, destinations down the left, the mixes
+    in between (destination i's ``styles`` layers replaced by source j's), blank top-left cell."""
+    m = mix_styles(G, row_seeds, col_seeds, styles, truncation_psi, noise_mode, device)
+    h, w = m["sources"].shape[1:3]
+    blank = np.full((1, h, w, 3), 255, np.uint8)
+    tiles = [blank, m["sources"]]
+    for i in range(len(col_seeds)):
+        tiles += [m["destinations"][i : i + 1], m["mixed"][i]]
+    return image_grid(np.concatenate(tiles), cols=len(row_seeds) + 1)
+
+
+@torch.no_grad()
+def noise_variation(
+    G: torch.nn.Module,
+    seed: int,
+    n: int = 8,
+    truncation_psi: float = 1.0,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images with the same w and different noise, and the per-pixel std over them.
+
+    Returns uint8 ``(n, H, W, 3)`` and float32 ``(H, W)`` (std in [0, 1] units, averaged over
+    RGB): bright where the noise inputs act (hair-like detail), dark where w alone decides.
+    Reproducible: the noise draws are seeded by ``seed`` without touching the global RNG.
+    """
+    dev = _device_of(G, device)
+    ws = G.mapping(seeds_to_z([seed], G.z_dim).to(dev), truncation_psi=truncation_psi)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        imgs = torch.cat([G.synthesis(ws, noise_mode="random") for _ in range(n)])
+    std = ((imgs.float() + 1) / 2).clamp(0, 1).std(dim=0).mean(dim=0)
+    return to_uint8(imgs), std.cpu().numpy().astype(np.float32)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation of (batches of) vectors, along their great circle."""
+    an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((an * bn).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+@torch.no_grad()
+def interpolate(
+    G: torch.nn.Module,
+    seeds: Sequence[int],
+    steps: int = 8,
+    space: str = "w",  # "w": lerp in W (perceptually smooth); "z": slerp in Z
+    truncation_psi: float = 1.0,
+    noise_mode: str = "const",
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """uint8 frames ``((len(seeds) - 1) * steps + 1, H, W, 3)`` walking through ``seeds`` in order."""
+    seeds = parse_seeds(seeds)
+    if len(seeds) < 2 or steps < 1:
+        raise ValueError("interpolate needs at least two seeds and steps >= 1")
+    if space not in ("w", "z"):
+        raise ValueError(f"space must be 'w' or 'z', got {space!r}")
+    dev = _device_of(G, device)
+    z = seeds_to_z(seeds, G.z_dim).to(dev)
+    ts = [i / steps for i in range(steps)]
+    if space == "z":
+        zs = torch.cat([slerp(z[k : k + 1], z[k + 1 : k + 2], t) for k in range(len(seeds) - 1) for t in ts] + [z[-1:]])
+        ws = G.mapping(zs, truncation_psi=truncation_psi)
+    else:
+        w = G.mapping(z, truncation_psi=truncation_psi)
+        pairs = range(len(seeds) - 1)
+        ws = torch.cat([torch.lerp(w[k : k + 1], w[k + 1 : k + 2], t) for k in pairs for t in ts] + [w[-1:]])
+    frames = [to_uint8(G.synthesis(ws[i : i + 32], noise_mode=noise_mode)) for i in range(0, len(ws), 32)]
+    return np.concatenate(frames)
+
+
+def image_grid(
+    images: np.ndarray | Sequence[np.ndarray],
+    cols: int | None = None,  # None = as square as possible
+    pad: int = 0,  # pixels of white between tiles
+) -> Image.Image:
+    """Tile uint8 ``(N, H, W, 3)`` images row by row into one RGB image."""
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"image_grid expects uint8 (N, H, W, 3), got {arr.dtype} {arr.shape}")
+    n, h, w, _ = arr.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = arr[i]
+    return Image.fromarray(grid)
+
+
+def save_png(image: Image.Image | np.ndarray, path: str | Path) -> Path:
+    """Write one PNG atomically (a reader never sees a half-written file)."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def save_images(
+    images: np.ndarray | Sequence[np.ndarray],
+    out_dir: str | Path,
+    names: Sequence[str] | None = None,  # file names (".png" added if missing); None = 000000.png, ...
+) -> list[Path]:
+    """Save uint8 ``(N, H, W, 3)`` images as PNGs, each written atomically."""
+    arr = np.asarray(images)
+    names = list(names) if names is not None else [f"{i:06d}" for i in range(len(arr))]
+    if len(names) != len(arr):
+        raise ValueError(f"{len(arr)} images but {len(names)} names")
+    out_dir = Path(out_dir)
+    files = [out_dir / (n if n.endswith(".png") else f"{n}.png") for n in names]
+    return [save_png(img, f) for img, f in zip(arr, files, strict=True)]

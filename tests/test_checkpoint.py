@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from stylegan import checkpoint as ckpt
+from stylegan.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    export_generator,
+    load_checkpoint,
+    load_generator,
+    params_hash,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+)
+from stylegan.config import ModelConfig, TrainConfig
+from stylegan.networks import Generator
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    # Tiny models run fastest single-threaded (and far faster on a shared, busy machine).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(**kw: int) -> ModelConfig:
+    base = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16, "max_resolution": 16}
+    return ModelConfig(**{**base, **kw})
+
+
+class Evil:
+    """Stands for any pickled object a hostile checkpoint could smuggle in."""
+
+    def __reduce__(self) -> tuple:
+        return (print, ("this would run on load",))
+
+
+def test_save_load_roundtrip_with_weights_only(tmp_path: Path) -> None:
+    G = Generator(tiny_model())
+    opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    G(torch.randn(2, 16)).square().mean().backward()
+    opt.step()
+    state = {"G": G.state_dict(), "opt_G": opt.state_dict(), "cur_nimg": 123, "model_config": {"z_dim": 16},
+             "rng": capture_rng_state(torch.Generator().manual_seed(3))}
+    path = save_checkpoint(tmp_path / "c.pt", state)
+    loaded = load_checkpoint(path)
+    assert loaded["format"] == "pokegan-checkpoint" and loaded["cur_nimg"] == 123
+    assert all(torch.equal(loaded["G"][k], v) for k, v in G.state_dict().items())
+    opt2 = torch.optim.Adam(Generator(tiny_model()).parameters(), lr=1e-3)
+    opt2.load_state_dict(loaded["opt_G"])  # the optimizer state survives weights_only loading
+    assert opt2.state_dict()["param_groups"][0]["betas"] == (0.0, 0.99)
+
+
+def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"cur_nimg": 1, "w": torch.ones(3)})
+
+    def crashing_save(obj: object, f: object) -> None:
+        f.write(b"half a checkpoint")  # type: ignore[attr-defined]
+        raise OSError("disk full (simulated crash mid-write)")
+
+    monkeypatch.setattr(ckpt.torch, "save", crashing_save)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(path, {"cur_nimg": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["cur_nimg"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
+
+
+def test_stale_temp_files_are_cleaned(tmp_path: Path) -> None:
+    (tmp_path / ".ckpt-000000010.pt.abc123.tmp").write_bytes(b"killed mid-write")
+    keep = tmp_path / "ckpt-000000010.pt"
+    keep.write_bytes(b"x")
+    removed = ckpt.remove_stale_temp_files(tmp_path)
+    assert len(removed) == 1 and [p.name for p in tmp_path.iterdir()] == [keep.name]
+
+
+def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a pokegan checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_arbitrary_pickles_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "pokegan-checkpoint", "obj": Evil()}, path)
+    with pytest.raises(CheckpointError, match="corrupt or not a pokegan checkpoint"):
+        load_checkpoint(path)
+
+
+def test_rng_states_roundtrip_through_a_checkpoint(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.randn()  # leave a cached gaussian in numpy's state
+    save_checkpoint(tmp_path / "r.pt", {"rng": capture_rng_state(gen)})
+    expected = (torch.rand(3), np.random.randn(3), random.random(), torch.rand(3, generator=gen))
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    gen.manual_seed(99)
+    restore_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"], gen)
+    got = (torch.rand(3), np.random.randn(3), random.random(), torch.rand(3, generator=gen))
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2] and torch.equal(got[3], expected[3])
+
+
+def test_prune_keeps_the_newest_rolling_and_all_stage_checkpoints(tmp_path: Path) -> None:
+    for n in (10, 20, 30, 40):
+        (tmp_path / ckpt.rolling_name(n)).write_bytes(b"x")
+    (tmp_path / ckpt.stage_name(8)).write_bytes(b"x")
+    prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000030.pt", "ckpt-000000040.pt", "stage-8.pt"]
+
+
+def test_params_hash_ignores_bookkeeping_only() -> None:
+    m = tiny_model()
+    base = params_hash(m, TrainConfig())
+    assert params_hash(m, TrainConfig(tick_kimg=1, device="cpu", keep_checkpoints=9)) == base
+    assert params_hash(m, TrainConfig(lr=0.01)) != base
+    assert params_hash(tiny_model(mapping_layers=3), TrainConfig()) != base
+
+
+def test_export_is_trimmed_pickle_free_and_reproduces_g_ema(tmp_path: Path) -> None:
+    G = Generator(tiny_model()).eval()
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # not the init: the weights must really travel
+        G.mapping.w_avg.normal_()
+    out = export_generator(G, tmp_path / "export", resolution=8, metadata={"kimg": 1.5})
+    assert out.name == "generator.safetensors"
+    info = json.loads((tmp_path / "export" / "generator.json").read_text())
+    assert info["resolution"] == 8 and info["model_config"]["max_resolution"] == 8 and info["metadata"]["kimg"] == 1.5
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["generator.json", "generator.safetensors"]
+    for source in (tmp_path / "export", out):  # the folder or the weights file
+        G2 = load_generator(source)
+        assert G2.img_resolution == 8 and not G2.training
+        assert not any(p.requires_grad for p in G2.parameters())
+        assert not any(k.startswith("synthesis.b16") for k in G2.state_dict())
+        z = torch.randn(3, 16)
+        with torch.no_grad():
+            a = G(z, resolution=8, noise_mode="const", truncation_psi=0.7)
+            b = G2(z, noise_mode="const", truncation_psi=0.7)
+        assert torch.equal(a, b)
+
+
+def test_load_generator_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no exported generator"):
+        load_generator(tmp_path / "missing")
+    export_generator(Generator(tiny_model()), tmp_path / "e")
+    (tmp_path / "e" / "generator.safetensors").write_bytes(b"\x01\x02 not safetensors")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_generator(tmp_path / "e")
+    export_generator(Generator(tiny_model()), tmp_path / "f")
+    (tmp_path / "f" / "generator.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"generator\.json"):
+        load_generator(tmp_path / "f")
+    with pytest.raises(CheckpointError, match="not one of"):
+        export_generator(Generator(tiny_model()), tmp_path / "g", resolution=32)

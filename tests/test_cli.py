@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from stylegan.checkpoint import load_checkpoint, load_generator
+from stylegan.cli import main
+from stylegan.config import ModelConfig
+from stylegan.networks import Generator
+from stylegan.sampling import generate
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    data = tmp_path / "prepared"
+    data.mkdir()
+    rng = np.random.RandomState(0)
+    for r in (4, 8):
+        np.save(data / f"images_{r}.npy", rng.randint(0, 256, (16, 3, r, r)).astype(np.uint8))
+    params = {
+        "data": {"out_dir": str(data)},
+        "model": {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16, "max_resolution": 8},
+        "train": {"start_resolution": 4, "fade_kimg": 0.008, "stab_kimg": 0.008, "batch_size": 4,
+                  "tick_kimg": 0.008, "snapshot_kimg": 1.0, "grid_seeds": [0, 1], "device": "cpu"},
+        "evaluate": {"num_samples": 10},  # other sections are ignored by train
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def test_train_then_sample(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, export = project / "run", project / "export"
+    rc = main(["train", "--params", str(project / "params.yaml"), "--set", "train.lr=0.002",
+               "--run-dir", str(run), "--export", str(export)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "loss_G" in out and "exported G_ema" in out
+    state = load_checkpoint(run / "checkpoints" / "stage-8.pt")
+    assert state["train_config"]["lr"] == 0.002 and state["cur_nimg"] == 24  # 8 + 8 + 8 images
+    G = load_generator(export)
+    assert G.img_resolution == 8
+
+    # Running again resumes and, the schedule being done, trains nothing more.
+    assert main(["train", "--params", str(project / "params.yaml"), "--set", "train.lr=0.002",
+                 "--run-dir", str(run)]) == 0
+    assert "resumed from" in capsys.readouterr().out
+
+    rc = main(["sample", "--model", str(export), "--seeds", "0-2,7", "--psi", "0.5", "--out",
+               str(project / "samples"), "--grid", str(project / "grid.png")])
+    assert rc == 0
+    files = sorted(p.name for p in (project / "samples").iterdir())
+    assert files == ["seed000000.png", "seed000001.png", "seed000002.png", "seed000007.png"]
+    img = np.asarray(Image.open(project / "samples" / "seed000007.png"))
+    assert np.array_equal(img, generate(G, seeds=[7], truncation_psi=0.5)[0])
+    assert Image.open(project / "grid.png").size == (16, 16)  # 4 images of 8x8 in a 2x2 grid
+
+
+def test_train_one_stage_with_data_override(project: Path) -> None:
+    data2 = project / "other-data"
+    data2.mkdir()
+    np.save(data2 / "images_4.npy", np.zeros((8, 3, 4, 4), np.uint8))
+    np.save(data2 / "images_8.npy", np.zeros((8, 3, 8, 8), np.uint8))
+    rc = main(["train", "--params", str(project / "params.yaml"), "--data", str(data2),
+               "--run-dir", str(project / "run"), "--stage", "4"])
+    assert rc == 0
+    ckpts = {p.name for p in (project / "run" / "checkpoints").iterdir()}
+    assert "stage-4.pt" in ckpts and "stage-8.pt" not in ckpts
+
+
+def test_train_errors_are_one_clear_line(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--params", str(project / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--params", str(project / "params.yaml"), "--set", "train.lrr=1",
+                 "--run-dir", str(project / "run")]) == 2
+    assert "train.lrr" in capsys.readouterr().err
+    assert main(["train", "--params", str(project / "params.yaml"), "--data", str(project / "empty"),
+                 "--run-dir", str(project / "run")]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_sample_errors(project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["sample", "--model", str(project / "missing"), "--out", str(project / "s")]) == 2
+    assert "no exported generator" in capsys.readouterr().err
+    assert main(["sample", "--model", str(project), "--seeds", "9-1"]) == 2
+    assert "bad seed spec" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "flows.sample", None)  # as if the pipeline extra were absent
+    assert main(["sample", "--model", "models:/pokemon-stylegan@champion", "--out", str(project / "s")]) == 2
+    assert "pipeline extra" in capsys.readouterr().err
+
+
+def test_sample_registry_hook_uses_the_flows_loader(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=4)
+    G = Generator(cfg).eval()
+    seen: list[str] = []
+
+    def load_registered_generator(uri: str) -> Generator:
+        seen.append(uri)
+        return G
+
+    fake = types.ModuleType("flows.sample")
+    fake.load_registered_generator = load_registered_generator  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flows.sample", fake)
+    monkeypatch.setitem(sys.modules, "flows", types.ModuleType("flows"))
+    rc = main(["sample", "--model", "models:/pokemon-stylegan@champion", "--seeds", "0-1", "--out",
+               str(project / "s")])
+    assert rc == 0 and seen == ["models:/pokemon-stylegan@champion"]
+    assert len(list((project / "s").glob("*.png"))) == 2

@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from stylegan.checkpoint import CheckpointError, load_checkpoint
+from stylegan.config import ModelConfig, TrainConfig
+from stylegan.sampling import generate
+from stylegan.training import Trainer, resolve_device
+
+COLOUR = np.array([230, 60, 40], np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    # Tiny models run fastest single-threaded (and far faster on a shared, busy machine).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_toy_data(root: Path, resolutions: tuple[int, ...] = (4, 8, 16), n: int = 64) -> Path:
+    """Solid-colour images (a fixed colour, every resolution), as the prepare stage packs them."""
+    root.mkdir(parents=True, exist_ok=True)
+    for r in resolutions:
+        np.save(root / f"images_{r}.npy", np.broadcast_to(COLOUR[None, :, None, None], (n, 3, r, r)).copy())
+    return root
+
+
+def tiny_model() -> ModelConfig:
+    return ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=16)
+
+
+def tiny_train(**kw: Any) -> TrainConfig:
+    base: dict[str, Any] = {
+        "start_resolution": 4,
+        "max_resolution": 8,
+        "fade_kimg": 0.016,
+        "stab_kimg": 0.016,
+        "batch_size": 4,
+        "tick_kimg": 0.008,
+        "snapshot_kimg": 0.02,
+        "keep_checkpoints": 2,
+        "grid_seeds": [0, 1, 2, 3],
+        "device": "cpu",
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_toy_data(tmp_path / "data")
+
+
+def _assert_same_state(a: Trainer, b: Trainer) -> None:
+    for name in ("G", "D", "G_ema"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), f"{name}.{k} differs"
+    for name in ("opt_G", "opt_D"):
+        sa, sb = getattr(a, name).state_dict()["state"], getattr(b, name).state_dict()["state"]
+        for i in sa:
+            for k in sa[i]:
+                assert torch.equal(sa[i][k], sb[i][k]), f"{name} state {i}.{k} differs"
+    assert (a.cur_nimg, a.step) == (b.cur_nimg, b.step)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"r1_interval": 2, "reset_optimizer_at_growth": True, "loss": "logistic"}, {"loss": "wgan-gp"}],
+    ids=["default", "lazy-r1-reset-opt", "wgan-gp"],
+)
+def test_resume_is_exact_across_a_stage_boundary(data: Path, tmp_path: Path, extra: dict[str, Any]) -> None:
+    m, t = tiny_model(), tiny_train(**extra)
+    straight = Trainer(m, t, data, tmp_path / "straight")
+    straight.run()
+    assert straight.step == 12 and straight.kimg == pytest.approx(0.048)
+
+    first = Trainer(m, t, data, tmp_path / "split")
+    first.run(max_steps=5)  # stage 4 ends after 4 steps; step 5 is inside the 8x8 fade-in
+    assert first.step == 5 and first.phase.resolution == 8 and 0 < first.phase.alpha < 1
+    del first
+    torch.manual_seed(1234)  # disturb every global RNG: the resumed run must not depend on them
+    np.random.seed(1234)
+    resumed = Trainer(m, t, data, tmp_path / "split")
+    assert resumed.resumed_from is not None and resumed.step == 5
+    resumed.run()
+    _assert_same_state(straight, resumed)
+
+
+def test_short_run_learns_the_data_colour(tmp_path: Path) -> None:
+    data = write_toy_data(tmp_path / "data")
+    m = tiny_model()
+    t = tiny_train(fade_kimg=0.1, stab_kimg=0.4, batch_size=8, lr=0.005, ema_kimg=0.01, snapshot_kimg=100)
+    trainer = Trainer(m, t, data, tmp_path / "run")
+
+    def colour_distance() -> float:
+        p = trainer.phase
+        imgs = generate(trainer.G_ema, seeds=range(16), resolution=p.resolution, alpha=p.alpha).astype(np.float64)
+        return float(np.abs(imgs.mean(axis=(1, 2)) - COLOUR).mean())
+
+    before = colour_distance()
+    trainer.run(max_steps=200)
+    after = colour_distance()
+    assert trainer.phase.resolution == 8  # it grew and kept learning at the new resolution
+    assert after < 0.5 * before, f"mean colour distance {before:.1f} -> {after:.1f}"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ticks: list[dict[str, Any]] = []
+        self.snapshots: list[tuple[int, float, Any, Path]] = []
+        self.stage_ends: list[Any] = []
+
+    def on_tick(self, stats: dict[str, Any]) -> None:
+        self.ticks.append(stats)
+
+    def on_snapshot(self, resolution: int, kimg: float, grid: Any, path: Path) -> None:
+        self.snapshots.append((resolution, kimg, grid, path))
+
+    def on_stage_end(self, result: Any) -> None:
+        self.stage_ends.append(result)
+
+
+def test_stages_callbacks_checkpoints_and_snapshots(data: Path, tmp_path: Path) -> None:
+    rec = Recorder()
+    m, t = tiny_model(), tiny_train()
+    trainer = Trainer(m, t, data, tmp_path / "run", callbacks=[rec])
+    assert not trainer.stage_done(4)
+    r4 = trainer.run_stage(4)
+    assert trainer.stage_done(4) and not trainer.stage_done(8)
+    assert r4.resolution == 4 and r4.kimg == pytest.approx(0.016) and r4.checkpoint.name == "stage-4.pt"
+    r8 = trainer.run_stage(8)
+    assert r8.checkpoint.name == "stage-8.pt" and trainer.stage_done(8)
+    # Already done: skipped, no steps taken.
+    steps = trainer.step
+    again = trainer.run_stage(8)
+    assert trainer.step == steps and again.seconds == 0.0
+
+    keys = {"kimg", "resolution", "alpha", "lr", "batch_size", "loss_G", "loss_D", "r1", "images_per_sec",
+            "sec_per_tick", "stage"}
+    assert rec.ticks and all(keys <= set(s) for s in rec.ticks)
+    assert rec.ticks[0]["resolution"] == 4 and rec.ticks[-1]["resolution"] == 8
+    assert any(0 < s["alpha"] < 1 for s in rec.ticks)  # the fade-in was reported
+    assert all(np.isfinite(s["loss_G"]) and np.isfinite(s["loss_D"]) for s in rec.ticks)
+    assert [r.resolution for r in rec.stage_ends] == [4, 8]
+    res, kimg, grid, path = rec.snapshots[-1]
+    assert kimg == pytest.approx(0.048)
+    assert res == 8 and path.exists() and path.parent == tmp_path / "run" / "snapshots"
+    assert grid.size[0] % 8 == 0 and grid.size[1] % 8 == 0  # 8x8 tiles
+
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert "stage-4.pt" in ckpts and "stage-8.pt" in ckpts
+    assert len([c for c in ckpts if c.startswith("ckpt-")]) == 2  # keep_checkpoints
+    assert not [c for c in ckpts if c.endswith(".tmp")]
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "stage-4.pt")
+    assert state["cur_nimg"] == 16 and state["stage"] == 1  # the schedule has moved on to 8x8
+    assert state["model_config"]["z_dim"] == 16 and "mapping.w_avg" in state["G"]
+    assert state["params_hash"] == trainer.params_hash
+    # w_avg is tracked during training (it starts at zero).
+    assert trainer.G.mapping.w_avg.abs().sum() > 0
+    assert torch.equal(trainer.G_ema.mapping.w_avg, trainer.G.mapping.w_avg)
+
+
+def test_ema_half_life(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_model(), tiny_train(ema_kimg=0.004), data, tmp_path / "run")
+    p_ema_before = trainer.G_ema.synthesis.b4.conv1.weight.clone()
+    trainer.run(max_steps=1)
+    p = trainer.G.synthesis.b4.conv1.weight
+    beta = 0.5 ** (4 / 4.0)  # batch 4, half-life 4 images
+    assert torch.allclose(trainer.G_ema.synthesis.b4.conv1.weight, p.lerp(p_ema_before, beta))
+
+
+def test_params_change_refuses_to_resume(data: Path, tmp_path: Path) -> None:
+    Trainer(tiny_model(), tiny_train(), data, tmp_path / "run").run(max_steps=1)
+    # Bookkeeping settings may change ...
+    Trainer(tiny_model(), tiny_train(tick_kimg=1.0, keep_checkpoints=5), data, tmp_path / "run")
+    # ... what the run computes may not.
+    with pytest.raises(CheckpointError, match="different model/train params"):
+        Trainer(tiny_model(), tiny_train(lr=0.01), data, tmp_path / "run")
+
+
+def test_unreadable_checkpoints(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_model(), tiny_train(), data, tmp_path / "run")
+    trainer.run(max_steps=1)
+    trainer.run(max_steps=1)
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("ckpt-*.pt"))
+    assert len(ckpts) == 2
+    ckpts[-1].write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="skipped unreadable checkpoint"):
+        older = Trainer(tiny_model(), tiny_train(), data, tmp_path / "run")
+    assert older.step == 1
+    ckpts[0].write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        Trainer(tiny_model(), tiny_train(), data, tmp_path / "run")
+
+
+def test_missing_data_resolution_is_a_clear_error(tmp_path: Path) -> None:
+    data = write_toy_data(tmp_path / "data", resolutions=(4,))
+    with pytest.raises(FileNotFoundError, match=r"resolution\(s\) \[8\]"):
+        Trainer(tiny_model(), tiny_train(), data, tmp_path / "run")
+
+
+def test_mirror_flips_come_from_the_trainer_rng(tmp_path: Path) -> None:
+    # Left half red, right half blue: a flip swaps them, so the batch shows both layouts.
+    root = tmp_path / "data"
+    root.mkdir()
+    for r in (4, 8):
+        a = np.zeros((8, 3, r, r), np.uint8)
+        a[:, 0, :, : r // 2] = 255
+        a[:, 2, :, r // 2 :] = 255
+        np.save(root / f"images_{r}.npy", a)
+    trainer = Trainer(tiny_model(), tiny_train(batch_size=16), root, tmp_path / "run")
+    reals = trainer._reals(trainer.phase)
+    red_left = (reals[:, 0, :, 0] > 0).all(dim=1)
+    assert 0 < int(red_left.sum()) < 16
+    no_mirror = Trainer(tiny_model(), tiny_train(batch_size=16, mirror=False), root, tmp_path / "run2")
+    assert bool((no_mirror._reals(no_mirror.phase)[:, 0, :, 0] > 0).all())
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_export_from_trainer_is_trimmed_to_the_trained_resolution(data: Path, tmp_path: Path) -> None:
+    from stylegan.checkpoint import load_generator
+
+    trainer = Trainer(tiny_model(), tiny_train(), data, tmp_path / "run")
+    trainer.run_stage(4)
+    trainer.export(tmp_path / "export")  # only 4x4 is fully trained
+    G = load_generator(tmp_path / "export")
+    assert G.img_resolution == 4
+    ours = generate(trainer.G_ema, seeds=[0, 1], resolution=4)
+    assert np.array_equal(generate(G, seeds=[0, 1]), ours)

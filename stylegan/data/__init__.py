@@ -1,5 +1,34 @@
-"""Data: sources -> validated images -> manifest -> packed multi-resolution arrays."""
+"""Data: sources -> validated images -> manifest -> packed multi-resolution arrays.
 
-from stylegan.data.dataset import PackedDataset, array_path, available_resolutions
+Names are imported lazily so that preparation (and its worker processes) never pay for
+importing torch, which only the training-side ``PackedDataset`` needs.
+"""
 
-__all__ = ["PackedDataset", "array_path", "available_resolutions"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PackedDataset": "stylegan.data.dataset",
+    "array_path": "stylegan.data.dataset",
+    "available_resolutions": "stylegan.data.dataset",
+    "InputItem": "stylegan.data.sources",
+    "fetch_package": "stylegan.data.sources",
+    "list_inputs": "stylegan.data.sources",
+    "verify_integrity": "stylegan.data.sources",
+    "FrameResult": "stylegan.data.prepare",
+    "PreparedWriter": "stylegan.data.prepare",
+    "load_data_config": "stylegan.data.prepare",
+    "prepare": "stylegan.data.prepare",
+    "prepare_chunk": "stylegan.data.prepare",
+    "split_chunks": "stylegan.data.prepare",
+    "write_prepared": "stylegan.data.prepare",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stylegan.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -57,13 +57,21 @@ class PackedDataset(Dataset):
         return int(self.array.shape[0])
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.array[index]))
+        return torch.from_numpy(np.array(self.array[index]))  # a writable copy, not a view of the read-only map
 
-    def get_batch(self, indices: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def get_batch(
+        self,
+        indices: np.ndarray | torch.Tensor,  # rows to gather, any order, repeats allowed
+        flip: np.ndarray | torch.Tensor | None = None,  # bool (B,): mirror these horizontally; None = no flips
+    ) -> torch.Tensor:
         """uint8 tensor ``(B, 3, R, R)`` of the given rows (sorted reads are faster on a memmap)."""
         idx = np.asarray(indices, dtype=np.int64)
         order = np.argsort(idx, kind="stable")
         rows = self.array[idx[order]]
         out = np.empty_like(rows)
         out[order] = rows
+        if flip is not None:
+            mask = np.asarray(flip, dtype=bool)
+            assert mask.shape == idx.shape, f"flip has shape {mask.shape}, indices {idx.shape}"
+            out[mask] = out[mask][..., ::-1]
         return torch.from_numpy(out)

@@ -1,0 +1,502 @@
+"""Validated images -> manifest + packed multi-resolution arrays.
+
+The work splits in three steps so an orchestrator can run the middle one in parallel:
+
+1. ``list_inputs(cfg)`` (in ``sources``): every input, sorted by path;
+2. ``prepare_chunk(items, cfg)`` for each contiguous slice (``split_chunks``): decode,
+   check, composite, crop, pad, resize; pure and independent per slice;
+3. ``write_prepared(chunk_results_in_order, cfg, out_dir)``: drop exact duplicates, write
+   the arrays, the manifest and the summary into a temp folder, then swap it in.
+
+``prepare(cfg)`` runs all three with a process pool. Output depends only on the inputs and
+params (never on the number of workers or chunks): same bytes every time.
+
+Per image: alpha (GIF transparency too) is composited onto ``data.background``; the
+content box (non-transparent pixels, or pixels that differ from the background for opaque
+images) is cropped, padded to a square with ``data.margin`` and resampled once to
+``data.max_resolution`` with ``data.resize_filter``. The lower levels are exact 2x2 means
+of the level above (rounded), as ProGAN's dataset tool does: each level then equals the
+average-pooled level above it, which is what the trainer's fade-in between resolutions
+blends, and pixel art is area-averaged instead of re-filtered at every scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import struct
+import sys
+import warnings
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from stylegan.config import DataConfig, load_params, section, set_override, to_dict
+from stylegan.data.sources import InputItem, list_inputs, package_name, uses_package
+
+MANIFEST_COLUMNS = [
+    "source", "frame", "n_frames", "species_id", "form", "variant", "width", "height", "mode",
+    "format", "content_hash", "status", "reason", "detail", "index",
+]  # fmt: skip
+BG_TOLERANCE = 8  # opaque images: a pixel is content when a channel differs from the background by more
+_FILTERS = {
+    "area": Image.Resampling.BOX,  # exact area averaging when shrinking; crisp blocks when enlarging
+    "box": Image.Resampling.BOX,
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_NPY_HEADER = 128  # fixed .npy header size, so arrays can be streamed before N is known
+
+
+class Rejected(Exception):
+    """An input that cannot be used; ``code`` is the manifest's reason."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass
+class FrameResult:
+    """One manifest row and, when usable, the image at every resolution (uint8 CHW, 4 first)."""
+
+    row: dict[str, Any]
+    images: list[np.ndarray] | None = None
+
+
+@dataclass
+class _Meta:
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    format: str = ""
+    n_frames: int = 1
+    frames: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (frame index, HxWx3|4 uint8)
+
+
+def load_data_config(params: str | Path | None = None, overrides: Sequence[str] | None = None) -> DataConfig:
+    """The typed ``data`` section of a params file (None: ./params.yaml if present, else defaults).
+
+    ``overrides`` are ``key=value`` or ``data.key=value`` strings (as ``dvc exp run -S`` writes).
+    """
+    path = params if params is not None else ("params.yaml" if Path("params.yaml").exists() else None)
+    values = load_params(path) if path is not None else {}
+    for assignment in overrides or []:
+        set_override(values, assignment if assignment.startswith("data.") else f"data.{assignment}")
+    return section(values, "data")
+
+
+def resolutions(max_resolution: int) -> list[int]:
+    return [2**i for i in range(2, max_resolution.bit_length())]
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _read_bytes(item: InputItem, zips: dict[str, zipfile.ZipFile]) -> bytes:
+    if item.data is not None:
+        return item.data
+    try:
+        if item.file is not None:
+            with open(item.file, "rb") as f:
+                return f.read()
+        if item.zip_path is not None:
+            zf = zips.get(item.zip_path)
+            if zf is None:
+                zf = zips[item.zip_path] = zipfile.ZipFile(item.zip_path)
+            return zf.read(item.path)
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError) as exc:
+        raise Rejected("unreadable", str(exc)) from exc
+    raise Rejected("unreadable", "no data")
+
+
+def _to_array(im: Image.Image) -> np.ndarray:
+    """HxWx3 or HxWx4 uint8 from any PIL mode (16-bit scaled, not clipped)."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255):
+            a = a * (255.0 / 65535.0)  # 16-bit grey to 8 bits
+        g = np.clip(np.floor(a + 0.5), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    has_alpha = "A" in mode or "a" in mode or "transparency" in im.info
+    return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+
+
+def _frame_key(a: np.ndarray) -> bytes:
+    return hashlib.blake2b(a, digest_size=16).digest()  # hashes the buffer, no copy
+
+
+def _spaced(n: int, k: int) -> list[int]:
+    """k evenly spaced indices of range(n), first and last included (distinct for k <= n)."""
+    if k <= 0 or k >= n:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return [(2 * j * (n - 1) + (k - 1)) // (2 * (k - 1)) for j in range(k)]
+
+
+_SIGNATURES = (b"\x89PNG", b"GIF87a", b"GIF89a", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """A known image signature: such a file that fails to open is corrupt, not a non-image."""
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> _Meta:
+    meta = _Meta()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError as exc:
+            if _looks_like_image(data):
+                raise Rejected("corrupt", "image signature, but the file does not decode") from exc
+            raise Rejected("not_an_image", "unrecognised format" if data else "empty file") from exc
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Rejected("decompression_bomb", str(exc)) from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise Rejected("corrupt", str(exc)) from exc
+        meta.width, meta.height = im.size
+        meta.mode, meta.format = im.mode, im.format or ""
+        if meta.width * meta.height > cfg.max_pixels:
+            raise Rejected("decompression_bomb", f"{meta.width}x{meta.height} exceeds data.max_pixels={cfg.max_pixels}")
+        if min(meta.width, meta.height) < cfg.min_size:
+            raise Rejected("too_small", f"{meta.width}x{meta.height} is below data.min_size={cfg.min_size}")
+        try:
+            meta.n_frames = int(getattr(im, "n_frames", 1))
+            if meta.n_frames == 1:
+                im.load()
+                meta.frames.append((0, _to_array(ImageOps.exif_transpose(im))))
+                return meta
+            wanted = 1 if (cfg.gif_frames == "first" and not item.animation) else meta.n_frames
+            seen: dict[bytes, int] = {}
+            arrays: list[tuple[int, np.ndarray]] = []
+            for i in range(wanted):
+                im.seek(i)
+                a = _to_array(im)
+                if item.animation:
+                    # npm sprites: distinct frames only (by their decoded RGBA), then evenly spaced
+                    key = _frame_key(a)
+                    if key in seen:
+                        continue
+                    seen[key] = i
+                arrays.append((i, a))
+            if item.animation:
+                arrays = [arrays[j] for j in _spaced(len(arrays), cfg.frames_per_sprite)]
+            meta.frames = arrays
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Rejected("decompression_bomb", str(exc)) from exc
+        except (OSError, EOFError, SyntaxError, ValueError, struct.error, IndexError) as exc:
+            raise Rejected("corrupt", f"truncated or corrupt: {exc}") from exc
+    return meta
+
+
+def _render_svg(data: bytes, cfg: DataConfig) -> _Meta:
+    try:
+        import cairosvg  # optional: `pip install pokegan[svg]`
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise Rejected("svg_unsupported", "install cairosvg (pokegan[svg]) to render SVG files") from exc
+    side = 4 * cfg.max_resolution  # oversample: the content box is then area-averaged down
+    try:
+        # unsafe=False: no XML entities, and cairosvg's fetcher then loads data: URLs only,
+        # never files or network resources an SVG points to.
+        png = cairosvg.svg2png(bytestring=data, output_width=side, unsafe=False)
+    except Exception as exc:  # cairosvg raises many types on bad XML/geometry
+        raise Rejected("corrupt", f"SVG does not render: {type(exc).__name__}: {exc}") from exc
+    im = Image.open(io.BytesIO(png))
+    if im.width * im.height > cfg.max_pixels:
+        raise Rejected("decompression_bomb", f"renders to {im.width}x{im.height}")
+    meta = _Meta(width=im.width, height=im.height, mode="SVG", format="SVG")
+    meta.frames.append((0, np.asarray(im.convert("RGBA"))))
+    return meta
+
+
+def _is_svg(item: InputItem, data: bytes) -> bool:
+    head = data[:512].lstrip().lower()
+    return item.path.lower().endswith(".svg") or head.startswith(b"<svg") or (
+        head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()
+    )
+
+
+# ---------------------------------------------------------------- image pipeline
+
+
+def _square(a: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """Composite onto the background, crop to the content box, pad to a square with margin."""
+    bg = np.asarray(cfg.background, dtype=np.uint8)
+    if a.shape[2] == 4:
+        alpha = a[..., 3:4].astype(np.uint16)
+        mask = a[..., 3] > 0
+        rgb = ((a[..., :3] * alpha + bg.astype(np.uint16) * (255 - alpha) + 127) // 255).astype(np.uint8)
+    else:
+        rgb = a
+        mask = (np.abs(a.astype(np.int16) - bg.astype(np.int16)) > BG_TOLERANCE).any(axis=2)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise Rejected("empty", "no content: every pixel is transparent or background")
+    crop = rgb[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = crop.shape[:2]
+    side = max(h, w)
+    pad = int(round(cfg.margin * side))
+    size = side + 2 * pad
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    out[...] = bg
+    y, x = (size - h) // 2, (size - w) // 2
+    out[y : y + h, x : x + w] = crop
+    return out
+
+
+def _pyramid(square: np.ndarray, cfg: DataConfig) -> list[np.ndarray]:
+    """[4x4, 8x8, ..., max] uint8 CHW; the top by the chosen filter, the rest by exact 2x2 means."""
+    r = cfg.max_resolution
+    top = square if square.shape[0] == r else np.asarray(Image.fromarray(square).resize((r, r), _FILTERS[cfg.resize_filter]))
+    levels = [top]
+    x = top
+    while x.shape[0] > 4:
+        x16 = x.astype(np.uint16)
+        x = ((x16[0::2, 0::2] + x16[1::2, 0::2] + x16[0::2, 1::2] + x16[1::2, 1::2] + 2) >> 2).astype(np.uint8)
+        levels.append(x)
+    return [np.ascontiguousarray(lv.transpose(2, 0, 1)) for lv in reversed(levels)]
+
+
+def _row(item: InputItem, meta: _Meta | None, frame: int, **kw: Any) -> dict[str, Any]:
+    row = {
+        "source": item.path,
+        "frame": frame,
+        "n_frames": meta.n_frames if meta else 0,
+        "species_id": item.species_id,
+        "form": item.form,
+        "variant": item.variant,
+        "width": meta.width if meta else 0,
+        "height": meta.height if meta else 0,
+        "mode": meta.mode if meta else "",
+        "format": meta.format if meta else "",
+        "content_hash": "",
+        "status": "ok",
+        "reason": "",
+        "detail": "",
+        "index": -1,
+    }
+    row.update(kw)
+    return row
+
+
+def prepare_item(item: InputItem, cfg: DataConfig, zips: dict[str, zipfile.ZipFile] | None = None) -> list[FrameResult]:
+    """All manifest rows (one per used frame, or one rejection) of one input."""
+    if item.reject is not None:
+        return [FrameResult(_row(item, None, -1, status="rejected", reason=item.reject, detail=item.detail))]
+    meta: _Meta | None = None
+    try:
+        data = _read_bytes(item, zips if zips is not None else {})
+        meta = _render_svg(data, cfg) if _is_svg(item, data) else _decode_raster(data, item, cfg)
+    except Rejected as rej:
+        return [FrameResult(_row(item, meta, -1, status="rejected", reason=rej.code, detail=rej.detail))]
+    out = []
+    for index, frame in meta.frames:
+        try:
+            images = _pyramid(_square(frame, cfg), cfg)
+        except Rejected as rej:
+            out.append(FrameResult(_row(item, meta, index, status="rejected", reason=rej.code, detail=rej.detail)))
+            continue
+        digest = hashlib.blake2b(images[-1].tobytes(), digest_size=16).hexdigest()
+        out.append(FrameResult(_row(item, meta, index, content_hash=digest), images))
+    return out
+
+
+def prepare_chunk(items: Sequence[InputItem], cfg: DataConfig) -> list[FrameResult]:
+    """Rows and images of a slice of inputs, in input order. Pure: safe to run in any process."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = cfg.max_pixels  # PIL warns above this and raises above twice it
+    zips: dict[str, zipfile.ZipFile] = {}
+    try:
+        return [r for item in items for r in prepare_item(item, cfg, zips)]
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+        for zf in zips.values():
+            zf.close()
+
+
+def split_chunks(items: Sequence[InputItem], n_chunks: int) -> list[list[InputItem]]:
+    """Contiguous, order-preserving slices (concatenated they give ``items`` back)."""
+    n_chunks = max(1, min(n_chunks, len(items)))
+    bounds = [len(items) * i // n_chunks for i in range(n_chunks + 1)]
+    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _npy_header(n: int, r: int) -> bytes:
+    body = f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({n}, 3, {r}, {r}), }}"
+    size = _NPY_HEADER - 10
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", size) + (body.ljust(size - 1) + "\n").encode("latin1")
+
+
+class PreparedWriter:
+    """Streams chunk results (in input order) into ``out_dir`` via a temp folder swapped in at the end.
+
+    Usage: ``with PreparedWriter(out_dir, cfg) as w: w.add(results); summary = w.finish()``.
+    Leaving the block without ``finish`` (an error) removes the temp folder; the previous
+    ``out_dir`` stays untouched.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,  # final folder (replaced only by finish())
+        cfg: DataConfig,  # the data params (recorded in summary.json)
+        source_info: dict[str, Any] | None = None,  # extra facts for the summary; None = none
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.cfg = cfg
+        self.source_info = dict(source_info or {})
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        self.res = resolutions(cfg.max_resolution)
+        self.files = {r: open(self.tmp / f"images_{r}.npy", "wb") for r in self.res}
+        for r, f in self.files.items():
+            f.write(_npy_header(0, r))
+        self.rows: list[dict[str, Any]] = []
+        self.seen: dict[str, str] = {}
+        self.count = 0
+
+    def add(self, results: Iterable[FrameResult]) -> None:
+        for res in results:
+            row = dict(res.row)
+            if res.images is not None:
+                first = self.seen.get(row["content_hash"])
+                if first is not None:
+                    row.update(status="duplicate", reason="duplicate", detail=f"same image as {first}")
+                else:
+                    self.seen[row["content_hash"]] = f"{row['source']}#{row['frame']}"
+                    for r, img in zip(self.res, res.images, strict=True):
+                        assert img.shape == (3, r, r), img.shape
+                        self.files[r].write(img.tobytes())
+                    row["index"] = self.count
+                    self.count += 1
+            self.rows.append(row)
+
+    def summary(self) -> dict[str, Any]:
+        df = self.manifest()
+        by_variant: dict[str, dict[str, int]] = {}
+        for (variant, status), n in df.groupby(["variant", "status"]).size().items():
+            by_variant.setdefault(str(variant) or "(none)", {})[str(status)] = int(n)
+        return {
+            **self.source_info,
+            "inputs": int(df["source"].nunique()),
+            "rows": len(df),
+            "images": self.count,
+            "resolutions": self.res,
+            "status": {k: int(v) for k, v in sorted(Counter(df["status"]).items())},
+            "reasons": {k: int(v) for k, v in sorted(Counter(df.loc[df["reason"] != "", "reason"]).items())},
+            "variants": dict(sorted(by_variant.items())),
+            "params": to_dict(self.cfg),
+        }
+
+    def manifest(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.rows, columns=MANIFEST_COLUMNS)
+        df["species_id"] = df["species_id"].astype("Int64")
+        return df
+
+    def finish(self) -> dict[str, Any]:
+        """Seal the arrays, write manifest.csv and summary.json, swap the folder in; returns the summary."""
+        if self.count == 0:
+            summary = self.summary()
+            self.abort()
+            raise ValueError(
+                f"nothing usable in the source: {summary['rows']} rows, reasons {summary['reasons']}; "
+                "check data.source and the size/format limits"
+            )
+        for r, f in self.files.items():
+            f.seek(0)
+            f.write(_npy_header(self.count, r))
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        self.manifest().to_csv(self.tmp / "manifest.csv", index=False, lineterminator="\n")
+        summary = self.summary()
+        (self.tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        old = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}"
+        if self.out_dir.exists():
+            os.replace(self.out_dir, old)
+        os.replace(self.tmp, self.out_dir)
+        if old.exists():
+            shutil.rmtree(old)
+        return summary
+
+    def abort(self) -> None:
+        for f in self.files.values():
+            f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> PreparedWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if self.tmp.exists():
+            self.abort()
+
+
+def source_info(cfg: DataConfig) -> dict[str, Any]:
+    """What the summary records about where the data came from."""
+    if uses_package(cfg):
+        return {"source": package_name(cfg), "package": cfg.package, "integrity": cfg.integrity, "subset": cfg.subset}
+    return {"source": cfg.source}
+
+
+def write_prepared(
+    chunk_results: Iterable[Sequence[FrameResult]],  # prepare_chunk outputs, in chunk order
+    cfg: DataConfig,  # the data params
+    out_dir: str | Path | None = None,  # None = cfg.out_dir
+) -> dict[str, Any]:
+    """Dedupe, write arrays + manifest + summary atomically; returns the summary."""
+    with PreparedWriter(out_dir if out_dir is not None else cfg.out_dir, cfg, source_info(cfg)) as writer:
+        for results in chunk_results:
+            writer.add(results)
+        return writer.finish()
+
+
+def _chunk_worker(args: tuple[list[InputItem], DataConfig]) -> list[FrameResult]:
+    return prepare_chunk(*args)
+
+
+def prepare(
+    cfg: DataConfig,  # the data params
+    root: str | Path = ".",  # project root that relative source/raw/out paths hang off
+    workers: int | None = None,  # processes; None = cfg.workers (0 = one per core)
+    log: Callable[[str], None] | None = None,  # progress lines; None = stderr
+) -> dict[str, Any]:
+    """The whole preparation: list, prepare in parallel (order kept), write. Returns the summary."""
+    say = log or (lambda s: print(s, file=sys.stderr))
+    items = list_inputs(cfg, root)
+    if not items:
+        raise ValueError(f"data.source {cfg.source!r} holds no files")
+    n_workers = workers if workers is not None else cfg.workers
+    n_workers = n_workers or os.cpu_count() or 1
+    chunks = split_chunks(items, max(1, n_workers * 8))  # small slices balance uneven files
+    say(f"preparing {len(items)} inputs in {len(chunks)} chunks on {n_workers} process(es)")
+    out_dir = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else Path(root) / cfg.out_dir
+    if n_workers == 1:
+        return write_prepared((prepare_chunk(c, cfg) for c in chunks), cfg, out_dir)
+    with multiprocessing.get_context().Pool(n_workers) as pool:
+        # imap keeps chunk order, so the output is the same for any worker count
+        return write_prepared(pool.imap(_chunk_worker, [(c, cfg) for c in chunks]), cfg, out_dir)

@@ -1,0 +1,276 @@
+"""Preparation: every kind of good and bad input, dedupe, crop/pad, determinism, atomic output."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stylegan.config import DataConfig
+from stylegan.data.prepare import _decode_raster, _pyramid, _square, prepare, prepare_item
+from stylegan.data.sources import InputItem, list_inputs, parse_name
+
+RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (0, 255, 0)
+
+
+def _rgba_sprite(w: int = 40, h: int = 40, box: tuple[int, int, int, int] = (7, 5, 10, 20)) -> Image.Image:
+    """Transparent canvas with an opaque red rectangle (x, y, w, h); transparent pixels hold green."""
+    a = np.zeros((h, w, 4), np.uint8)
+    a[..., :3] = GREEN  # invisible colour: must never leak into the output
+    x, y, bw, bh = box
+    a[y : y + bh, x : x + bw] = (*RED, 255)
+    return Image.fromarray(a, "RGBA")
+
+
+def _palette_frame(color: tuple[int, int, int], x: int) -> Image.Image:
+    im = Image.new("P", (32, 32), 0)
+    im.putpalette([*GREEN, *color] + [0, 0, 0] * 254)
+    im.paste(1, (x, 8, x + 12, 24))
+    im.info["transparency"] = 0
+    return im
+
+
+def _gif_bytes(frames: list[Image.Image]) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], transparency=0, disposal=2, duration=50)
+    return buf.getvalue()
+
+
+def _png(im: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A folder with one file of every good and bad kind the preparation must handle."""
+    src = tmp_path / "src"
+    (src / "back" / "shiny").mkdir(parents=True)
+    _rgba_sprite().save(src / "25.png")
+    _rgba_sprite().save(src / "copy_of_25.png")  # exact duplicate after preparation
+    (src / "back" / "shiny" / "6-mega.gif").write_bytes(
+        _gif_bytes([_palette_frame(RED, 4), _palette_frame(BLUE, 10), _palette_frame(RED, 4), _palette_frame(BLUE, 16)])
+    )
+    Image.new("L", (30, 30), 255).save(src / "gray.png")  # all white: no content -> rejected "empty"
+    g = Image.new("L", (30, 30), 255)
+    g.paste(60, (5, 5, 20, 25))
+    g.save(src / "gray_content.bmp")
+    la = Image.new("LA", (30, 30), (0, 0))
+    la.paste((90, 255), (10, 10, 20, 20))
+    la.save(src / "la.png")
+    cmyk = Image.new("CMYK", (30, 30), (0, 0, 0, 0))
+    cmyk.paste((0, 255, 255, 0), (5, 5, 25, 25))  # red in CMYK
+    cmyk.save(src / "cmyk.jpg", quality=95)
+    i16 = np.full((30, 30), 65535, np.uint16)
+    i16[5:25, 5:25] = 32768  # mid grey in 16 bits
+    Image.fromarray(i16).save(src / "deep.png")
+    webp = Image.new("RGB", (30, 30), (255, 255, 255))
+    webp.paste(BLUE, (3, 3, 20, 27))
+    webp.save(src / "w.webp", lossless=True)
+    exif_im = Image.new("RGB", (40, 20), (255, 255, 255))
+    exif_im.paste(RED, (0, 0, 10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    exif_im.save(src / "exif.jpg", exif=exif, quality=95)
+    good = _png(_rgba_sprite())
+    (src / "truncated.png").write_bytes(good[: len(good) // 2])
+    (src / "corrupt.png").write_bytes(good[:40] + bytes(range(256)) * 4)
+    (src / "notes.txt").write_text("not an image")
+    _rgba_sprite(8, 8, (1, 1, 4, 4)).save(src / "tiny.png")
+    Image.new("RGB", (400, 300), (0, 0, 0)).save(src / "bomb.png")  # above the test's pixel cap
+    outside = tmp_path / "outside.png"
+    _rgba_sprite().save(outside)
+    os.symlink(outside, src / "link_out.png")
+    os.symlink(src / "25.png", src / "link_in.png")  # inside the source: allowed
+    os.symlink(tmp_path / "gone.png", src / "dangling.png")
+    return src
+
+
+def _cfg(src: Path | str, out: Path, **kw: object) -> DataConfig:
+    base = dict(source=str(src), out_dir=str(out), max_resolution=16, min_size=16, max_pixels=100_000, workers=1)
+    base.update(kw)
+    return DataConfig(**base)  # type: ignore[arg-type]
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_manifest_accounts_for_every_input(source: Path, tmp_path: Path) -> None:
+    before = _tree_digest(source)
+    out = tmp_path / "prepared"
+    summary = prepare(_cfg(source, out), log=lambda _: None)
+    m = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    by = {src: grp for src, grp in m.groupby("source")}
+    files = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file() or p.is_symlink()}
+    assert set(by) == files  # every input has a row
+
+    def reason(name: str) -> str:
+        assert len(by[name]) == 1, by[name]
+        return by[name]["reason"].iloc[0]
+
+    assert reason("truncated.png") == "corrupt"
+    assert reason("corrupt.png") == "corrupt"
+    assert reason("notes.txt") == "not_an_image"
+    assert reason("tiny.png") == "too_small"
+    assert reason("bomb.png") == "decompression_bomb"
+    assert reason("link_out.png") == "symlink_outside_source"
+    assert reason("dangling.png") == "broken_symlink"
+    assert reason("gray.png") == "empty"
+    assert reason("copy_of_25.png") == "duplicate"  # "25.png" sorts first and is kept
+    assert reason("link_in.png") == "duplicate"
+    for ok in ("25.png", "gray_content.bmp", "la.png", "cmyk.jpg", "deep.png", "w.webp", "exif.jpg"):
+        assert by[ok]["status"].tolist() == ["ok"], (ok, by[ok])
+
+    gif = by["back/shiny/6-mega.gif"]  # one row per frame; frame 2 repeats frame 0, and frame 3
+    assert gif["frame"].tolist() == [0, 1, 2, 3]  # is frame 1 moved sideways: the same after cropping
+    assert gif["status"].tolist() == ["ok", "ok", "duplicate", "duplicate"]
+    assert set(gif["variant"]) == {"back-shiny"} and set(gif["form"]) == {"mega"}
+    assert set(gif["species_id"].astype(int)) == {6}
+
+    ok = m[m["status"] == "ok"]
+    assert ok["index"].tolist() == list(range(len(ok)))  # manifest order == array order
+    for r in (4, 8, 16):
+        arr = np.load(out / f"images_{r}.npy")
+        assert arr.shape == (len(ok), 3, r, r) and arr.dtype == np.uint8
+    assert summary["status"] == {"duplicate": 4, "ok": len(ok), "rejected": 8}
+    assert json.loads((out / "summary.json").read_text())["reasons"] == summary["reasons"]
+    assert _tree_digest(source) == before  # sources untouched
+    assert not list(tmp_path.glob(".prepared*"))  # no temp folder left behind
+
+
+def test_outputs_are_byte_identical_for_any_worker_count(source: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    prepare(_cfg(source, a), workers=1, log=lambda _: None)
+    prepare(_cfg(source, b), workers=2, log=lambda _: None)  # different chunking and processes
+    da, db = _tree_digest(a), _tree_digest(b)
+    da["summary.json"] = db["summary.json"] = ""  # records out_dir, which differs by design
+    assert da == db
+    sa = json.loads((a / "summary.json").read_text())
+    sb = json.loads((b / "summary.json").read_text())
+    sa["params"].pop("out_dir"), sb["params"].pop("out_dir")
+    assert sa == sb
+
+
+def test_zip_source_matches_folder(source: Path, tmp_path: Path) -> None:
+    zpath = tmp_path / "src.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for name in ("25.png", "copy_of_25.png", "back/shiny/6-mega.gif", "notes.txt", "la.png"):
+            zf.write(source / name, name)
+    out = tmp_path / "z"
+    summary = prepare(_cfg(zpath, out), log=lambda _: None)
+    assert summary["status"] == {"duplicate": 3, "ok": 4, "rejected": 1}
+    assert np.load(out / "images_16.npy").shape[0] == 4
+
+
+def test_crop_and_pad_place_content_in_the_centre() -> None:
+    cfg = DataConfig(margin=0.1, max_resolution=16)
+    sq = _square(np.asarray(_rgba_sprite(box=(7, 5, 10, 20))), cfg)
+    # content 10x20 -> side 20, pad round(0.1*20)=2 -> 24x24; content at y=2..21, x=7..16
+    assert sq.shape == (24, 24, 3)
+    red = (sq == RED).all(axis=2)
+    ys, xs = np.nonzero(red)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (2, 21, 7, 16)
+    assert red.sum() == 200 and ((sq == 255).all(axis=2) | red).all()  # rest is background, no green
+
+
+def test_pyramid_levels_are_exact_area_means() -> None:
+    rng = np.random.default_rng(0)
+    sq = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    levels = _pyramid(sq, DataConfig(max_resolution=32))
+    assert [lv.shape for lv in levels] == [(3, r, r) for r in (4, 8, 16, 32)]
+    for lo, hi in itertools.pairwise(levels):
+        x = hi.astype(np.int32)
+        mean = (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2] + 2) // 4
+        assert np.array_equal(lo, mean)
+
+
+def test_modes_are_converted_not_clipped(source: Path) -> None:
+    cfg = DataConfig(min_size=16)
+    deep = _decode_raster((source / "deep.png").read_bytes(), InputItem("deep.png"), cfg).frames[0][1]
+    assert deep.shape[2] == 3 and deep[15, 15, 0] == 128 and deep[0, 0, 0] == 255  # 16-bit scaled to 8
+    cmyk = _decode_raster((source / "cmyk.jpg").read_bytes(), InputItem("cmyk.jpg"), cfg).frames[0][1]
+    assert cmyk[15, 15, 0] > 200 and cmyk[15, 15, 1] < 40  # red stays red
+    exif = _decode_raster((source / "exif.jpg").read_bytes(), InputItem("exif.jpg"), cfg).frames[0][1]
+    assert exif.shape[:2] == (40, 20)  # rotated upright: stored 40 wide, shown 20 wide
+    assert exif[2, 10, 0] > 200 and exif[2, 10, 1] < 60  # the red band lands on top after rotation
+    la = _decode_raster((source / "la.png").read_bytes(), InputItem("la.png"), cfg).frames[0][1]
+    assert la.shape[2] == 4 and la[0, 0, 3] == 0 and la[15, 15, 3] == 255
+
+
+def test_package_animations_keep_evenly_spaced_distinct_frames() -> None:
+    frames = [_palette_frame(RED, x) for x in (2, 6, 2, 10, 14, 18)]  # 5 distinct, frame 2 repeats 0
+    item = InputItem("versions/animated/back/150.gif", *parse_name("back/150.gif", True), data=_gif_bytes(frames),
+                     animation=True)  # fmt: skip
+    rows = [r.row for r in prepare_item(item, DataConfig(frames_per_sprite=3, max_resolution=8))]
+    assert [r["frame"] for r in rows] == [0, 3, 5]  # distinct frames 0,1,3,4,5 -> indices 0, 2, 4
+    assert {r["variant"] for r in rows} == {"back"} and {r["species_id"] for r in rows} == {150}
+    allrows = [r.row for r in prepare_item(item, DataConfig(frames_per_sprite=0, max_resolution=8))]
+    assert [r["frame"] for r in allrows] == [0, 1, 3, 4, 5]
+
+
+def test_failed_run_keeps_previous_output(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    prepare(_cfg(source, out), log=lambda _: None)
+    good = _tree_digest(out)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.txt").write_text("x")
+    (bad / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ValueError, match="nothing usable"):
+        prepare(_cfg(bad, out), log=lambda _: None)
+    assert _tree_digest(out) == good
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_inputs(_cfg(tmp_path / "missing", out))
+
+
+def test_svg_renders_without_fetching_what_it_points_to(tmp_path: Path) -> None:
+    pytest.importorskip("cairosvg")
+    src = tmp_path / "svg"
+    src.mkdir()
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), RED).save(secret)
+    (src / "1.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="40" height="40">'
+        '<circle cx="20" cy="20" r="10" fill="#1414dc"/></svg>'
+    )
+    (src / "2.svg").write_text(  # only an external image: must render blank (so rejected as empty)
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="40" height="40">'
+        f'<image x="0" y="0" width="40" height="40" xlink:href="file://{secret}"/></svg>'
+    )
+    out = tmp_path / "o"
+    prepare(_cfg(src, out, max_resolution=8), log=lambda _: None)
+    m = pd.read_csv(out / "manifest.csv", keep_default_na=False).set_index("source")
+    assert m.loc["1.svg", "status"] == "ok" and m.loc["1.svg", "width"] == 32  # rendered at 4 * max_resolution
+    assert m.loc["2.svg", "reason"] == "empty"
+    img = np.load(out / "images_8.npy")[0]
+    assert img[2, 4, 4] > 150 and img[0, 4, 4] < 80  # blue circle in the middle
+
+
+def test_cli_prepare_reads_the_data_section(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stylegan.cli import main
+
+    params = tmp_path / "params.yaml"
+    out = tmp_path / "cli_out"
+    params.write_text(f"data:\n  source: {source}\n  out_dir: {out}\n  max_resolution: 8\n  max_pixels: 100000\n")
+    assert main(["prepare", "--params", str(params), "--set", "min_size=16", "--workers", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["params"]["max_resolution"] == 8
+    assert sorted(p.name for p in out.glob("images_*.npy")) == ["images_4.npy", "images_8.npy"]
+    assert main(["prepare", "--params", str(params), "--set", f"source={tmp_path / 'nowhere'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["fetch", "--params", str(params)]) == 0  # a folder source: nothing to fetch

@@ -10,5 +10,6 @@ for _var, _value in (
     ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
     ("MLFLOW_DISABLE_TELEMETRY", "true"),
     ("DVC_NO_ANALYTICS", "1"),
+    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),  # one progress bar per download clutters stage logs
 ):
     os.environ.setdefault(_var, _value)

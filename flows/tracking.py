@@ -45,7 +45,7 @@ _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 log = logging.getLogger(__name__)
 
 
-class RegistryError(LookupError):
+class RegistryError(LookupError, ValueError):
     """A registered model, alias or version that does not exist (the message says what does)."""
 
 

@@ -142,8 +142,52 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_sample)
 
 
+# ---------------------------------------------------------------------------------------------
+# pokegan evaluate
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from stylegan.checkpoint import load_generator
+    from stylegan.config import load_params, section, set_override
+    from stylegan.metrics import evaluate_generator
+
+    params = load_params(args.params)
+    for assignment in args.set:
+        set_override(params, assignment)
+    cfg = section(params, "evaluate")
+    data_root = args.data if args.data is not None else section(params, "data").out_dir
+    out = Path(args.out)
+    G = load_generator(args.model, device=args.device)
+    metrics = evaluate_generator(
+        G, data_root, cfg, out.parent, args.reports if args.reports is not None else cfg.reports_dir,
+        metrics_file=out.name, ticks=args.ticks, device=args.device,
+        log=lambda msg: print(f"pokegan evaluate: {msg}", file=sys.stderr, flush=True),
+    )
+    width = max(len(k) for k in metrics) if metrics else 0
+    for name, value in metrics.items():
+        print(f"{name:<{width}}  {value:.6g}")
+    print(f"wrote {out}", flush=True)
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics (SWD, FD-effnet, KID, precision/recall, FID if weights exist, "
+                       "memorization) and visual reports of an exported generator")
+    p.add_argument("--model", required=True, help="export folder or generator.safetensors")
+    p.add_argument("--params", default="params.yaml", help="params file with the evaluate (and data) sections")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a param (repeatable), e.g. --set evaluate.num_samples=200")
+    p.add_argument("--data", default=None, help="folder of images_<R>.npy (default: data.out_dir)")
+    p.add_argument("--out", default="metrics/eval.json", help="metrics JSON (written atomically)")
+    p.add_argument("--reports", default=None, help="folder for the figures (default: evaluate.reports_dir)")
+    p.add_argument("--ticks", default=None,
+                   help="training tick log (CSV) for loss curves (default: train_ticks.csv next to --out, if any)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.set_defaults(func=_evaluate)
+
+
 # Each _add_<name>(sub) registers one subcommand with set_defaults(func=handler).
-_ADDERS: list = [_add_train, _add_sample]
+_ADDERS: list = [_add_train, _add_sample, _add_evaluate]
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:

@@ -257,6 +257,9 @@ class EvaluateConfig:
     kid_subset_size: int = 500
     pr_k: int = 3
     novelty_samples: int = 16
+    memorization_percentile: float = 1.0  # copy threshold: this percentile of training nearest-neighbour distances
+    report_grid_size: int = 64  # images in reports/samples.png
+    interpolation_steps: int = 16  # frames between keyframes of reports/interpolation.gif
     reports_dir: str = "reports"
     cache_dir: str = "data/cache"
 

@@ -1,0 +1,150 @@
+"""Distribution metrics on feature vectors: Fréchet distance, KID, precision/recall, nearest neighbours.
+
+Pure functions of numpy arrays (float64 where it matters); no feature network in here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def mean_cov(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of (N, D) features."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors (N, D), got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def sqrtm_psd(a: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix by eigen-decomposition.
+
+    Tiny negative eigenvalues (round-off of a rank-deficient covariance) are clipped to zero.
+    """
+    a = (a + a.T) / 2.0
+    vals, vecs = np.linalg.eigh(a)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr(sqrt(sigma1 @ sigma2)), computed as tr(sqrt(s1^1/2 sigma2 s1^1/2)).
+
+    The inner matrix is symmetric PSD, so eigvalsh is exact and stable where a general
+    sqrtm of the non-symmetric product would need complex arithmetic and an epsilon.
+    """
+    s1 = sqrtm_psd(sigma1)
+    m = s1 @ sigma2 @ s1
+    vals = np.linalg.eigvalsh((m + m.T) / 2.0)
+    return float(np.sqrt(np.clip(vals, 0.0, None)).sum())
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)); never below 0."""
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"statistics differ in shape: {mu1.shape} vs {mu2.shape}")
+    diff = mu1 - mu2
+    fd = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
+    return float(max(fd, 0.0))
+
+
+def frechet_distance_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """Fréchet distance of two feature sets (N, D), (M, D).
+
+    With fewer samples than dimensions (e.g. 64 images x 1280 features) the covariances have
+    rank < N, and tr(sqrt(S1 S2)) equals the nuclear norm of Xc Yc^T / sqrt((N-1)(M-1)) for
+    the centred features: an N x M SVD instead of two D x D eigen-decompositions; same value.
+    """
+    x = np.asarray(real, dtype=np.float64)
+    y = np.asarray(fake, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
+        raise ValueError(f"need two feature sets (N>=2, D) of one width, got {x.shape} and {y.shape}")
+    if max(len(x), len(y)) > x.shape[1]:
+        return frechet_distance(*mean_cov(x), *mean_cov(y))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    n, m = len(x), len(y)
+    tr_sqrt = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt((n - 1) * (m - 1))
+    diff = x.mean(0) - y.mean(0)
+    fd = diff @ diff + (xc**2).sum() / (n - 1) + (yc**2).sum() / (m - 1) - 2.0 * tr_sqrt
+    return float(max(fd, 0.0))
+
+
+def kid(
+    real: np.ndarray,
+    fake: np.ndarray,
+    *,
+    num_subsets: int = 50,  # random subsets the estimate is averaged over
+    subset_size: int = 500,  # capped at the smaller set
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD^2 with the cubic
+    polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over subsets; returns (mean, std)."""
+    x_all = np.asarray(real, dtype=np.float64)
+    y_all = np.asarray(fake, dtype=np.float64)
+    d = x_all.shape[1]
+    m = min(subset_size, len(x_all), len(y_all))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {len(x_all)} real and {len(y_all)} fake")
+    rng = np.random.RandomState(seed)
+    values = np.empty(num_subsets)
+    for i in range(num_subsets):
+        x = x_all[rng.choice(len(x_all), m, replace=False)]
+        y = y_all[rng.choice(len(y_all), m, replace=False)]
+        kxx = (x @ x.T / d + 1.0) ** 3
+        kyy = (y @ y.T / d + 1.0) ** 3
+        kxy = (x @ y.T / d + 1.0) ** 3
+        a = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values[i] = a - 2.0 * kxy.mean()
+    return float(values.mean()), float(values.std())
+
+
+def pairwise_distances(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """Euclidean distances (len(a), len(b)) in float64, in row blocks to bound memory."""
+    ta = torch.as_tensor(np.asarray(a), dtype=torch.float64).reshape(len(a), -1)
+    tb = torch.as_tensor(np.asarray(b), dtype=torch.float64).reshape(len(b), -1)
+    return torch.cat([torch.cdist(ta[i : i + batch], tb) for i in range(0, len(ta), batch)])
+
+
+def knn_radii(features: np.ndarray, k: int) -> torch.Tensor:
+    """Distance from each vector to its k-th nearest neighbour in the same set (self excluded)."""
+    if len(features) <= k:
+        raise ValueError(f"k-NN radii need more than k={k} vectors, got {len(features)}")
+    dist = pairwise_distances(features, features)
+    # The k+1-th smallest includes the zero distance to itself.
+    return dist.kthvalue(k + 1, dim=1).values
+
+
+def _coverage(manifold: np.ndarray, radii: torch.Tensor, queries: np.ndarray) -> float:
+    """Share of queries inside at least one hypersphere (centre, radius) of the manifold."""
+    dist = pairwise_distances(queries, manifold)
+    return float((dist <= radii[None, :]).any(dim=1).double().mean())
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN hypersphere manifolds.
+
+    precision: share of fakes inside the real manifold; recall: share of reals inside the fake one.
+    """
+    precision = _coverage(real, knn_radii(real, k), fake)
+    recall = _coverage(fake, knn_radii(fake, k), real)
+    return precision, recall
+
+
+def nearest_neighbours(queries: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and distances (len(queries), k) of the k nearest reference vectors, closest first."""
+    dist = pairwise_distances(queries, reference)
+    k = min(k, dist.shape[1])
+    d, idx = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+    return idx.numpy(), d.numpy()
+
+
+def self_nn_distances(reference: np.ndarray, num_queries: int, seed: int = 0) -> np.ndarray:
+    """Distance from up to ``num_queries`` reference vectors to their nearest *other* reference vector."""
+    n = len(reference)
+    if n < 2:
+        raise ValueError("need at least 2 reference vectors for self-distances")
+    rng = np.random.RandomState(seed)
+    q = np.sort(rng.choice(n, min(num_queries, n), replace=False))
+    dist = pairwise_distances(np.asarray(reference)[q], reference)
+    dist[torch.arange(len(q)), torch.as_tensor(q)] = float("inf")
+    return dist.min(dim=1).values.numpy()

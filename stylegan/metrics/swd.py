@@ -1,0 +1,136 @@
+"""Sliced Wasserstein distance on Laplacian-pyramid patches, as Progressive GAN defines it.
+
+Karras et al. 2018, appendix D: a Laplacian pyramid (5x5 binomial kernel, mirror borders)
+from full resolution down to 16x16; 128 random 7x7 neighbourhoods per image and level; the
+descriptors of each set normalised per colour channel (mean and std over the whole set);
+4 repeats x 128 random unit directions; sorted projections compared by mean absolute
+difference; x1e3. Reported per level (keyed by the level's resolution) and averaged.
+
+Vectorized in torch and seeded: the same inputs and seed give the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=torch.float64)
+_KERNEL = (torch.outer(_BINOMIAL, _BINOMIAL) / 256.0).float()  # 5x5, sums to 1
+
+
+def _blur(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """Depthwise 5x5 binomial filter with mirror borders (scipy 'mirror' = torch 'reflect')."""
+    c = x.shape[1]
+    k = (_KERNEL * gain).to(x).view(1, 1, 5, 5).expand(c, 1, 5, 5)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, groups=c)
+
+
+def pyr_down(x: torch.Tensor) -> torch.Tensor:
+    return _blur(x)[:, :, ::2, ::2]
+
+
+def pyr_up(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    up = x.new_zeros(n, c, 2 * h, 2 * w)
+    up[:, :, ::2, ::2] = x
+    return _blur(up, gain=4.0)
+
+
+def laplacian_pyramid(images: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
+    """Float images -> [band-pass at R, R/2, ..., low-pass at R / 2**(num_levels-1)]."""
+    pyramid = [images]
+    for _ in range(1, num_levels):
+        pyramid.append(pyr_down(pyramid[-1]))
+        pyramid[-2] = pyramid[-2] - pyr_up(pyramid[-1])
+    return pyramid
+
+
+def _patch_descriptors(
+    level: torch.Tensor, patches_per_image: int, patch_size: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Random ``patch_size``^2 neighbourhoods -> (N * patches_per_image, C, p, p)."""
+    n, c, h, w = level.shape
+    ys = torch.randint(0, h - patch_size + 1, (n, patches_per_image), generator=gen)
+    xs = torch.randint(0, w - patch_size + 1, (n, patches_per_image), generator=gen)
+    offs = torch.arange(patch_size)
+    rows = (ys[..., None] + offs)[..., :, None]  # (N, P, p, 1)
+    cols = (xs[..., None] + offs)[..., None, :]  # (N, P, 1, p)
+    img = torch.arange(n)[:, None, None, None]
+    patches = level.permute(0, 2, 3, 1)[img, rows, cols]  # (N, P, p, p, C)
+    return patches.permute(0, 1, 4, 2, 3).reshape(n * patches_per_image, c, patch_size, patch_size)
+
+
+def _normalize(desc: torch.Tensor) -> torch.Tensor:
+    """Per colour channel: zero mean, unit std over every descriptor of the set; then flatten."""
+    mean = desc.mean(dim=(0, 2, 3), keepdim=True)
+    std = desc.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+    return ((desc - mean) / std).reshape(desc.shape[0], -1)
+
+
+def sliced_wasserstein(
+    a: torch.Tensor, b: torch.Tensor, dir_repeats: int, dirs_per_repeat: int, gen: torch.Generator
+) -> float:
+    """Mean over repeats of the mean |sorted(a @ dirs) - sorted(b @ dirs)| (equal counts)."""
+    assert a.shape == b.shape, f"descriptor sets must match, got {tuple(a.shape)} and {tuple(b.shape)}"
+    results = []
+    for _ in range(dir_repeats):
+        dirs = torch.randn(a.shape[1], dirs_per_repeat, generator=gen, dtype=a.dtype)
+        dirs = dirs / dirs.norm(dim=0, keepdim=True)
+        # Sort (dirs, N) rows in place with numpy: 3-5x faster than torch.sort on CPU here.
+        proj_a = np.ascontiguousarray((a @ dirs).T.numpy())
+        proj_b = np.ascontiguousarray((b @ dirs).T.numpy())
+        proj_a.sort(axis=1)
+        proj_b.sort(axis=1)
+        results.append(float(np.abs(proj_a - proj_b).mean(dtype=np.float64)))
+    return float(np.mean(results))
+
+
+def _as_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    if t.ndim != 4 or 3 not in (t.shape[1], t.shape[-1]):
+        raise ValueError(f"SWD needs images (N, 3, H, W) or (N, H, W, 3), got {tuple(t.shape)}")
+    if t.shape[1] != 3:
+        t = t.permute(0, 3, 1, 2)
+    return t.float()
+
+
+def swd(
+    real: np.ndarray | torch.Tensor,  # uint8 images (N, 3, R, R) or (N, R, R, 3)
+    fake: np.ndarray | torch.Tensor,  # same resolution; the first min(len(real), len(fake)) of each are used
+    *,
+    min_resolution: int = 16,  # coarsest pyramid level
+    patches_per_image: int = 128,
+    patch_size: int = 7,
+    dir_repeats: int = 4,
+    dirs_per_repeat: int = 128,
+    seed: int = 0,
+    batch_size: int = 256,  # images per pyramid pass (bounds memory)
+) -> dict[str, float]:
+    """``{"swd_<R>": ..., ..., "swd": mean over levels}``, each x1e3 as in the paper."""
+    real_t, fake_t = _as_float_nchw(real), _as_float_nchw(fake)
+    res = real_t.shape[-1]
+    if fake_t.shape[1:] != real_t.shape[1:] or real_t.shape[-2] != res:
+        raise ValueError(f"SWD needs square images of one size, got {tuple(real_t.shape)} and {tuple(fake_t.shape)}")
+    if res < min_resolution or res < patch_size:
+        raise ValueError(f"SWD needs images of at least {max(min_resolution, patch_size)} px, got {res}")
+    n = min(len(real_t), len(fake_t))
+    if n < 2:
+        raise ValueError(f"SWD needs at least 2 images per set, got {len(real_t)} real and {len(fake_t)} fake")
+    num_levels = int(np.log2(res // min_resolution)) + 1
+    resolutions = [res >> i for i in range(num_levels)]
+    # Independent patch positions for each set (as the paper's code draws them), shared directions.
+    descs: list[list[torch.Tensor]] = []
+    for set_index, images in enumerate((real_t[:n], fake_t[:n])):
+        gen = torch.Generator().manual_seed(seed * 2 + set_index)
+        per_level: list[list[torch.Tensor]] = [[] for _ in resolutions]
+        for i in range(0, n, batch_size):
+            for lvl, band in enumerate(laplacian_pyramid(images[i : i + batch_size], num_levels)):
+                per_level[lvl].append(_patch_descriptors(band, patches_per_image, patch_size, gen))
+        descs.append([_normalize(torch.cat(d)) for d in per_level])
+    gen = torch.Generator().manual_seed(seed * 2 + 1_000_003)
+    out: dict[str, float] = {}
+    for lvl, r in enumerate(resolutions):
+        out[f"swd_{r}"] = 1e3 * sliced_wasserstein(descs[0][lvl], descs[1][lvl], dir_repeats, dirs_per_repeat, gen)
+    out["swd"] = float(np.mean([out[f"swd_{r}"] for r in resolutions]))
+    return out

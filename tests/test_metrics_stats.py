@@ -1,0 +1,96 @@
+"""Feature-space metrics on synthetic point clouds: exact cases first, then the behaviours they must show."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stylegan.metrics import stats
+from stylegan.metrics.novelty import memorization, pixel_vectors
+
+
+def test_sqrtm_psd_of_rank_deficient_covariance() -> None:
+    rng = np.random.RandomState(0)
+    x = rng.randn(20, 50)  # 20 samples in 50-d: covariance of rank 19
+    cov = np.cov(x, rowvar=False)
+    root = stats.sqrtm_psd(cov)
+    assert np.all(np.isfinite(root))
+    np.testing.assert_allclose(root @ root, cov, atol=1e-10)
+
+
+def test_frechet_distance_closed_forms() -> None:
+    rng = np.random.RandomState(1)
+    a = rng.randn(8, 8)
+    sigma = a @ a.T + np.eye(8)
+    mu = rng.randn(8)
+    shift = rng.randn(8)
+    assert stats.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+    # Equal covariances: FD is the squared distance of the means.
+    assert stats.frechet_distance(mu, sigma, mu + shift, sigma) == pytest.approx(shift @ shift, rel=1e-9)
+    # Diagonal covariances: FD = sum (sqrt(a) - sqrt(b))^2.
+    d1, d2 = rng.uniform(0.1, 4, 8), rng.uniform(0.1, 4, 8)
+    expected = ((np.sqrt(d1) - np.sqrt(d2)) ** 2).sum()
+    assert stats.frechet_distance(mu, np.diag(d1), mu, np.diag(d2)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fd_identical_sets_zero_even_when_singular() -> None:
+    x = np.random.RandomState(2).randn(40, 128)  # fewer samples than dimensions, like 64 images x 1280 features
+    assert stats.frechet_distance_features(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kid_same_distribution_is_zero_within_std_and_grows_with_shift() -> None:
+    rng = np.random.RandomState(3)
+    real, fake = rng.randn(300, 32), rng.randn(300, 32)
+    mean, std = stats.kid(real, fake, num_subsets=20, subset_size=100, seed=0)
+    assert std > 0 and abs(mean) < std
+    kids = [stats.kid(real, fake + s, num_subsets=20, subset_size=100, seed=0)[0] for s in (0.0, 0.3, 0.6, 1.0)]
+    assert kids == sorted(kids) and kids[-1] > 10 * std
+    assert stats.kid(real, fake, num_subsets=20, subset_size=100, seed=0) == (mean, std)  # seeded
+
+
+def test_precision_drops_off_manifold_and_recall_drops_on_partial_cover() -> None:
+    rng = np.random.RandomState(4)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    real = np.concatenate([c + rng.randn(100, 2) for c in centres])
+    fresh = np.concatenate([c + rng.randn(100, 2) for c in centres])
+    p, r = stats.precision_recall(real, fresh, k=3)
+    assert p > 0.9 and r > 0.9
+    off = fresh + np.array([5.0, 5.0])  # between the modes: outside the real manifold
+    p_off, _ = stats.precision_recall(real, off, k=3)
+    assert p_off < 0.2
+    one_mode = centres[0] + rng.randn(400, 2)  # realistic but covering a quarter of the data
+    p_one, r_one = stats.precision_recall(real, one_mode, k=3)
+    assert p_one > 0.85 and r_one < 0.35
+
+
+def test_nearest_neighbours_and_self_distances_exclude_self() -> None:
+    ref = np.array([[0.0], [1.0], [3.0], [7.0]])
+    idx, dist = stats.nearest_neighbours(np.array([[2.9], [0.2]]), ref, 2)
+    assert idx.tolist() == [[2, 1], [0, 1]]
+    np.testing.assert_allclose(dist[:, 0], [0.1, 0.2])
+    np.testing.assert_allclose(np.sort(stats.self_nn_distances(ref, 10)), [1.0, 1.0, 2.0, 4.0])
+
+
+def test_memorization_flags_copies_and_not_fresh_samples() -> None:
+    rng = np.random.RandomState(5)
+
+    def images(n: int) -> np.ndarray:
+        return rng.randint(0, 256, (n, 3, 16, 16), dtype=np.uint8)
+
+    train = images(200)
+    fresh = images(50)
+    copies = train[rng.choice(200, 50, replace=False)].astype(np.int16)
+    copies = np.clip(copies + rng.randint(-3, 4, copies.shape), 0, 255).astype(np.uint8)  # near-copies
+    ref = pixel_vectors(train)
+    assert memorization(pixel_vectors(copies), ref, percentile=1.0).score == 1.0
+    assert memorization(pixel_vectors(fresh), ref, percentile=1.0).score <= 0.1
+    half = memorization(pixel_vectors(np.concatenate([copies[:25], fresh[:25]])), ref, percentile=1.0)
+    assert half.score == pytest.approx(0.5, abs=0.06)
+    assert half.nn_index.shape == (50, 3) and np.all(np.diff(half.nn_distance, axis=1) >= 0)
+
+
+def test_fd_low_rank_path_matches_the_covariance_path() -> None:
+    rng = np.random.RandomState(6)
+    x, y = rng.randn(30, 64), rng.randn(25, 64) * 1.5 + 0.3
+    expected = stats.frechet_distance(*stats.mean_cov(x), *stats.mean_cov(y))  # D x D eigen route
+    assert stats.frechet_distance_features(x, y) == pytest.approx(expected, rel=1e-6)  # N x M SVD route

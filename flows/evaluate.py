@@ -37,11 +37,14 @@ from stylegan.config import EvaluateConfig, section
 def compute_metrics(
     export_dir: str, data_root: str, cfg: EvaluateConfig, out_dir: str, reports_dir: str
 ) -> dict[str, float]:
+    """Every available metric of the exported G_ema; writes metrics/evaluate.json and reports/."""
     from stylegan.checkpoint import load_generator
     from stylegan.metrics import evaluate_generator
 
+    logger = get_run_logger()
     G = load_generator(export_dir, device="cpu")
-    metrics = evaluate_generator(G, data_root, cfg, out_dir, reports_dir)
+    metrics = evaluate_generator(G, data_root, cfg, out_dir, reports_dir, metrics_file="evaluate.json",
+                                 ticks=Path(out_dir) / "train_ticks.csv", log=logger.info)
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -96,7 +99,6 @@ def evaluate_flow(
     metrics = compute_metrics(str(export_dir), str(resolve(root_p, data_cfg.out_dir)), cfg, str(metrics_dir),
                               str(reports_dir))
     decision = log_and_promote(str(root_p), registered, metrics, cfg, reg, str(reports_dir))
-    write_json(metrics_dir / "evaluate.json", metrics)
     write_json(metrics_dir / "promotion.json", {**decision.as_dict(), "name": reg.name,
                                                  "champion_alias": reg.champion_alias,
                                                  "champion_version": decision.version if decision.promoted

@@ -38,7 +38,7 @@ class GeneratorModel(PythonModel):
 
         self.G = load_generator(context.artifacts["generator"], device="cpu")
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow would turn hints into a schema
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # DataFrame: MLflow infers no schema from it
         from stylegan.sampling import generate
 
         df = pd.DataFrame(model_input)

@@ -49,6 +49,10 @@ def _train(args: argparse.Namespace) -> int:
     from stylegan.config import load_params, section, set_override
     from stylegan.training import Trainer
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     params = load_params(args.params)
     for assignment in args.set:
         set_override(params, assignment)
@@ -80,6 +84,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="train up to the end of this resolution's stage only")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     p.add_argument("--export", default=None, metavar="DIR", help="export G_ema (safetensors + JSON) here afterwards")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: one per core; 1 can be faster on a busy machine)")
     p.set_defaults(func=_train)
 
 
@@ -91,7 +97,7 @@ class _PipelineMissing(RuntimeError):
     pass
 
 
-def _load_model(spec: str, device: str) -> object:
+def _load_model(spec: str, device: object) -> object:
     if spec.startswith("models:/"):
         # Registry hook: the flows package resolves MLflow URIs; the library never imports mlflow.
         try:
@@ -109,10 +115,12 @@ def _load_model(spec: str, device: str) -> object:
 
 def _sample(args: argparse.Namespace) -> int:
     from stylegan.sampling import generate, image_grid, parse_seeds, save_png
+    from stylegan.training import resolve_device
 
     seeds = parse_seeds(args.seeds)
+    device = resolve_device(args.device)  # clear error for cuda on a machine without it
     try:
-        G = _load_model(args.model, args.device)
+        G = _load_model(args.model, device)
     except _PipelineMissing as exc:
         print(f"pokegan sample: error: {exc}", file=sys.stderr)
         return 2
@@ -138,7 +146,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
     p.add_argument("--out", default="samples", help="folder for one PNG per seed")
     p.add_argument("--grid", default=None, metavar="FILE", help="also write all samples as one PNG grid")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto (CUDA when present)")
     p.set_defaults(func=_sample)
 
 

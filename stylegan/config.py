@@ -173,6 +173,7 @@ class TrainConfig:
     wgan_lambda: float = 10.0  # gradient penalty weight (wgan-gp)
     wgan_epsilon: float = 0.001  # drift penalty (wgan-gp)
     ema_kimg: float = 10.0  # half-life of the G_ema weights, in thousands of images
+    ema_rampup: float | None = None  # half-life <= this fraction of images shown (0.05 for short runs); None = off
     reset_optimizer_at_growth: bool = False  # fresh Adam state when a new stage starts
     mirror: bool = True  # random horizontal flips of real images
     seed: int = 0

@@ -324,12 +324,15 @@ class Trainer:
         last: Path | None = None
         steps = 0
         self._start_tick()
+        clock: tuple[int, float] = (-1, 0.0)  # (stage index, when this call started training it)
         while not done():
             if max_steps is not None and steps >= max_steps:
                 last = self.save()
                 break
             phase = self.phase
-            stats = self._train_step(phase)
+            if clock[0] != phase.stage.index:
+                clock = (phase.stage.index, time.perf_counter())
+            stats = self.train_step(phase)
             steps += 1
             self._accumulate(stats)
             if self.cur_nimg >= self._tick["next_nimg"]:
@@ -341,7 +344,7 @@ class Trainer:
                     self._emit_tick(phase)
                 last = self._save_stage(phase.resolution)
                 self._snapshot(phase)
-                result = StageResult(phase.resolution, self.kimg, last, 0.0)
+                result = StageResult(phase.resolution, self.kimg, last, time.perf_counter() - clock[1])
                 self._call("on_stage_end", result)
             elif crossed_snapshot and t.snapshot_kimg > 0:
                 last = self.save()
@@ -387,7 +390,10 @@ class Trainer:
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= self.world_size
 
-    def _train_step(self, phase: Phase) -> dict[str, float]:
+    def train_step(self, phase: Phase | None = None) -> dict[str, float]:
+        """One D update and one G update at ``phase`` (default: the current one); no reporting or
+        checkpointing (``run``/``run_stage`` add those). Returns loss_G, loss_D and r1."""
+        phase = phase or self.phase
         t, m = self.train_cfg, self.model_cfg
         if phase.resolution != self.cur_resolution:
             self._enter_stage(phase)
@@ -395,8 +401,11 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = phase.lr
         res, alpha = phase.resolution, phase.alpha
+        # Compiled graphs get alpha as a tensor: a Python float would be baked in and recompiled
+        # at every new value during a fade-in.
+        alpha_in: float | torch.Tensor = torch.tensor(alpha, device=self.device) if t.compile else alpha
         b = phase.batch_size // self.world_size
-        g_kwargs = {"resolution": res, "alpha": alpha, "mixing_prob": m.style_mixing_prob, "noise_mode": "random"}
+        g_kwargs = {"resolution": res, "alpha": alpha_in, "mixing_prob": m.style_mixing_prob, "noise_mode": "random"}
 
         # --- D step ---
         reals = self._reals(phase)
@@ -409,14 +418,14 @@ class Trainer:
         if t.loss == "logistic":
             do_r1 = t.r1_gamma > 0 and self.step % t.r1_interval == 0
             with self._autocast():
-                fake_logits = self._D_fwd(fakes.detach(), resolution=res, alpha=alpha)
+                fake_logits = self._D_fwd(fakes.detach(), resolution=res, alpha=alpha_in)
             if do_r1:
                 reals_g = reals.detach().requires_grad_(True)
                 real_logits = self.D(reals_g, resolution=res, alpha=alpha)
                 r1 = losses.r1_penalty(real_logits, reals_g)
             else:
                 with self._autocast():
-                    real_logits = self._D_fwd(reals, resolution=res, alpha=alpha)
+                    real_logits = self._D_fwd(reals, resolution=res, alpha=alpha_in)
             loss_D = losses.logistic_d_loss(real_logits.float(), fake_logits.float())
             if do_r1:
                 # Lazy regularisation: applied every r1_interval steps, scaled to keep its strength.
@@ -444,7 +453,7 @@ class Trainer:
         self.D.requires_grad_(False)
         with self._autocast():
             fakes = self._G_fwd(z, update_w_avg=True, **g_kwargs)
-            fake_logits = self._D_fwd(fakes, resolution=res, alpha=alpha)
+            fake_logits = self._D_fwd(fakes, resolution=res, alpha=alpha_in)
         g_loss = losses.logistic_g_loss if t.loss == "logistic" else losses.wgan_g_loss
         loss_G = g_loss(fake_logits.float())
         self.opt_G.zero_grad(set_to_none=True)
@@ -461,7 +470,11 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self, batch_size: int) -> None:
         t = self.train_cfg
-        beta = 0.5 ** (batch_size / (t.ema_kimg * 1000)) if t.ema_kimg > 0 else 0.0
+        ema_nimg = t.ema_kimg * 1000
+        if t.ema_rampup is not None:
+            # Early in a run a long half-life would keep G_ema at its random init (StyleGAN2-ADA's ramp-up).
+            ema_nimg = min(ema_nimg, self.cur_nimg * t.ema_rampup)
+        beta = 0.5 ** (batch_size / ema_nimg) if ema_nimg > 0 else 0.0
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
             p_ema.copy_(p.detach().lerp(p_ema, beta))
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):

@@ -99,6 +99,9 @@ def test_sample_errors(project: Path, capsys: pytest.CaptureFixture[str], monkey
     assert "no exported generator" in capsys.readouterr().err
     assert main(["sample", "--model", str(project), "--seeds", "9-1"]) == 2
     assert "bad seed spec" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["sample", "--model", str(project), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "flows.sample", None)  # as if the pipeline extra were absent
     assert main(["sample", "--model", "models:/pokemon-stylegan@champion", "--out", str(project / "s")]) == 2
     assert "pipeline extra" in capsys.readouterr().err

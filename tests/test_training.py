@@ -151,6 +151,7 @@ def test_stages_callbacks_checkpoints_and_snapshots(data: Path, tmp_path: Path) 
     assert any(0 < s["alpha"] < 1 for s in rec.ticks)  # the fade-in was reported
     assert all(np.isfinite(s["loss_G"]) and np.isfinite(s["loss_D"]) for s in rec.ticks)
     assert [r.resolution for r in rec.stage_ends] == [4, 8]
+    assert all(r.seconds > 0 for r in rec.stage_ends)
     res, kimg, grid, path = rec.snapshots[-1]
     assert kimg == pytest.approx(0.048)
     assert res == 8 and path.exists() and path.parent == tmp_path / "run" / "snapshots"
@@ -176,6 +177,15 @@ def test_ema_half_life(data: Path, tmp_path: Path) -> None:
     p = trainer.G.synthesis.b4.conv1.weight
     beta = 0.5 ** (4 / 4.0)  # batch 4, half-life 4 images
     assert torch.allclose(trainer.G_ema.synthesis.b4.conv1.weight, p.lerp(p_ema_before, beta))
+
+    # Ramp-up: the half-life is capped at ema_rampup * images shown (0 at the first step: a copy).
+    ramped = Trainer(tiny_model(), tiny_train(ema_kimg=10.0, ema_rampup=0.5), data, tmp_path / "ramped")
+    ramped.run(max_steps=1)
+    assert torch.equal(ramped.G_ema.synthesis.b4.conv1.weight, ramped.G.synthesis.b4.conv1.weight)
+    before = ramped.G_ema.synthesis.b4.conv1.weight.clone()
+    ramped.run(max_steps=1)  # now 4 images shown: half-life min(10000, 2) images, batch 4 -> beta 1/4
+    p = ramped.G.synthesis.b4.conv1.weight
+    assert torch.allclose(ramped.G_ema.synthesis.b4.conv1.weight, p.lerp(before, 0.25))
 
 
 def test_params_change_refuses_to_resume(data: Path, tmp_path: Path) -> None:
@@ -243,3 +253,13 @@ def test_export_from_trainer_is_trimmed_to_the_trained_resolution(data: Path, tm
     assert G.img_resolution == 4
     ours = generate(trainer.G_ema, seeds=[0, 1], resolution=4)
     assert np.array_equal(generate(G, seeds=[0, 1]), ours)
+
+
+def test_channels_last_option_trains(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_model(), tiny_train(channels_last=True, amp=True), data, tmp_path / "run")
+    assert trainer.D.b8.conv0.weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.amp_dtype is None  # amp never applies on CPU
+    before = trainer.G.synthesis.b4.conv1.weight.clone()
+    stats = trainer.train_step()
+    assert all(np.isfinite(v) for v in stats.values())
+    assert not torch.equal(before, trainer.G.synthesis.b4.conv1.weight)

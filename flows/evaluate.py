@@ -42,6 +42,10 @@ def compute_metrics(
     from stylegan.metrics import evaluate_generator
 
     logger = get_run_logger()
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # one thread is faster than two on a busy 2-core machine
     G = load_generator(export_dir, device="cpu")
     metrics = evaluate_generator(G, data_root, cfg, out_dir, reports_dir, metrics_file="evaluate.json",
                                  ticks=Path(out_dir) / "train_ticks.csv", log=logger.info)

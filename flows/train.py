@@ -29,10 +29,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import tracking
 from flows.common import METRICS_DIR, MODEL_DIR, REGISTERED, RUNS_DIR, base_parser, load_run_params, resolve, write_json
-from stylegan.config import ModelConfig, TrainConfig, section, to_dict
+from stylegan.config import ModelConfig, TrainConfig, section
 
-# Train fields that change bookkeeping, not the trajectory: editing them resumes the same run.
-_BOOKKEEPING = ("tick_kimg", "snapshot_kimg", "keep_checkpoints", "grid_seeds", "truncation_psi")
 TICK_COLUMNS = ("kimg", "stage", "resolution", "alpha", "lr", "batch_size", "loss_G", "loss_D", "r1",
                 "images_per_sec", "sec_per_tick")
 
@@ -56,9 +54,10 @@ def data_fingerprint(data_root: Path) -> str:
 
 
 def run_key(model_cfg: ModelConfig, train_cfg: TrainConfig, fingerprint: str) -> str:
-    train = {k: v for k, v in to_dict(train_cfg).items() if k not in _BOOKKEEPING}
-    blob = json.dumps({"model": to_dict(model_cfg), "train": train, "data": fingerprint}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    """The trainer's params hash (bookkeeping settings such as tick_kimg excluded) + the data's."""
+    from stylegan.checkpoint import params_hash
+
+    return hashlib.sha256(f"{params_hash(model_cfg, train_cfg)}:{fingerprint}".encode()).hexdigest()[:12]
 
 
 class TickLog:
@@ -225,6 +224,11 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     export_dir = root_p / MODEL_DIR
     metrics_dir = root_p / METRICS_DIR
 
+    if train_cfg.threads > 0:
+        import torch
+
+        # On a busy 2-core machine one thread is as fast as two (OpenMP threads wait on each other).
+        torch.set_num_threads(train_cfg.threads)
     fingerprint = data_fingerprint(data_root)
     key = run_key(model_cfg, train_cfg, fingerprint)
     run_dir = runs_root / key

@@ -92,18 +92,27 @@ class Progress:
         self.total = max(total_kimg, 1e-9)
         self.artifact_id = artifact_id
         self._last_update = 0.0
+        self._last_line = 0.0
+        # A live bar on a terminal; in a log file (CI, nohup) one plain line every 30 s instead.
+        self.tty = sys.stderr.isatty()
         self.bar = tqdm(total=round(total_kimg, 3), initial=round(start_kimg, 3), unit="kimg", file=sys.stderr,
-                        dynamic_ncols=True, mininterval=1.0, desc="train", leave=True)
+                        dynamic_ncols=True, mininterval=1.0, desc="train", leave=True, disable=not self.tty)
 
     def on_tick(self, stats: Mapping[str, Any]) -> None:
         kimg = float(stats["kimg"])
-        self.bar.n = round(min(kimg, self.total), 3)
-        self.bar.set_description(f"train {stats.get('resolution', '?')}px")
-        self.bar.set_postfix(loss_G=f"{stats.get('loss_G', float('nan')):.3f}",
-                             loss_D=f"{stats.get('loss_D', float('nan')):.3f}",
-                             img_s=f"{stats.get('images_per_sec', 0):.0f}", refresh=False)
-        self.bar.refresh()
         now = time.monotonic()
+        loss_G, loss_D = stats.get("loss_G", float("nan")), stats.get("loss_D", float("nan"))
+        if self.tty:
+            self.bar.n = round(min(kimg, self.total), 3)
+            self.bar.set_description(f"train {stats.get('resolution', '?')}px")
+            self.bar.set_postfix(loss_G=f"{loss_G:.3f}", loss_D=f"{loss_D:.3f}",
+                                 img_s=f"{stats.get('images_per_sec', 0):.0f}", refresh=False)
+            self.bar.refresh()
+        elif now - self._last_line > 30.0:
+            self._last_line = now
+            print(f"train {stats.get('resolution', '?')}px: kimg {kimg:.1f}/{self.total:g} "
+                  f"({100 * kimg / self.total:.0f}%), loss_G {loss_G:.3f}, loss_D {loss_D:.3f}, "
+                  f"{stats.get('images_per_sec', 0):.0f} img/s", file=sys.stderr, flush=True)
         if self.artifact_id is not None and now - self._last_update > 2.0:
             self._last_update = now
             update_progress_artifact(self.artifact_id, progress=min(100.0, 100.0 * kimg / self.total))

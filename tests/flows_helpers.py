@@ -17,9 +17,9 @@ TINY: dict[str, dict[str, Any]] = {
     "model": {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 64, "fmap_max": 16, "max_resolution": 16,
               "mbstd_group_size": 4},
     "train": {"start_resolution": 8, "fade_kimg": 0.064, "stab_kimg": 0.064, "batch_size": 8, "tick_kimg": 0.032,
-              "snapshot_kimg": 0.032, "grid_seeds": [0, 1, 2, 3], "device": "cpu", "r1_interval": 4},
+              "snapshot_kimg": 0.032, "grid_seeds": [0, 1, 2, 3], "device": "cpu", "r1_interval": 4, "threads": 1},
     "evaluate": {"num_samples": 32, "num_real": 32, "batch_size": 32, "kid_subsets": 2, "kid_subset_size": 16,
-                 "novelty_samples": 4, "swd_min_resolution": 8},
+                 "novelty_samples": 4, "swd_min_resolution": 8, "threads": 1},
     "sample": {"seeds": "0-5", "truncation_psi": 0.7},
 }
 

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("prefect")
 
-from tests.flows_helpers import sprite_folder, tiny_params, write_params  # noqa: E402
+from tests.flows_helpers import sprite_folder, tiny_params, write_params
 
 pytestmark = pytest.mark.pipeline
 

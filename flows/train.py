@@ -196,8 +196,7 @@ def _version_with_sha(client: Any, name: str, sha: str) -> Any | None:
     return next((v for v in versions if v.tags.get("generator.sha256") == sha), None)
 
 
-def _open_mlflow_run(client: Any, run_dir: Path, key: str, root: Path, params: Mapping[str, Any],
-                     data_dir: str) -> str:
+def _open_mlflow_run(client: Any, run_dir: Path, key: str, root: Path) -> str:
     """The MLflow run of this run directory: resumed when it exists in this store, else created."""
     marker = run_dir / "mlflow_run.json"
     if marker.exists():
@@ -245,7 +244,7 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     logger.info("run directory %s (params + data key %s)", run_dir, key)
 
     client = tracking.setup(root_p)
-    run_id = _open_mlflow_run(client, run_dir, key, root_p, params, data_cfg.out_dir)
+    run_id = _open_mlflow_run(client, run_dir, key, root_p)
     tracking.log_params(client, run_id, params)
     for k, v in tracking.source_tags(root_p, data_cfg.out_dir).items():
         client.set_tag(run_id, k, v)

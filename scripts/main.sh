@@ -22,7 +22,10 @@ PY
 )"
 out_dir="$(python -c 'from stylegan.config import load_params, section; print(section(load_params("params.yaml"), "sample").out_dir)')"
 echo
+dvc metrics show || true
+echo
 echo "Done in $(( $(date +%s) - start )) s."
 echo "Champion model:  ${uri%%|*}   (MLflow store: ${uri#*|})"
 echo "Sample grid:     $PWD/$out_dir/grid.png"
-echo "Metrics:         dvc metrics show    |  MLflow UI: mlflow ui --backend-store-uri ${uri#*|}"
+echo "Decision:        $(python -c 'import json; print(json.load(open("metrics/promotion.json"))["reason"])' 2>/dev/null || echo see metrics/promotion.json)"
+echo "MLflow UI:       mlflow ui --backend-store-uri ${uri#*|}"

@@ -33,9 +33,9 @@ def save_png(image: Image.Image, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _upscale(image: Image.Image, min_side: int = 256) -> Image.Image:
-    """Nearest-neighbour enlargement so that 32x32 tiles stay visible in a browser."""
-    s = max(1, math.ceil(min_side / max(image.size)))
+def _upscale(image: Image.Image, tile: int, min_tile: int = 128) -> Image.Image:
+    """Nearest-neighbour enlargement so that tiles of ``tile`` px show at least ``min_tile`` px."""
+    s = max(1, math.ceil(min_tile / tile))
     return image.resize((image.width * s, image.height * s), Image.NEAREST) if s > 1 else image
 
 
@@ -154,19 +154,20 @@ def write_reports(
     """All figures under ``reports_dir``; returns the written paths."""
     out = Path(reports_dir)
     written: list[Path] = []
+    r = int(G.img_resolution)
     seeds = list(range(seed, seed + grid_size))
-    written.append(save_png(_upscale(sample_grid(G, seeds, truncation_psi)), out / "samples.png"))
-    written.append(save_png(_upscale(truncation_sweep(G, seeds[:6])), out / "truncation_sweep.png"))
-    rows, cols = seeds[:5], seeds[5:11]
+    written.append(save_png(_upscale(sample_grid(G, seeds, truncation_psi), r), out / "samples.png"))
+    written.append(save_png(_upscale(truncation_sweep(G, seeds[:6]), r), out / "truncation_sweep.png"))
+    rows, cols = list(range(seed, seed + 5)), list(range(seed + 5, seed + 11))  # 5 sources x 6 destinations
     for name in STYLE_RANGES:
         try:
             grid = sampling.style_mixing_grid(G, rows, cols, styles=name)
         except ValueError as exc:  # e.g. a 32x32 generator has no "fine" layers
             log(f"style mixing ({name}) skipped: {exc}")
             continue
-        written.append(save_png(_upscale(grid), out / f"style_mixing_{name}.png"))
+        written.append(save_png(_upscale(grid, r), out / f"style_mixing_{name}.png"))
     noise_grid, std = noise_figure(G, seed)
-    written.append(save_png(_upscale(noise_grid), out / "noise_variation.png"))
+    written.append(save_png(_upscale(noise_grid, r), out / "noise_variation.png"))
     written.append(atomic_write_bytes(out / "noise_std.npy", _npy_bytes(std)))
     written.append(interpolation_gif(G, seeds[:4], interpolation_steps, out / "interpolation.gif"))
     if ticks is not None:

@@ -114,7 +114,8 @@ def evaluate_generator(
         if n_show:
             fig = novelty.nearest_rows_figure(
                 fake[:n_show], real, mem.nn_index[:n_show], mem.nn_distance[:n_show], mem.threshold,
-                f"sample | 3 nearest training images ({space} space); red = closer than {mem.threshold:.3g}",
+                f"sample | 3 nearest training images ({space} space)\n"
+                f"red frame: closer than {mem.threshold:.3g} (a copy)",
             )
             save_png(fig, reports_dir / f"novelty_{space}.png")
 

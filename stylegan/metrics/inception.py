@@ -34,7 +34,7 @@ def find_weights(explicit: str | os.PathLike | None = None) -> Path:
         if not path.is_file():
             raise MissingWeightsError(f"evaluate.inception_weights points to {path}, which does not exist")
         return path
-    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")).expanduser() / "hub" / "checkpoints"
+    hub = Path(torch.hub.get_dir()) / "checkpoints"  # $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub, ~/.cache/...
     found = sorted(hub.glob(WEIGHTS_GLOB)) if hub.is_dir() else []
     if not found:
         raise MissingWeightsError(

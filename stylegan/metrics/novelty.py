@@ -65,8 +65,8 @@ def nearest_rows_figure(
     n, k = nn_index.shape
     r = samples.shape[-1]
     scale = max(1, 64 // r)
-    tile, gap, caption, header = r * scale, 8, 12, 16
-    width = (k + 1) * tile + k * 2 + gap
+    tile, gap, caption, header = r * scale, 8, 12, 16 + 12 * title.count("\n")
+    width = max((k + 1) * tile + k * 2 + gap, 6 * max(len(line) for line in title.splitlines()) + 4)
     height = header + n * (tile + caption)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)

@@ -109,15 +109,17 @@ def knn_radii(features: np.ndarray, k: int) -> torch.Tensor:
     """Distance from each vector to its k-th nearest neighbour in the same set (self excluded)."""
     if len(features) <= k:
         raise ValueError(f"k-NN radii need more than k={k} vectors, got {len(features)}")
-    dist = pairwise_distances(features, features)
-    # The k+1-th smallest includes the zero distance to itself.
-    return dist.kthvalue(k + 1, dim=1).values
+    f = torch.as_tensor(np.asarray(features), dtype=torch.float64).reshape(len(features), -1)
+    # Row blocks keep memory at 1024 x N; the k+1-th smallest counts the zero distance to itself.
+    return torch.cat([torch.cdist(f[i : i + 1024], f).kthvalue(k + 1, dim=1).values for i in range(0, len(f), 1024)])
 
 
 def _coverage(manifold: np.ndarray, radii: torch.Tensor, queries: np.ndarray) -> float:
     """Share of queries inside at least one hypersphere (centre, radius) of the manifold."""
-    dist = pairwise_distances(queries, manifold)
-    return float((dist <= radii[None, :]).any(dim=1).double().mean())
+    q = torch.as_tensor(np.asarray(queries), dtype=torch.float64).reshape(len(queries), -1)
+    m = torch.as_tensor(np.asarray(manifold), dtype=torch.float64).reshape(len(manifold), -1)
+    inside = [(torch.cdist(q[i : i + 1024], m) <= radii[None, :]).any(dim=1) for i in range(0, len(q), 1024)]
+    return float(torch.cat(inside).double().mean())
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:

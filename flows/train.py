@@ -193,7 +193,12 @@ def _version_with_sha(client: Any, name: str, sha: str) -> Any | None:
         versions = client.search_model_versions(f"name = '{name}'")
     except tracking.MlflowException:
         return None
-    return next((v for v in versions if v.tags.get("generator.sha256") == sha), None)
+    # Search results may come without tags; read each version (a handful) in full.
+    for v in sorted(versions, key=lambda v: -int(v.version)):
+        full = client.get_model_version(name, str(v.version))
+        if full.tags.get("generator.sha256") == sha:
+            return full
+    return None
 
 
 def _open_mlflow_run(client: Any, run_dir: Path, key: str, root: Path) -> str:

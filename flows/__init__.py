@@ -11,5 +11,8 @@ for _var, _value in (
     ("MLFLOW_DISABLE_TELEMETRY", "true"),
     ("DVC_NO_ANALYTICS", "1"),
     ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),  # one progress bar per download clutters stage logs
+    # Prefect's temporary server gets 20 s to start by default; a fresh PREFECT_HOME on a busy
+    # 2-core machine can need more (seen failing at 20 s), and a timeout would fail the stage.
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"),
 ):
     os.environ.setdefault(_var, _value)

@@ -41,6 +41,7 @@ _BOOKKEEPING_KEYS = (
     "amp",
     "channels_last",
     "compile",
+    "threads",
     "tick_kimg",
     "snapshot_kimg",
     "keep_checkpoints",

@@ -183,6 +183,7 @@ class TrainConfig:
     amp: bool = False  # bf16/fp16 autocast on CUDA; ignored on CPU (fp32)
     channels_last: bool = False
     compile: bool = False  # torch.compile G and D
+    threads: int = 0  # torch CPU threads for the train flow; 0 = torch's default (one per core)
     tick_kimg: float = 4.0  # report through on_tick every this many kimg
     snapshot_kimg: float = 50.0  # checkpoint + sample grid every this many kimg (and at stage end)
     keep_checkpoints: int = 3  # rolling checkpoints kept per run (stage-final ones are kept)
@@ -265,6 +266,7 @@ class EvaluateConfig:
     interpolation_steps: int = 16  # frames between keyframes of reports/interpolation.gif
     reports_dir: str = "reports"
     cache_dir: str = "data/cache"
+    threads: int = 0  # torch CPU threads for the evaluate flow; 0 = torch's default (one per core)
 
 
 @dataclass(frozen=True)

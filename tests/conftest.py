@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,3 +24,41 @@ def _seed_and_one_thread() -> Iterator[None]:
     torch.manual_seed(0)
     yield
     torch.set_num_threads(1)  # a test that set more threads (pokegan train --threads) hands back one
+
+
+# --- pipeline tests (flows/): temporary Prefect home and MLflow store, never the user's ---
+_PIPELINE_TMP = Path(tempfile.mkdtemp(prefix="pokegan-pipeline-tests-"))
+os.environ["PREFECT_HOME"] = str(_PIPELINE_TMP / "prefect")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_PIPELINE_TMP / 'mlruns' / 'mlflow.db'}"
+(_PIPELINE_TMP / "mlruns").mkdir(exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect server (and database) for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow SQLite database, made once (creating one takes ~10 s)."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_empty_db: Path) -> str:
+    """A fresh SQLite MLflow store (tracking + registry) for one test: a copy of the empty one."""
+    import shutil
+
+    (tmp_path / "mlruns").mkdir()
+    shutil.copyfile(mlflow_empty_db, tmp_path / "mlruns" / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

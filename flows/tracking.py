@@ -1,0 +1,384 @@
+"""MLflow: where runs go, what a training run logs, the generator as a model, the registry.
+
+One MLflow run per training run (a run directory under ``runs/train/``): params flattened,
+per-tick metrics with the number of images shown as the step (so curves of runs with other
+batch sizes line up), one sample grid per stage, tags tying the run to the git commit and
+the DVC hash of the prepared data, and later the evaluation metrics. Stages are not nested
+runs: ``resolution`` and ``stage`` are metrics, so one chart shows the whole progression.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+import stylegan
+
+EXPERIMENT = "pokegan"
+MODEL_ARTIFACT = "generator"  # name of the logged model inside its run
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# What the served model needs; passed explicitly so log_model does not spend seconds inferring it.
+PIP_REQUIREMENTS = [
+    "torch==2.13.0",
+    "numpy>=2.0,<3",
+    "pillow==13.0.0",
+    "pandas==3.1.1",
+    "safetensors==0.8.0",
+    "pyyaml==6.0.3",
+    "mlflow==3.17.2",
+]
+_MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(LookupError, ValueError):
+    """A registered model, alias or version that does not exist (the message says what does)."""
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def default_tracking_uri(root: str | Path = ".") -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store in ``<root>/mlruns/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    store = Path(root).resolve() / "mlruns"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def setup(root: str | Path = ".") -> MlflowClient:
+    """Point mlflow (tracking and registry) at the project's store and return a client."""
+    uri = default_tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str = EXPERIMENT, root: str | Path = ".") -> str:
+    """The experiment id, creating it with artifacts under ``<root>/mlruns/artifacts`` on a local store."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if client.tracking_uri.startswith("sqlite:"):
+        db = Path(client.tracking_uri.removeprefix("sqlite:///"))
+        location = (db.parent / "artifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another process created it between our lookup and create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# ----------------------------------------------------------------------------- params and tags
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lrs": {64: 0.002}}}`` -> ``{"train.lrs.64": "0.002"}``; lists stay whole."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+            flat[name] = text[:_MAX_PARAM_LEN]
+    return flat
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log every param (flattened). Params already logged with the same value are skipped (resume)."""
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    items = [Param(k, v) for k, v in flatten(params).items() if existing.get(k) != v]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def git_commit(root: str | Path = ".") -> tuple[str, bool]:
+    """(commit, dirty) of the repository at root; ("unknown", False) outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def dvc_out_hash(root: str | Path, out: str) -> str | None:
+    """The hash DVC recorded in dvc.lock for output ``out`` (e.g. data/prepared), or None."""
+    lock = Path(root) / "dvc.lock"
+    if not lock.exists():
+        return None
+    data = yaml.safe_load(lock.read_text()) or {}
+    want = out.rstrip("/")
+    for stage in (data.get("stages") or {}).values():
+        for entry in stage.get("outs") or []:
+            if str(entry.get("path", "")).rstrip("/") == want:
+                return entry.get("md5") or entry.get("hash") or entry.get("etag")
+    return None
+
+
+def source_tags(root: str | Path, data_dir: str = "data/prepared") -> dict[str, str]:
+    """Tags linking a run to its code and data."""
+    commit, dirty = git_commit(root)
+    tags = {"mlflow.source.git.commit": commit, "git.commit": commit, "git.dirty": str(dirty).lower()}
+    data_hash = dvc_out_hash(root, data_dir)
+    tags["data.dvc_hash"] = data_hash or "unknown (not produced by dvc repro)"
+    tags["data.path"] = data_dir
+    return tags
+
+
+# ----------------------------------------------------------------------------- training callback
+
+
+class MlflowTrainingCallback:
+    """Trainer callback (``on_tick``/``on_snapshot``/``on_stage_end``) logging to one MLflow run.
+
+    The step of every metric is the number of images shown, ``int(kimg * 1000)``.
+    """
+
+    TICK_KEYS = ("loss_G", "loss_D", "r1", "images_per_sec", "sec_per_tick", "kimg", "resolution", "alpha", "lr",
+                 "batch_size", "stage")
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def on_tick(self, stats: Mapping[str, Any]) -> None:
+        import time
+
+        step = round(float(stats["kimg"]) * 1000)
+        ts = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(stats[key]), ts, step)
+            for key in self.TICK_KEYS
+            if key in stats and isinstance(stats[key], int | float) and not isinstance(stats[key], bool)
+        ]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def on_snapshot(self, resolution: int, kimg: float, grid: Any, path: Path | None = None) -> None:
+        # Every snapshot (including the one at each stage end) from the fixed train.grid_seeds.
+        name = f"grids/snapshots/{resolution:04d}x{resolution:04d}-kimg{kimg:09.3f}.png"
+        self.client.log_image(self.run_id, grid, name)
+
+    def on_stage_end(self, result: Any) -> None:
+        step = round(float(result.kimg) * 1000)
+        self.client.log_metric(self.run_id, "stage_seconds", float(result.seconds), step=step)
+        self.client.set_tag(self.run_id, f"stage.{result.resolution}.checkpoint", str(result.checkpoint))
+
+
+# ----------------------------------------------------------------------------- model logging
+
+
+def model_signature() -> Any:
+    """Input: seed (required), truncation_psi, noise_mode; output: seed + base64 PNG; param ``output``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec("long", "seed"),
+            ColSpec("double", "truncation_psi", required=False),
+            ColSpec("string", "noise_mode", required=False),
+        ]
+    )
+    outputs = Schema([ColSpec("long", "seed"), ColSpec("string", "image_png_base64")])
+    params = ParamSchema([ParamSpec("output", "string", "png_base64")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def input_example() -> Any:
+    import pandas as pd
+
+    return pd.DataFrame({"seed": [0, 1], "truncation_psi": [0.7, 0.7], "noise_mode": ["const", "const"]})
+
+
+def log_generator_model(run_id: str, export_dir: str | Path) -> Any:
+    """Log the exported G_ema (safetensors + JSON) as a pyfunc model in ``run_id``; returns ModelInfo.
+
+    The model is defined by code (flows/pyfunc_model.py), not a pickle; ``stylegan/`` travels
+    with it as code_paths so it loads in any process that has the pinned requirements.
+    """
+    export_dir = Path(export_dir)
+    if not (export_dir / "generator.safetensors").exists():
+        raise FileNotFoundError(f"no exported generator in {export_dir}; the train stage writes it")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="(?s).*type hint")
+        warnings.filterwarnings("ignore", message="(?s).*integer column")
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            return mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(PYFUNC_CODE),
+                artifacts={"generator": str(export_dir)},
+                code_paths=[str(Path(stylegan.__file__).parent)],  # the library, wherever it is imported from
+                signature=model_signature(),
+                input_example=input_example(),
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def register(client: MlflowClient, model_uri: str, name: str, alias: str, run_id: str,
+             tags: Mapping[str, str] | None = None) -> str:
+    """Register ``model_uri`` under ``name``, point ``alias`` at the new version, return the version."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="StyleGAN generator (G_ema) trained on Pokémon sprites")
+    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags or {}))
+    client.set_registered_model_alias(name, alias, mv.version)
+    return str(mv.version)
+
+
+def _describe_model(client: MlflowClient, name: str) -> str:
+    model = client.get_registered_model(name)
+    aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "none"
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    return f"aliases: {aliases}; versions: {', '.join(map(str, versions)) or 'none'}"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` -> (name, None, alias); ``models:/name/3`` -> (name, "3", None)."""
+    if not uri.startswith("models:/"):
+        raise ValueError(f"{uri!r} is not a registry URI; expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    rest = uri.removeprefix("models:/").strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, None, alias
+    if "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        return name, version, None
+    return rest, "latest", None
+
+
+def resolve_version(client: MlflowClient, uri: str) -> Any:
+    """The ModelVersion a ``models:/`` URI points at, or a RegistryError naming what exists."""
+    name, version, alias = parse_model_uri(uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models())
+        raise RegistryError(
+            f"no registered model {name!r} in {client.tracking_uri}; registered models: {', '.join(names) or 'none'}"
+            " (run `dvc repro train` to train and register one, or set MLFLOW_TRACKING_URI to the right store)"
+        ) from None
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        if version == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise MlflowException("no versions")
+            return max(versions, key=lambda v: int(v.version))
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        what = f"alias {alias!r}" if alias is not None else f"version {version}"
+        raise RegistryError(f"registered model {name!r} has no {what}; {_describe_model(client, name)}") from None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome of the champion rule for one candidate version."""
+
+    promoted: bool
+    version: str
+    metric: str
+    value: float
+    higher_is_better: bool
+    previous_version: str | None
+    previous_value: float | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def champion_value(
+    client: MlflowClient, name: str, champion_alias: str, metric: str
+) -> tuple[str | None, float | None]:
+    """(version, metric value) of the current champion; (None, None) when there is none."""
+    try:
+        mv = client.get_model_version_by_alias(name, champion_alias)
+    except MlflowException:
+        return None, None
+    tag = mv.tags.get(f"eval.{metric}")
+    if tag is not None:
+        return str(mv.version), float(tag)
+    if mv.run_id:
+        run_metrics = client.get_run(mv.run_id).data.metrics
+        if f"eval.{metric}" in run_metrics:
+            return str(mv.version), float(run_metrics[f"eval.{metric}"])
+    return str(mv.version), None
+
+
+def apply_champion_rule(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    metric: str,
+    value: float,
+    *,
+    higher_is_better: bool = False,
+    champion_alias: str = "champion",
+) -> Decision:
+    """Move ``champion_alias`` to ``version`` when its ``metric`` beats the champion's (or none exists).
+
+    The decision and its reason are written as tags on the candidate version.
+    """
+    import math
+
+    client.set_model_version_tag(name, version, f"eval.{metric}", repr(float(value)))
+    prev_version, prev_value = champion_value(client, name, champion_alias, metric)
+    better = "higher" if higher_is_better else "lower"
+    if math.isnan(value):
+        promoted, reason = False, f"{metric} is NaN; not promoted"
+    elif prev_version is None:
+        promoted, reason = True, f"no {champion_alias} yet; v{version} becomes {champion_alias} ({metric}={value:.6g})"
+    elif prev_version == version:
+        promoted, reason = True, f"v{version} already is {champion_alias} ({metric}={value:.6g})"
+    elif prev_value is None:
+        promoted, reason = True, f"{champion_alias} v{prev_version} has no recorded {metric}; v{version} replaces it"
+    elif (value > prev_value) if higher_is_better else (value < prev_value):
+        promoted = True
+        reason = f"{metric}={value:.6g} beats {champion_alias} v{prev_version} ({prev_value:.6g}; {better} is better)"
+    else:
+        promoted = False
+        reason = (f"{metric}={value:.6g} does not beat {champion_alias} v{prev_version} "
+                  f"({prev_value:.6g}; {better} is better); {champion_alias} unchanged")
+    if promoted:
+        client.set_registered_model_alias(name, champion_alias, version)
+    client.set_model_version_tag(name, version, "promotion.decision", "promoted" if promoted else "rejected")
+    client.set_model_version_tag(name, version, "promotion.reason", reason)
+    client.set_model_version_tag(name, version, "promotion.metric", metric)
+    return Decision(promoted, str(version), metric, float(value), higher_is_better, prev_version, prev_value, reason)

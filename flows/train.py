@@ -1,0 +1,313 @@
+"""Staged progressive training as a Prefect flow: one task per resolution.
+
+Each stage task builds a Trainer on the run directory, which resumes from the newest
+checkpoint there (the previous stage's final one, or a rolling one of this stage if an
+earlier attempt died), so a retry continues where it stopped and a finished stage is
+skipped. The run directory is keyed by the model and train params and the prepared data,
+so a changed param or dataset starts a fresh run instead of resuming a foreign one, and
+going back to earlier params finds their checkpoints again.
+
+    python -m flows.train --params params.yaml [-S train.max_resolution=16]
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows import tracking
+from flows.common import METRICS_DIR, MODEL_DIR, REGISTERED, RUNS_DIR, base_parser, load_run_params, resolve, write_json
+from stylegan.config import ModelConfig, TrainConfig, section
+
+TICK_COLUMNS = ("kimg", "stage", "resolution", "alpha", "lr", "batch_size", "loss_G", "loss_D", "r1",
+                "images_per_sec", "sec_per_tick")
+
+
+def data_fingerprint(data_root: Path) -> str:
+    """A hash of the prepared data (its manifest, which lists every image's content hash)."""
+    for name in ("manifest.csv", "manifest.parquet", "summary.json"):
+        p = data_root / name
+        if p.exists():
+            return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    arrays = sorted(data_root.glob("images_*.npy"))
+    if not arrays:
+        raise FileNotFoundError(
+            f"no prepared data in {data_root}; run `dvc repro prepare` (or `python -m flows.prepare`) first"
+        )
+    h = hashlib.sha256()
+    for p in arrays:
+        h.update(p.name.encode())
+        h.update(str(p.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def run_key(model_cfg: ModelConfig, train_cfg: TrainConfig, fingerprint: str) -> str:
+    """The trainer's params hash (bookkeeping settings such as tick_kimg excluded) + the data's."""
+    from stylegan.checkpoint import params_hash
+
+    return hashlib.sha256(f"{params_hash(model_cfg, train_cfg)}:{fingerprint}".encode()).hexdigest()[:12]
+
+
+class TickLog:
+    """Trainer callback appending each tick to a CSV (the DVC plot of loss curves)."""
+
+    def __init__(self, path: Path, resume_kimg: float) -> None:
+        self.path = path
+        rows = []
+        if path.exists():
+            # Ticks after the checkpoint we resume from will be trained (and logged) again.
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if float(r["kimg"]) <= resume_kimg + 1e-9]
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, TICK_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+
+    def on_tick(self, stats: Mapping[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in stats.items()}
+            csv.DictWriter(f, TICK_COLUMNS, extrasaction="ignore").writerow(row)
+
+
+class Progress:
+    """Trainer callback: a terminal progress bar and a Prefect progress artifact, over all stages."""
+
+    def __init__(self, total_kimg: float, start_kimg: float, artifact_id: Any | None) -> None:
+        from tqdm import tqdm
+
+        self.total = max(total_kimg, 1e-9)
+        self.artifact_id = artifact_id
+        self._last_update = 0.0
+        self._last_line = 0.0
+        # A live bar on a terminal; in a log file (CI, nohup) one plain line every 30 s instead.
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=round(total_kimg, 3), initial=round(start_kimg, 3), unit="kimg", file=sys.stderr,
+                        dynamic_ncols=True, mininterval=1.0, desc="train", leave=True, disable=not self.tty)
+
+    def on_tick(self, stats: Mapping[str, Any]) -> None:
+        kimg = float(stats["kimg"])
+        now = time.monotonic()
+        loss_G, loss_D = stats.get("loss_G", float("nan")), stats.get("loss_D", float("nan"))
+        if self.tty:
+            self.bar.n = round(min(kimg, self.total), 3)
+            self.bar.set_description(f"train {stats.get('resolution', '?')}px")
+            self.bar.set_postfix(loss_G=f"{loss_G:.3f}", loss_D=f"{loss_D:.3f}",
+                                 img_s=f"{stats.get('images_per_sec', 0):.0f}", refresh=False)
+            self.bar.refresh()
+        elif now - self._last_line > 30.0:
+            self._last_line = now
+            print(f"train {stats.get('resolution', '?')}px: kimg {kimg:.1f}/{self.total:g} "
+                  f"({100 * kimg / self.total:.0f}%), loss_G {loss_G:.3f}, loss_D {loss_D:.3f}, "
+                  f"{stats.get('images_per_sec', 0):.0f} img/s", file=sys.stderr, flush=True)
+        if self.artifact_id is not None and now - self._last_update > 2.0:
+            self._last_update = now
+            update_progress_artifact(self.artifact_id, progress=min(100.0, 100.0 * kimg / self.total))
+
+    def close(self) -> None:
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, progress=100.0)
+        self.bar.close()
+
+
+@task(name="train-stage", task_run_name="stage-{resolution}px", retries=1, retry_delay_seconds=1,
+      cache_policy=NO_CACHE)
+def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
+    """Train one progressive stage; resumes from the newest checkpoint, skips a finished stage."""
+    from stylegan.training import Trainer
+
+    logger = get_run_logger()
+    model_cfg, train_cfg = job["model_cfg"], job["train_cfg"]
+    trainer = Trainer(model_cfg, train_cfg, job["data_root"], job["run_dir"], device=train_cfg.device,
+                      callbacks=())
+    if trainer.stage_done(resolution):
+        logger.info("stage %dx%d already complete in %s (params match); skipped", resolution, resolution,
+                    job["run_dir"])
+        return {"resolution": resolution, "skipped": True, "start_kimg": trainer.kimg, "kimg": trainer.kimg,
+                "seconds": 0.0}
+    start_kimg = trainer.kimg  # > the previous stage's end when a retry resumes mid-stage
+    logger.info("stage %dx%d: starting at kimg %.3f (from %s)", resolution, resolution, start_kimg,
+                trainer.resumed_from or "scratch")
+    ticks = TickLog(Path(job["run_dir"]) / "ticks.csv", trainer.kimg)
+    progress: Progress = job["progress"]
+    trainer.callbacks = [*job["callbacks"], ticks, progress]
+    result = trainer.run_stage(resolution)
+    logger.info("stage %dx%d done: kimg %.3f in %.1f s -> %s", resolution, resolution, result.kimg,
+                result.seconds, result.checkpoint)
+    return {"resolution": resolution, "skipped": False, "start_kimg": start_kimg, "kimg": float(result.kimg),
+            "seconds": float(result.seconds), "checkpoint": str(result.checkpoint)}
+
+
+@task(name="export-and-register", cache_policy=NO_CACHE)
+def export_and_register(job: dict[str, Any], final_resolution: int) -> dict[str, Any]:
+    """Export G_ema pickle-free, log it as an MLflow model, register it with the candidate alias."""
+    from stylegan.training import Trainer
+
+    logger = get_run_logger()
+    trainer = Trainer(job["model_cfg"], job["train_cfg"], job["data_root"], job["run_dir"], device="cpu")
+    out = job["export_dir"]
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # The highest fully trained stage; metadata ties the file back to its MLflow run.
+    trainer.export(tmp, metadata={"mlflow_run_id": job["mlflow_run_id"], "run_key": job["key"]})
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    sha = hashlib.sha256((out / "generator.safetensors").read_bytes()).hexdigest()
+
+    client: tracking.MlflowClient = job["client"]
+    reg = job["registry"]
+    existing = _version_with_sha(client, reg.name, sha)
+    if existing is not None:
+        # Same weights as an already registered version (e.g. a forced re-run): reuse it.
+        version, model_uri = existing.version, existing.source
+        client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
+        logger.info("generator unchanged; %s v%s is %s again", reg.name, version, reg.candidate_alias)
+    else:
+        info = tracking.log_generator_model(job["mlflow_run_id"], out)
+        model_uri = info.model_uri
+        version = tracking.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
+                                    tags={"generator.sha256": sha, "resolution": str(final_resolution),
+                                          "kimg": f"{trainer.kimg:.3f}", "run_key": job["key"]})
+        logger.info("registered %s v%s (%s) from run %s", reg.name, version, reg.candidate_alias, job["mlflow_run_id"])
+    return {"name": reg.name, "version": str(version), "alias": reg.candidate_alias, "model_uri": model_uri,
+            "run_id": job["mlflow_run_id"], "generator_sha256": sha, "resolution": final_resolution,
+            "kimg": float(trainer.kimg), "tracking_uri": client.tracking_uri}
+
+
+def _version_with_sha(client: Any, name: str, sha: str) -> Any | None:
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except tracking.MlflowException:
+        return None
+    # Search results may come without tags; read each version (a handful) in full.
+    for v in sorted(versions, key=lambda v: -int(v.version)):
+        full = client.get_model_version(name, str(v.version))
+        if full.tags.get("generator.sha256") == sha:
+            return full
+    return None
+
+
+def _open_mlflow_run(client: Any, run_dir: Path, key: str, root: Path) -> str:
+    """The MLflow run of this run directory: resumed when it exists in this store, else created."""
+    marker = run_dir / "mlflow_run.json"
+    if marker.exists():
+        saved = json.loads(marker.read_text())
+        if saved.get("tracking_uri") == client.tracking_uri:
+            try:
+                run = client.get_run(saved["run_id"])
+                client.update_run(run.info.run_id, status="RUNNING")
+                return run.info.run_id
+            except tracking.MlflowException:
+                pass
+    exp_id = tracking.ensure_experiment(client, tracking.EXPERIMENT, root)
+    tags = {"pokegan.run_key": key, "pokegan.stage": "train"}
+    run = client.create_run(exp_id, run_name=f"train-{key[:8]}", tags=tags)
+    write_json(marker, {"run_id": run.info.run_id, "tracking_uri": client.tracking_uri})
+    return run.info.run_id
+
+
+@flow(name="pokegan-train", log_prints=True)
+def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".") -> dict[str, Any]:
+    """Train every progressive stage up to train.max_resolution, export G_ema, register the candidate."""
+    from stylegan.schedule import stages
+
+    logger = get_run_logger()
+    root_p = Path(root).resolve()
+    params = load_run_params(root_p / params_path, overrides or [])
+    model_cfg: ModelConfig = section(params, "model")
+    train_cfg: TrainConfig = section(params, "train")
+    data_cfg = section(params, "data")
+    reg = section(params, "registry")
+    data_root = resolve(root_p, data_cfg.out_dir)
+    runs_root = root_p / RUNS_DIR
+    export_dir = root_p / MODEL_DIR
+    metrics_dir = root_p / METRICS_DIR
+
+    if train_cfg.threads > 0:
+        import torch
+
+        # On a busy 2-core machine one thread is as fast as two (OpenMP threads wait on each other).
+        torch.set_num_threads(train_cfg.threads)
+    fingerprint = data_fingerprint(data_root)
+    key = run_key(model_cfg, train_cfg, fingerprint)
+    run_dir = runs_root / key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("run directory %s (params + data key %s)", run_dir, key)
+
+    client = tracking.setup(root_p)
+    run_id = _open_mlflow_run(client, run_dir, key, root_p)
+    tracking.log_params(client, run_id, params)
+    for k, v in tracking.source_tags(root_p, data_cfg.out_dir).items():
+        client.set_tag(run_id, k, v)
+    client.set_tag(run_id, "data.fingerprint", fingerprint)
+
+    plan = stages(train_cfg, model_cfg)
+    total_kimg = float(plan[-1].end_kimg)
+    artifact_id = create_progress_artifact(progress=0.0, key="train-progress",
+                                           description=f"kimg trained of {total_kimg:g} ({len(plan)} stages)")
+    from stylegan.training import Trainer
+
+    start_kimg = Trainer(model_cfg, train_cfg, data_root, run_dir, device="cpu").kimg if any(
+        (run_dir / "checkpoints").glob("*.pt")) else 0.0
+    progress = Progress(total_kimg, start_kimg, artifact_id)
+    job = {"model_cfg": model_cfg, "train_cfg": train_cfg, "data_root": data_root, "run_dir": run_dir, "root": root_p,
+           "key": key, "progress": progress, "callbacks": [tracking.MlflowTrainingCallback(client, run_id)],
+           "client": client, "mlflow_run_id": run_id, "registry": reg, "export_dir": export_dir}
+    results = []
+    try:
+        for st in plan:
+            results.append(train_stage(st.resolution, job))
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    finally:
+        progress.close()
+    final_res = plan[-1].resolution
+    registered = export_and_register(job, final_res)
+
+    ticks = run_dir / "ticks.csv"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    if ticks.exists():
+        shutil.copyfile(ticks, metrics_dir / "train_ticks.csv")
+        client.log_artifact(run_id, str(ticks), "ticks")
+    summary = {"kimg": float(registered["kimg"]), "resolution": final_res,
+               "seconds": sum(r["seconds"] for r in results),
+               "stages": {str(r["resolution"]): {k: r[k] for k in ("start_kimg", "kimg", "seconds", "skipped")}
+                          for r in results}}
+    write_json(metrics_dir / "train.json", summary)
+    write_json(root_p / REGISTERED, registered)
+    client.set_terminated(run_id, status="FINISHED")
+    rows = "\n".join(f"| {r['resolution']} | {'skipped' if r['skipped'] else 'trained'} | {r['kimg']:.1f} | "
+                     f"{r['seconds']:.1f} |" for r in results)
+    create_markdown_artifact(
+        key="train-summary",
+        markdown=(f"# Training {key}\n\n| resolution | status | kimg at end | seconds |\n|---|---|---|---|\n{rows}\n\n"
+                  f"Registered **{registered['name']} v{registered['version']}** as `{registered['alias']}` "
+                  f"(MLflow run `{run_id}`)."),
+        description="progressive stages of this training run",
+    )
+    return registered
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    train_flow(params_path=args.params, overrides=args.overrides, root=args.root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job: set up .venv, `dvc repro` the whole pipeline (fetch -> prepare -> train ->
+# evaluate -> sample) on the default sprites, then say where the champion and the grid are.
+# Extra arguments go to `dvc repro` (e.g. `bash scripts/main.sh sample` or `-f`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
+# Prefect keeps its temporary server's database in the project unless you have your own.
+export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
+git rev-parse --is-inside-work-tree >/dev/null 2>&1 || git init -q   # DVC stages need a git repo
+dvc repro "$@"
+
+uri="$(python - <<'PY'
+from flows.tracking import default_tracking_uri
+from stylegan.config import load_params, section
+reg = section(load_params("params.yaml"), "registry")
+print(f"models:/{reg.name}@{reg.champion_alias}|{default_tracking_uri('.')}")
+PY
+)"
+out_dir="$(python -c 'from stylegan.config import load_params, section; print(section(load_params("params.yaml"), "sample").out_dir)')"
+echo
+dvc metrics show || true
+echo
+echo "Done in $(( $(date +%s) - start )) s."
+echo "Champion model:  ${uri%%|*}   (MLflow store: ${uri#*|})"
+echo "Sample grid:     $PWD/$out_dir/grid.png"
+echo "Decision:        $(python -c 'import json; print(json.load(open("metrics/promotion.json"))["reason"])' 2>/dev/null || echo see metrics/promotion.json)"
+echo "MLflow UI:       mlflow ui --backend-store-uri ${uri#*|}"

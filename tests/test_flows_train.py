@@ -1,0 +1,78 @@
+"""The train flow: stage tasks, resume after a crash, skipping finished stages, MLflow logging, registry."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("prefect")
+pytest.importorskip("mlflow")
+
+from flows import tracking
+from flows.train import train_flow
+from tests.flows_helpers import packed_data, tiny_params, write_params
+
+pytestmark = pytest.mark.pipeline
+
+
+def test_train_flow_resumes_skips_and_registers(
+    tmp_path: Path, mlflow_store: str, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packed_data(tmp_path / "data" / "prepared")
+    write_params(tmp_path / "params.yaml", tiny_params())
+
+    # Crash once, right after the first rolling checkpoint inside the 16x16 stage (kimg 0.096):
+    # the task's retry must resume from that checkpoint, not from the start of the stage (0.064).
+    original = tracking.MlflowTrainingCallback.on_snapshot
+    crashes: list[float] = []
+
+    def flaky(self, resolution, kimg, grid, path):
+        original(self, resolution, kimg, grid, path)
+        if resolution == 16 and not crashes:
+            crashes.append(kimg)
+            raise RuntimeError("simulated crash in the 16x16 stage")
+
+    monkeypatch.setattr(tracking.MlflowTrainingCallback, "on_snapshot", flaky)
+    reg = train_flow(params_path="params.yaml", root=str(tmp_path))
+
+    assert crashes == [pytest.approx(0.096)]
+    summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert summary["stages"]["8"]["start_kimg"] == 0.0
+    assert summary["stages"]["16"]["start_kimg"] == pytest.approx(0.096)  # resumed mid-stage
+    assert summary["kimg"] == pytest.approx(0.192) and summary["resolution"] == 16
+    with (tmp_path / "metrics" / "train_ticks.csv").open() as f:
+        kimgs = [float(r["kimg"]) for r in csv.DictReader(f)]
+    assert kimgs == sorted(set(kimgs)) and kimgs[-1] == pytest.approx(0.192)  # no duplicated ticks after resume
+
+    from stylegan.checkpoint import load_generator
+
+    assert load_generator(tmp_path / "models" / "generator").img_resolution == 16
+    client = tracking.setup(tmp_path)
+    assert reg["version"] == "1" and client.get_registered_model("pokemon-stylegan").aliases == {"candidate": 1}
+    run = client.get_run(reg["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.batch_size"] == "8" and run.data.params["model.z_dim"] == "16"
+    assert run.data.tags["data.fingerprint"] and "git.commit" in run.data.tags
+    steps = [m.step for m in client.get_metric_history(reg["run_id"], "loss_G")]
+    assert steps == sorted(steps) and steps[-1] == 192  # step = images shown
+    grids = [f.path for f in client.list_artifacts(reg["run_id"], "grids/snapshots")]
+    assert any("0016x0016" in g for g in grids) and any("0008x0008" in g for g in grids)
+    recorded = json.loads((tmp_path / "models" / "registered.json").read_text())
+    assert recorded["version"] == "1" and recorded["run_id"] == reg["run_id"]
+
+    # Same params and data again: every stage is skipped and the same version stays the candidate.
+    monkeypatch.setattr(tracking.MlflowTrainingCallback, "on_snapshot", original)
+    again = train_flow(params_path="params.yaml", root=str(tmp_path))
+    summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert all(s["skipped"] for s in summary["stages"].values())
+    assert again["version"] == "1" and again["run_id"] == reg["run_id"]
+    assert len(client.search_model_versions("name = 'pokemon-stylegan'")) == 1
+
+    # A changed training param gets its own run directory and MLflow run, and a new version.
+    changed = train_flow(params_path="params.yaml", root=str(tmp_path), overrides=["train.seed=1"])
+    assert changed["version"] == "2" and changed["run_id"] != reg["run_id"]
+    assert len(list((tmp_path / "runs" / "train").iterdir())) == 2
+    assert client.get_registered_model("pokemon-stylegan").aliases == {"candidate": 2}

@@ -1,0 +1,128 @@
+"""`dvc repro` of the whole pipeline in a temporary git repo, on synthetic sprites and a tiny model.
+
+Checks what users rely on: a registered model with both aliases, loadable in a fresh process;
+sampling from the registry writes the asked number of PNGs; a second `dvc repro` does
+nothing; changing one param reruns only the stages that read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("dvc")
+pytest.importorskip("prefect")
+pytest.importorskip("mlflow")
+
+from tests.flows_helpers import REPO, sprite_folder, tiny_params, write_params
+
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
+
+COPY = ["stylegan", "flows", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path: Path, mlflow_empty_db: Path, prefect_harness: None) -> tuple[Path, dict[str, str]]:
+    from prefect.settings import PREFECT_API_URL
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, repo / name)
+    images = sprite_folder(tmp_path / "sprites", n=24)
+    params = tiny_params(data={"source": str(images)})
+    write_params(repo / "params.yaml", params)
+    (repo / "mlruns").mkdir()
+    shutil.copyfile(mlflow_empty_db, repo / "mlruns" / "mlflow.db")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        # The session's test server: each stage's flow skips starting a temporary one.
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    _run(["git", "init", "-q"], repo, env)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "pipeline"], repo, env)
+    return repo, env
+
+
+def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> None:
+    repo, env = pipeline_repo
+    dvc = [sys.executable, "-m", "dvc"]
+    out = _run([*dvc, "repro"], repo, env, timeout=600)
+    for stage in ("fetch", "prepare", "train", "evaluate", "sample"):
+        assert f"Running stage '{stage}'" in out
+
+    # The registry: version 1 is both candidate and (first model, so) champion.
+    probe = (
+        "import json, mlflow; c = mlflow.MlflowClient(); m = c.get_registered_model('pokemon-stylegan');"
+        "print(json.dumps({a: int(v) for a, v in m.aliases.items()}))"
+    )
+    aliases = json.loads(_run([sys.executable, "-c", probe], repo, env).strip().splitlines()[-1])
+    assert aliases == {"candidate": 1, "champion": 1}
+    promotion = json.loads((repo / "metrics" / "promotion.json").read_text())
+    assert promotion["promoted"] and promotion["champion_version"] == "1"
+    assert json.loads((repo / "metrics" / "evaluate.json").read_text())  # metrics were computed
+    samples = sorted((repo / "samples").glob("seed*.png"))
+    assert len(samples) == 6 and (repo / "samples" / "grid.png").is_file()
+
+    # A fresh process loads the champion through plain MLflow, and through the CLI.
+    load = (
+        "import mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/pokemon-stylegan@champion');"
+        "a = m.predict(pd.DataFrame({'seed': [1, 2, 3]}), params={'output': 'array'});"
+        "df = m.predict(pd.DataFrame({'seed': [4], 'truncation_psi': [0.5], 'noise_mode': ['const']}));"
+        "print(a.shape, a.dtype, list(df.columns))"
+    )
+    assert "(3, 16, 16, 3) uint8 ['seed', 'image_png_base64']" in _run([sys.executable, "-c", load], repo, env)
+    cli_out = repo.parent / "cli-samples"
+    _run([sys.executable, "-m", "stylegan.cli", "sample", "--model", "models:/pokemon-stylegan@champion",
+          "--seeds", "0-3", "--psi", "0.7", "--out", str(cli_out)], repo, env)
+    assert len(list(cli_out.glob("*.png"))) == 4
+    missing = subprocess.run(
+        [sys.executable, "-m", "stylegan.cli", "sample", "--model", "models:/pokemon-stylegan@nope", "--out",
+         str(cli_out)], cwd=repo, env=env, capture_output=True, text=True, check=False,
+    )
+    assert missing.returncode != 0 and "has no alias 'nope'; aliases: candidate -> v1, champion -> v1" in missing.stderr
+
+    # Nothing changed: nothing runs.
+    again = _run([*dvc, "repro"], repo, env)
+    assert "Running stage" not in again
+    assert "up to date" in _run([*dvc, "status"], repo, env)
+
+    # A sampling param changes: only the sample stage is stale, and only it reruns.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sample"]["truncation_psi"] = 0.5
+    write_params(repo / "params.yaml", params)
+    status = _run([*dvc, "status", "--json"], repo, env)
+    assert set(json.loads(status.strip().splitlines()[-1])) == {"sample"}
+    rerun = _run([*dvc, "repro"], repo, env)
+    assert "Running stage 'sample'" in rerun
+    for stage in ("fetch", "prepare", "train", "evaluate"):
+        assert f"Running stage '{stage}'" not in rerun
+    assert json.loads((repo / "samples" / "sample.json").read_text())["truncation_psi"] == 0.5

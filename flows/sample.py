@@ -30,6 +30,7 @@ def load_registered_generator(uri: str, device: str = "cpu", root: str | Path = 
     model, alias or version raises ``tracking.RegistryError`` (a LookupError) naming what exists.
     """
     import mlflow
+
     from stylegan.checkpoint import load_generator
 
     client = tracking.setup(root)

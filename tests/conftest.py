@@ -33,6 +33,23 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_PIPELINE_TMP / 'mlruns' / 'mlf
 (_PIPELINE_TMP / "mlruns").mkdir(exist_ok=True)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_env_restored() -> Iterator[None]:
+    """mlflow.set_tracking_uri/set_registry_uri write os.environ; undo that after each test.
+
+    Otherwise a store of one test leaks into the next (and into subprocesses it starts):
+    the e2e test read the registry of an earlier test through an inherited MLFLOW_REGISTRY_URI.
+    """
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One temporary Prefect server (and database) for every test that runs a flow."""

@@ -56,6 +56,7 @@ def pipeline_repo(tmp_path: Path, mlflow_empty_db: Path, prefect_harness: None) 
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
+        "MLFLOW_REGISTRY_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         # The session's test server: each stage's flow skips starting a temporary one.
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
@@ -85,7 +86,7 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
         "print(json.dumps({a: int(v) for a, v in m.aliases.items()}))"
     )
     aliases = json.loads(_run([sys.executable, "-c", probe], repo, env).strip().splitlines()[-1])
-    assert aliases == {"candidate": 1, "champion": 1}
+    assert aliases == {"candidate": 1, "champion": 1}, out[-8000:]
     promotion = json.loads((repo / "metrics" / "promotion.json").read_text())
     assert promotion["promoted"] and promotion["champion_version"] == "1"
     assert json.loads((repo / "metrics" / "evaluate.json").read_text())  # metrics were computed

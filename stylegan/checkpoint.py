@@ -270,7 +270,10 @@ def export_generator(
         "model_config": to_dict(small_cfg),
         "metadata": metadata or {},
     }
-    blob = st_save(tensors, metadata={"format": "pt", GENERATOR_FORMAT: str(FORMAT_VERSION)})
+    # One metadata key only: safetensors keeps metadata in a Rust HashMap, so two keys come out in
+    # a random order and the same weights would give different bytes (DVC hashes and the registry's
+    # same-weights check depend on identical bytes).
+    blob = st_save(tensors, metadata={GENERATOR_FORMAT: str(FORMAT_VERSION)})
     atomic_write(out_dir / WEIGHTS_NAME, lambda f: f.write(blob))
     text = json.dumps(info, indent=2, sort_keys=True).encode()
     atomic_write(out_dir / CONFIG_NAME, lambda f: f.write(text))

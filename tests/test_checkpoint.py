@@ -153,6 +153,18 @@ def test_export_is_trimmed_pickle_free_and_reproduces_g_ema(tmp_path: Path) -> N
         assert torch.equal(a, b)
 
 
+def test_export_bytes_are_identical_for_identical_weights(tmp_path: Path) -> None:
+    # DVC's output hash and the registry's same-weights check compare file bytes: exporting the
+    # same generator again must write the same bytes (safetensors' metadata order once varied).
+    G = Generator(tiny_model()).eval()
+    blobs = set()
+    for i in range(8):
+        export_generator(G, tmp_path / f"e{i}", resolution=8, metadata={"kimg": 1.5, "run": "x"})
+        blobs.add((tmp_path / f"e{i}" / "generator.safetensors").read_bytes())
+        blobs.add((tmp_path / f"e{i}" / "generator.json").read_bytes())
+    assert len(blobs) == 2
+
+
 def test_load_generator_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no exported generator"):
         load_generator(tmp_path / "missing")

@@ -71,9 +71,13 @@ def log_and_promote(root: str, registered: dict[str, Any], metrics: dict[str, fl
         )
     for name, value in metrics.items():
         client.set_model_version_tag(reg.name, registered["version"], f"eval.{name}", repr(value))
+    # What makes two evaluations comparable: the same resolution, sample counts, psi and data.
+    protocol = {"resolution": int(registered["resolution"]), "num_samples": cfg.num_samples,
+                "num_real": cfg.num_real, "truncation_psi": cfg.truncation_psi,
+                "data": client.get_run(run_id).data.tags.get("data.fingerprint")}
     decision = tracking.apply_champion_rule(
         client, reg.name, registered["version"], cfg.champion_metric, metrics[cfg.champion_metric],
-        higher_is_better=cfg.higher_is_better, champion_alias=reg.champion_alias,
+        higher_is_better=cfg.higher_is_better, champion_alias=reg.champion_alias, protocol=protocol,
     )
     client.set_tag(run_id, "promotion.decision", "promoted" if decision.promoted else "rejected")
     client.set_tag(run_id, "promotion.reason", decision.reason)

@@ -342,6 +342,23 @@ def champion_value(
     return str(mv.version), None
 
 
+def _protocol_difference(
+    client: MlflowClient, name: str, version: str | None, protocol: dict[str, Any] | None
+) -> dict[str, tuple[Any, Any]]:
+    """``{key: (champion's, candidate's)}`` where the evaluation protocols differ; {} when either is unknown."""
+    if protocol is None or version is None:
+        return {}
+    tag = client.get_model_version(name, version).tags.get("eval.protocol")
+    if tag is None:
+        return {}
+    try:
+        theirs = json.loads(tag)
+    except json.JSONDecodeError:
+        return {}
+    return {k: (theirs.get(k), protocol.get(k)) for k in sorted(set(theirs) | set(protocol))
+            if theirs.get(k) != protocol.get(k)}
+
+
 def apply_champion_rule(
     client: MlflowClient,
     name: str,
@@ -351,15 +368,23 @@ def apply_champion_rule(
     *,
     higher_is_better: bool = False,
     champion_alias: str = "champion",
+    protocol: dict[str, Any] | None = None,
 ) -> Decision:
     """Move ``champion_alias`` to ``version`` when its ``metric`` beats the champion's (or none exists).
 
-    The decision and its reason are written as tags on the candidate version.
+    ``protocol`` describes how the metric was measured (resolution, sample counts, psi, data).
+    FD-type metrics are only comparable under the same protocol (FD falls with more samples, and
+    a 32x32 model is measured against 32x32 reals), so when the champion was evaluated under a
+    different one the values are not compared: a candidate of higher resolution supersedes the
+    champion, any other keeps it. The decision and its reason are written as tags on the candidate.
     """
     import math
 
     client.set_model_version_tag(name, version, f"eval.{metric}", repr(float(value)))
+    if protocol is not None:
+        client.set_model_version_tag(name, version, "eval.protocol", json.dumps(protocol, sort_keys=True))
     prev_version, prev_value = champion_value(client, name, champion_alias, metric)
+    differs = _protocol_difference(client, name, prev_version, protocol)
     better = "higher" if higher_is_better else "lower"
     if math.isnan(value):
         promoted, reason = False, f"{metric} is NaN; not promoted"
@@ -367,6 +392,19 @@ def apply_champion_rule(
         promoted, reason = True, f"no {champion_alias} yet; v{version} becomes {champion_alias} ({metric}={value:.6g})"
     elif prev_version == version:
         promoted, reason = True, f"v{version} already is {champion_alias} ({metric}={value:.6g})"
+    elif differs:
+        theirs, mine = (int(r or 0) for r in differs.get("resolution", (0, 0)))
+        what = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in sorted(differs.items()))
+        if mine > theirs:
+            promoted = True
+            reason = (f"v{version} ({mine}x{mine}) supersedes {champion_alias} v{prev_version} ({theirs}x{theirs}); "
+                      f"{metric} not compared, evaluated differently ({what})")
+        else:
+            promoted = False
+            reason = (f"{metric} not comparable with {champion_alias} v{prev_version}, evaluated differently "
+                      f"({what}); {champion_alias} unchanged (re-evaluate both under one protocol, or move the "
+                      f"alias by hand: MlflowClient().set_registered_model_alias({name!r}, {champion_alias!r}, "
+                      f"{version}))")
     elif prev_value is None:
         promoted, reason = True, f"{champion_alias} v{prev_version} has no recorded {metric}; v{version} replaces it"
     elif (value > prev_value) if higher_is_better else (value < prev_value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -110,6 +111,24 @@ def test_champion_rule_higher_is_better(mlflow_store: str, tmp_path: Path) -> No
     assert not tracking.apply_champion_rule(client, "gan", v2, "precision", 0.4, higher_is_better=True).promoted
     assert tracking.apply_champion_rule(client, "gan", v2, "precision", 0.6, higher_is_better=True).promoted
     assert str(client.get_model_version_by_alias("gan", "champion").version) == v2
+
+
+def test_champion_rule_compares_only_like_with_like(mlflow_store: str, tmp_path: Path) -> None:
+    client = tracking.setup(tmp_path)
+    v1, v2, v3, v4 = _versions(client, tmp_path, 4)
+    p32 = {"resolution": 32, "num_samples": 500, "num_real": 2000, "truncation_psi": 1.0, "data": "abc"}
+    assert tracking.apply_champion_rule(client, "gan", v1, "fd", 50.0, protocol=p32).promoted
+    # A better number measured on fewer samples is not comparable: the champion stays.
+    d2 = tracking.apply_champion_rule(client, "gan", v2, "fd", 10.0, protocol={**p32, "num_samples": 100})
+    assert not d2.promoted and "not comparable" in d2.reason and "num_samples 500 vs 100" in d2.reason
+    # A lower-resolution model does not take over, however good its number.
+    assert not tracking.apply_champion_rule(client, "gan", v3, "fd", 1.0, protocol={**p32, "resolution": 16}).promoted
+    assert str(client.get_model_version_by_alias("gan", "champion").version) == v1
+    # A higher-resolution model supersedes it even with a worse number, and says why.
+    d4 = tracking.apply_champion_rule(client, "gan", v4, "fd", 80.0, protocol={**p32, "resolution": 64})
+    assert d4.promoted and "supersedes" in d4.reason and "resolution 32 vs 64" in d4.reason
+    assert str(client.get_model_version_by_alias("gan", "champion").version) == v4
+    assert json.loads(client.get_model_version("gan", v4).tags["eval.protocol"])["resolution"] == 64
 
 
 def test_registry_errors_name_what_exists(mlflow_store: str, tmp_path: Path) -> None:

@@ -239,6 +239,21 @@ def test_failed_run_keeps_previous_output(source: Path, tmp_path: Path) -> None:
         list_inputs(_cfg(tmp_path / "missing", out))
 
 
+def test_a_killed_runs_temp_folder_is_removed_by_the_next_run(source: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "prepared"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".prepared.tmp-{int(dead.stdout)}"  # what a SIGKILLed prepare leaves behind
+    stale.mkdir()
+    (stale / "images_64.npy").write_bytes(b"x" * 1000)
+    live = tmp_path / f".prepared.tmp-{os.getppid()}"  # a prepare still running elsewhere: not ours to delete
+    live.mkdir()
+    prepare(_cfg(source, out), log=lambda _: None)
+    assert not stale.exists() and live.is_dir() and (out / "manifest.csv").is_file()
+
+
 def test_svg_renders_without_fetching_what_it_points_to(tmp_path: Path) -> None:
     pytest.importorskip("cairosvg")
     src = tmp_path / "svg"

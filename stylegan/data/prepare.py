@@ -107,6 +107,27 @@ def resolutions(max_resolution: int) -> list[int]:
 # ---------------------------------------------------------------- decoding
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Delete temp folders of earlier prepares that were killed (at 256x256 they hold gigabytes).
+
+    A temp folder is named after its writer's pid; one whose process still runs is left alone.
+    """
+    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _read_bytes(item: InputItem, zips: dict[str, zipfile.ZipFile]) -> bytes:
     if item.data is not None:
         return item.data
@@ -368,6 +389,7 @@ class PreparedWriter:
         self.cfg = cfg
         self.source_info = dict(source_info or {})
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(self.out_dir)
         self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}"
         if self.tmp.exists():
             shutil.rmtree(self.tmp)

@@ -268,7 +268,8 @@ class Trainer:
             save_checkpoint(rolling, self._state())
         target = self.ckpt_dir / stage_name(resolution)
         # Same bytes as the rolling checkpoint: copy through a temp file (atomic), no re-serialising.
-        atomic_write(target, lambda f: shutil.copyfileobj(rolling.open("rb"), f))
+        with rolling.open("rb") as src:
+            atomic_write(target, lambda f: shutil.copyfileobj(src, f))
         prune_checkpoints(self.ckpt_dir, self.train_cfg.keep_checkpoints)
         return target
 
@@ -300,9 +301,15 @@ class Trainer:
                 f"{path} was written with different model/train params (hash {state.get('params_hash')}, "
                 f"now {self.params_hash}); use a new run_dir, or restore the params the run started with"
             )
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.G_ema.load_state_dict(state["G_ema"])
+        try:
+            self.G.load_state_dict(state["G"])
+            self.D.load_state_dict(state["D"])
+            self.G_ema.load_state_dict(state["G_ema"])
+        except RuntimeError as exc:  # same params, but the network code changed shape since
+            raise CheckpointError(
+                f"{path} does not fit the networks this code builds ({str(exc).splitlines()[0][:200]}); "
+                "use a new run_dir, or the code version that wrote it"
+            ) from exc
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.cur_nimg = int(state["cur_nimg"])

@@ -272,3 +272,69 @@ def test_lazy_r1_ticks_average_the_penalty_over_the_steps_that_compute_it(data: 
     trainer.run(max_steps=4)  # one tick of 4 steps; R1 on steps 0 and 2 only
     assert len(step_r1) == 4 and step_r1[1] == step_r1[3] == 0.0 and step_r1[0] > 0 and step_r1[2] > 0
     assert rec.ticks[0]["r1"] == pytest.approx((step_r1[0] + step_r1[2]) / 2)  # not diluted by the skipped steps
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_optimizer_at_growth(data: Path, tmp_path: Path, reset: bool) -> None:
+    trainer = Trainer(tiny_model(), tiny_train(reset_optimizer_at_growth=reset), data, tmp_path / "run")
+    trainer.run_stage(4)
+    steps_at_4 = trainer.step
+    trainer.train_step()  # the first step of the 8x8 stage
+    assert trainer.cur_resolution == 8
+    for opt in (trainer.opt_G, trainer.opt_D):
+        adam_steps = max(float(s["step"]) for s in opt.state_dict()["state"].values())
+        # Reset: Adam starts over at growth; kept: the 4x4 layers' moments carry on.
+        assert adam_steps == (1.0 if reset else steps_at_4 + 1)
+
+
+def test_lazy_r1_is_added_to_the_d_loss_scaled_by_gamma_and_interval(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stylegan import losses
+
+    base: list[float] = []
+    penalties: list[float] = []
+    plain_d, plain_r1 = losses.logistic_d_loss, losses.r1_penalty
+
+    def d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        out = plain_d(real, fake)
+        base.append(float(out.detach()))
+        return out
+
+    def r1(logits: torch.Tensor, reals: torch.Tensor) -> torch.Tensor:
+        out = plain_r1(logits, reals)
+        penalties.append(float(out.detach()))
+        return out
+
+    monkeypatch.setattr(losses, "logistic_d_loss", d_loss)
+    monkeypatch.setattr(losses, "r1_penalty", r1)
+    trainer = Trainer(tiny_model(), tiny_train(r1_interval=3, r1_gamma=5.0), data, tmp_path / "run")
+    reported = [trainer.train_step()["loss_D"] for _ in range(4)]
+    assert len(penalties) == 2  # steps 0 and 3 only
+    assert reported[0] == pytest.approx(base[0] + penalties[0] * 5.0 / 2 * 3, rel=1e-5)
+    assert reported[1] == pytest.approx(base[1], rel=1e-6) and reported[2] == pytest.approx(base[2], rel=1e-6)
+    assert reported[3] == pytest.approx(base[3] + penalties[1] * 5.0 / 2 * 3, rel=1e-5)
+
+
+def test_reals_fade_in_like_the_generator_output(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from stylegan.layers import downsample2x, upsample2x
+
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for r in (4, 8):
+        np.save(root / f"images_{r}.npy", rng.integers(0, 256, (16, 3, r, r), dtype=np.uint8))
+    trainer = Trainer(tiny_model(), tiny_train(), root, tmp_path / "run")
+    trainer.run_stage(4)
+    phase = trainer.phase
+    assert phase.resolution == 8 and phase.alpha < 1.0
+    state = trainer.gen.get_state()
+    sharp = trainer._reals(replace(phase, alpha=1.0))
+    for alpha in (0.0, 0.3):
+        trainer.gen.set_state(state)  # the same images and flips
+        faded = trainer._reals(replace(phase, alpha=alpha))
+        expected = torch.lerp(upsample2x(downsample2x(sharp)), sharp, alpha)
+        assert torch.allclose(faded, expected, atol=1e-6)
+    assert not torch.allclose(faded, sharp, atol=1e-2)  # the blend changes random data

@@ -3,9 +3,9 @@
 Each stage task builds a Trainer on the run directory, which resumes from the newest
 checkpoint there (the previous stage's final one, or a rolling one of this stage if an
 earlier attempt died), so a retry continues where it stopped and a finished stage is
-skipped. The run directory is keyed by the model and train params and the prepared data,
-so a changed param or dataset starts a fresh run instead of resuming a foreign one, and
-going back to earlier params finds their checkpoints again.
+skipped. The run directory is keyed by the model and train params, the prepared data and
+the training code, so a changed param, dataset or model code starts a fresh run instead of
+resuming a foreign one, and going back to earlier params finds their checkpoints again.
 
     python -m flows.train --params params.yaml [-S train.max_resolution=16]
 """
@@ -53,11 +53,14 @@ def data_fingerprint(data_root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def run_key(model_cfg: ModelConfig, train_cfg: TrainConfig, fingerprint: str) -> str:
-    """The trainer's params hash (bookkeeping settings such as tick_kimg excluded) + the data's."""
-    from stylegan.checkpoint import params_hash
+def run_key(model_cfg: ModelConfig, train_cfg: TrainConfig, fingerprint: str, code: str | None = None) -> str:
+    """The trainer's params hash (bookkeeping settings such as tick_kimg excluded), the data's
+    fingerprint and the training code's (``code``; default: the installed library's)."""
+    from stylegan.checkpoint import code_fingerprint, params_hash
 
-    return hashlib.sha256(f"{params_hash(model_cfg, train_cfg)}:{fingerprint}".encode()).hexdigest()[:12]
+    code = code_fingerprint() if code is None else code
+    blob = f"{params_hash(model_cfg, train_cfg)}:{fingerprint}:{code}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 class TickLog:

@@ -107,8 +107,25 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
 def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
     """Hash of everything that defines what a run computes (bookkeeping settings excluded)."""
     train = {k: v for k, v in to_dict(train_cfg).items() if k not in _BOOKKEEPING_KEYS}
+    # `null` means the model's resolution: spelling it out must not look like another run.
+    train["max_resolution"] = train_cfg.max_resolution or model_cfg.max_resolution
     blob = json.dumps({"model": to_dict(model_cfg), "train": train}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# The sources whose bytes define what a training run computes. An orchestrator keys its run
+# folders by this too, so editing the model or the trainer retrains instead of resuming (or
+# silently skipping to) checkpoints that older code wrote.
+TRAINING_CODE = ("layers.py", "networks.py", "losses.py", "schedule.py", "training.py", "data/dataset.py")
+
+
+def code_fingerprint() -> str:
+    """A hash of the library's training code (``TRAINING_CODE``)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in TRAINING_CODE:
+        h.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

@@ -76,3 +76,28 @@ def test_train_flow_resumes_skips_and_registers(
     assert changed["version"] == "2" and changed["run_id"] != reg["run_id"]
     assert len(list((tmp_path / "runs" / "train").iterdir())) == 2
     assert client.get_registered_model("pokemon-stylegan").aliases == {"candidate": 2}
+
+    # Edited training code (same params and data) must train afresh, not skip to the old checkpoints.
+    import stylegan.checkpoint
+
+    monkeypatch.setattr(stylegan.checkpoint, "code_fingerprint", lambda: "edited-code")
+    edited = train_flow(params_path="params.yaml", root=str(tmp_path), overrides=["train.seed=1"])
+    summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert not any(s["skipped"] for s in summary["stages"].values())
+    assert edited["run_id"] != changed["run_id"] and len(list((tmp_path / "runs" / "train").iterdir())) == 3
+
+
+def test_run_key_tracks_params_data_and_training_code() -> None:
+    from flows.train import run_key
+    from stylegan.checkpoint import TRAINING_CODE, code_fingerprint
+    from stylegan.config import ModelConfig, TrainConfig
+
+    model = ModelConfig(z_dim=16, w_dim=16, max_resolution=32)
+    key = run_key(model, TrainConfig(), "data1", code="code1")
+    # `null` spelled out as the model's resolution is the same run; bookkeeping is not part of it.
+    assert run_key(model, TrainConfig(max_resolution=32, tick_kimg=7.0, threads=1), "data1", code="code1") == key
+    assert run_key(model, TrainConfig(max_resolution=16), "data1", code="code1") != key
+    assert run_key(model, TrainConfig(), "data2", code="code1") != key
+    assert run_key(model, TrainConfig(), "data1", code="code2") != key
+    assert run_key(model, TrainConfig(), "data1") == run_key(model, TrainConfig(), "data1", code=code_fingerprint())
+    assert "networks.py" in TRAINING_CODE and "training.py" in TRAINING_CODE

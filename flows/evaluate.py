@@ -37,7 +37,7 @@ from stylegan.config import EvaluateConfig, section
 def compute_metrics(
     export_dir: str, data_root: str, cfg: EvaluateConfig, out_dir: str, reports_dir: str
 ) -> dict[str, float]:
-    """Every available metric of the exported G_ema; writes metrics/evaluate.json and reports/."""
+    """Every available metric of the exported G_ema; writes metrics/eval.json and reports/."""
     from stylegan.checkpoint import load_generator
     from stylegan.metrics import evaluate_generator
 
@@ -47,7 +47,7 @@ def compute_metrics(
 
         torch.set_num_threads(cfg.threads)  # one thread is faster than two on a busy 2-core machine
     G = load_generator(export_dir, device="cpu")
-    metrics = evaluate_generator(G, data_root, cfg, out_dir, reports_dir, metrics_file="evaluate.json",
+    metrics = evaluate_generator(G, data_root, cfg, out_dir, reports_dir, metrics_file="eval.json",
                                  ticks=Path(out_dir) / "train_ticks.csv", log=logger.info)
     return {k: float(v) for k, v in metrics.items()}
 

@@ -89,7 +89,7 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
     assert aliases == {"candidate": 1, "champion": 1}, out[-8000:]
     promotion = json.loads((repo / "metrics" / "promotion.json").read_text())
     assert promotion["promoted"] and promotion["champion_version"] == "1"
-    assert json.loads((repo / "metrics" / "evaluate.json").read_text())  # metrics were computed
+    assert json.loads((repo / "metrics" / "eval.json").read_text())  # metrics were computed
     samples = sorted((repo / "samples").glob("seed*.png"))
     assert len(samples) == 6 and (repo / "samples" / "grid.png").is_file()
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-# Telemetry off and user-level stores out of reach for every test.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Telemetry off for every test, whatever the caller's environment says.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DVC_NO_ANALYTICS"] = "1"
 
 # Tiny models run fastest single-threaded (and far faster on a shared, busy machine).
 torch.set_num_threads(1)
@@ -31,6 +31,28 @@ _PIPELINE_TMP = Path(tempfile.mkdtemp(prefix="pokegan-pipeline-tests-"))
 os.environ["PREFECT_HOME"] = str(_PIPELINE_TMP / "prefect")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_PIPELINE_TMP / 'mlruns' / 'mlflow.db'}"
 (_PIPELINE_TMP / "mlruns").mkdir(exist_ok=True)
+
+
+# Stores that belong to the user or to the project's own pipeline: no test may write to them.
+_GUARDED = (
+    Path.home() / ".prefect",
+    Path.home() / ".config" / "mlflow",
+    Path(__file__).resolve().parents[1] / "mlruns",
+)
+
+
+def _tree_state(root: Path) -> list[tuple[str, int]] | None:
+    if not root.exists():
+        return None
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _user_and_project_stores_untouched() -> Iterator[None]:
+    before = {p: _tree_state(p) for p in _GUARDED}
+    yield
+    changed = [str(p) for p in _GUARDED if _tree_state(p) != before[p]]
+    assert not changed, f"the tests wrote to user-level or project stores: {changed}"
 
 
 @pytest.fixture(autouse=True)

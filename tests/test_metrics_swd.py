@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from stylegan.metrics.swd import laplacian_pyramid, pyr_up, swd
+from stylegan.metrics import swd as swd_module
+from stylegan.metrics.swd import gather_patches, laplacian_pyramid, pyr_up, sliced_distance, swd
 
 
 def blobs(n: int, seed: int, res: int = 32) -> np.ndarray:
@@ -95,3 +96,136 @@ def test_descriptor_normalisation_matches_progan_finalize_descriptors() -> None:
     ref = desc - np.mean(desc, axis=(0, 2, 3), keepdims=True)
     ref /= np.std(desc, axis=(0, 2, 3), keepdims=True)
     np.testing.assert_allclose(_normalize(torch.from_numpy(desc)).numpy(), ref.reshape(5, -1), rtol=1e-10)
+
+
+# --- An independent NumPy transcription of Progressive GAN's metrics/sliced_wasserstein.py ---
+# (Karras et al. 2018). scipy.ndimage.convolve(mode="mirror") is written out as a direct 5x5
+# sum over numpy "reflect" padding (the same border rule); random draws come from `rs`.
+
+_PG_KERNEL = np.float32([[1, 4, 6, 4, 1], [4, 16, 24, 16, 4], [6, 24, 36, 24, 6], [4, 16, 24, 16, 4],
+                         [1, 4, 6, 4, 1]]) / 256.0
+
+
+def _pg_convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    h, w = x.shape[-2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect")
+    out = np.zeros_like(x)
+    for dy in range(5):
+        for dx in range(5):
+            out += kernel[dy, dx] * padded[:, :, dy : dy + h, dx : dx + w]
+    return out
+
+
+def _pg_pyr_down(x: np.ndarray) -> np.ndarray:
+    return _pg_convolve(x, _PG_KERNEL)[:, :, ::2, ::2]
+
+
+def _pg_pyr_up(x: np.ndarray) -> np.ndarray:
+    s = x.shape
+    res = np.zeros((s[0], s[1], s[2] * 2, s[3] * 2), x.dtype)
+    res[:, :, ::2, ::2] = x
+    return _pg_convolve(res, _PG_KERNEL * 4.0)
+
+
+def _pg_laplacian_pyramid(minibatch: np.ndarray, num_levels: int) -> list[np.ndarray]:
+    pyramid = [np.float32(minibatch)]
+    for _ in range(1, num_levels):
+        pyramid.append(_pg_pyr_down(pyramid[-1]))
+        pyramid[-2] -= _pg_pyr_up(pyramid[-1])
+    return pyramid
+
+
+def _pg_descriptors(minibatch: np.ndarray, nhood_size: int, nhoods_per_image: int,
+                    rs: np.random.RandomState) -> np.ndarray:
+    s = minibatch.shape
+    n = nhoods_per_image * s[0]
+    h = nhood_size // 2
+    nhood, chan, x, y = np.ogrid[0:n, 0:3, -h : h + 1, -h : h + 1]
+    img = nhood // nhoods_per_image
+    x = x + rs.randint(h, s[3] - h, size=(n, 1, 1, 1))
+    y = y + rs.randint(h, s[2] - h, size=(n, 1, 1, 1))
+    idx = ((img * s[1] + chan) * s[2] + y) * s[3] + x
+    return minibatch.flat[idx]
+
+
+def _pg_finalize(desc: np.ndarray) -> np.ndarray:
+    desc = desc - np.mean(desc, axis=(0, 2, 3), keepdims=True)
+    desc /= np.std(desc, axis=(0, 2, 3), keepdims=True)
+    return desc.reshape(desc.shape[0], -1)
+
+
+def _pg_directions(dim: int, count: int, rs: np.random.RandomState) -> np.ndarray:
+    dirs = rs.randn(dim, count)
+    dirs /= np.sqrt(np.sum(np.square(dirs), axis=0, keepdims=True))
+    return dirs.astype(np.float32)
+
+
+def _pg_sliced_wasserstein(a: np.ndarray, b: np.ndarray, dirs: list[np.ndarray]) -> float:
+    results = []
+    for d in dirs:
+        proj_a, proj_b = np.sort(np.matmul(a, d), axis=0), np.sort(np.matmul(b, d), axis=0)
+        results.append(np.mean(np.abs(proj_a - proj_b)))
+    return float(np.mean(results))
+
+
+def _pg_swd(reals: np.ndarray, fakes: np.ndarray, min_res: int, nhoods: int, nhood_size: int, dir_repeats: int,
+            dirs_per_repeat: int, rs: np.random.RandomState) -> list[float]:
+    """Progressive GAN's API.end(): per-level SWD x1e3, then their mean (one minibatch per set)."""
+    levels = int(np.log2(reals.shape[-1] // min_res)) + 1
+    desc = [[_pg_finalize(_pg_descriptors(lvl, nhood_size, nhoods, rs)) for lvl in _pg_laplacian_pyramid(x, levels)]
+            for x in (reals, fakes)]
+    dist = [1e3 * _pg_sliced_wasserstein(dr, df, [_pg_directions(dr.shape[1], dirs_per_repeat, rs)
+                                                   for _ in range(dir_repeats)])
+            for dr, df in zip(desc[0], desc[1], strict=True)]
+    return [*dist, float(np.mean(dist))]
+
+
+def test_pyramid_matches_progan_reference() -> None:
+    x = blobs(3, 5).astype(np.float32)
+    ours = laplacian_pyramid(torch.from_numpy(x), 3)
+    ref = _pg_laplacian_pyramid(x, 3)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a.numpy(), b, atol=2e-3, rtol=0)  # pixels in 0..255: float32 rounding only
+
+
+def test_patch_gather_matches_progan_flat_indexing() -> None:
+    level = torch.from_numpy(np.random.RandomState(1).rand(3, 3, 12, 10).astype(np.float32))
+    rs = np.random.RandomState(2)
+    ref = _pg_descriptors(level.numpy(), 5, 4, rs)
+    rs = np.random.RandomState(2)  # replay ProGAN's draws: centres x, then y, in [2, S - 2)
+    xs = rs.randint(2, 10 - 2, size=12).reshape(3, 4) - 2
+    ys = rs.randint(2, 12 - 2, size=12).reshape(3, 4) - 2
+    ours = gather_patches(level, torch.from_numpy(ys), torch.from_numpy(xs), 5)
+    np.testing.assert_array_equal(ours.numpy(), ref)
+
+
+def test_sliced_distance_matches_progan_for_fixed_directions() -> None:
+    rs = np.random.RandomState(3)
+    a, b = rs.randn(200, 147).astype(np.float32), (rs.randn(200, 147) * 1.3 + 0.2).astype(np.float32)
+    dirs = _pg_directions(147, 16, rs)
+    ours = sliced_distance(torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(dirs))
+    assert ours == pytest.approx(_pg_sliced_wasserstein(a, b, [dirs]), rel=1e-5)
+
+
+def test_swd_equals_progan_reference_given_the_same_random_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Patch positions and directions are injected from one numpy RandomState, consumed in
+    # ProGAN's order (reals then fakes; per level: x centres, y centres; then per level and
+    # repeat: directions); everything else is the library's own code.
+    real, fake = blobs(6, 0), blur(blobs(6, 1), 0.8)
+    rs = np.random.RandomState(4)
+
+    def positions(n: int, h: int, w: int, p: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        half = size // 2
+        xs = rs.randint(half, w - half, size=n * p).reshape(n, p) - half
+        ys = rs.randint(half, h - half, size=n * p).reshape(n, p) - half
+        return torch.from_numpy(ys), torch.from_numpy(xs)
+
+    def directions(dim: int, count: int, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(_pg_directions(dim, count, rs)).to(dtype)
+
+    monkeypatch.setattr(swd_module, "patch_positions", positions)
+    monkeypatch.setattr(swd_module, "random_directions", directions)
+    ours = swd(real, fake, patches_per_image=16, dir_repeats=2, dirs_per_repeat=32)
+    rs = np.random.RandomState(4)
+    ref = _pg_swd(real, fake, 16, 16, 7, 2, 32, rs)
+    np.testing.assert_allclose([ours["swd_32"], ours["swd_16"], ours["swd"]], ref, rtol=1e-4)

@@ -43,7 +43,33 @@ _BLOCKS: tuple[tuple[int, int, int, int, int, int], ...] = (
 
 
 class MissingWeightsError(RuntimeError):
-    """Pretrained weights for a feature network are not installed."""
+    """Pretrained weights for a feature network are not installed (or not usable): skip its metrics."""
+
+
+class UnusableWeightsError(MissingWeightsError):
+    """A weights file exists but is unreadable, corrupt or not the expected state dict."""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def load_state_dict_file(net: nn.Module, path: str | Path, what: str) -> None:
+    """Load the state dict at ``path`` into ``net`` strictly and without executing code.
+
+    Any failure (unreadable, truncated, not a torch file, wrong keys or shapes) becomes one
+    ``UnusableWeightsError`` line naming the file, so evaluation skips that network's
+    metrics instead of failing.
+    """
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises OSError, EOFError, RuntimeError, UnpicklingError, ... by cause
+        raise UnusableWeightsError(f"{path} is unreadable or corrupt ({_first_line(exc)})") from exc
+    try:
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as exc:
+        raise UnusableWeightsError(f"{path} is not the {what} state dict ({_first_line(exc)})") from exc
 
 
 def weights_path() -> Path:
@@ -175,11 +201,10 @@ def fold_batchnorm(net: EfficientNetLite0) -> EfficientNetLite0:
 
 
 def load_effnet_lite0(path: str | Path | None = None, device: str | torch.device = "cpu") -> EfficientNetLite0:
-    """The pretrained network in eval mode; every key of the state dict must match."""
+    """The pretrained network in eval mode; every key of the state dict must match (else UnusableWeightsError)."""
     path = Path(path) if path is not None else weights_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
     net = EfficientNetLite0()
-    net.load_state_dict(state, strict=True)
+    load_state_dict_file(net, path, "EfficientNet-Lite0")
     return net.eval().requires_grad_(False).to(device)
 
 

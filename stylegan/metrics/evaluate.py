@@ -4,12 +4,17 @@ Metrics (names as eval.json and MLflow carry them):
 - ``swd``, ``swd_<R>``: sliced Wasserstein distance (x1e3) per Laplacian level, no weights needed;
 - ``fd_effnet``, ``kid_effnet``, ``kid_effnet_std``, ``precision``, ``recall``: on
   EfficientNet-Lite0 ImageNet features (installed offline; FD-effnet is *not* comparable
-  with published FIDs);
+  with published FIDs); precision/recall on equally many reals and fakes;
 - ``fid``, ``kid_inception``, ``kid_inception_std``: standard Inception-v3 features, only
-  when the FID weights are on disk;
-- ``memorization`` (pixel space) and ``memorization_effnet``: share of samples that copy a
-  training image.
-Metrics whose network is missing are skipped with one line, never an error.
+  when the FID weights are on disk and load;
+- ``kid_subset_size``: images per KID subset actually used (``kid_subset_size`` capped at
+  the smaller set); equal to ``num_samples`` means every subset held all the fakes, so the
+  KID stds understate the uncertainty;
+- ``memorization`` (pixel space, against *every* training image) and
+  ``memorization_effnet`` (feature space, against the ``num_real`` reference draw only):
+  share of samples that copy a training image.
+Metrics whose network is missing or whose weights file is unusable are skipped with one
+line, never an error.
 """
 
 from __future__ import annotations
@@ -99,38 +104,49 @@ def evaluate_generator(
     real_eff: np.ndarray | None = None
     try:
         effnet = FeatureExtractor(batch_size=cfg.batch_size, device=dev)
-    except MissingWeightsError as exc:
+    except MissingWeightsError as exc:  # UnusableWeightsError (corrupt file) included
         log(f"fd_effnet, kid_effnet, precision, recall skipped: {exc}")
     else:
         real_eff = ref.features("effnet", effnet)
         fake_eff = effnet(fake)
         metrics.update(_deep_feature_metrics(("fd_effnet", "effnet"), real_eff, fake_eff, cfg))
-        metrics["precision"], metrics["recall"] = stats.precision_recall(real_eff, fake_eff, k=cfg.pr_k)
+        metrics["precision"], metrics["recall"] = stats.precision_recall(
+            real_eff, fake_eff, k=cfg.pr_k, seed=cfg.seed
+        )
 
     try:
         inception = InceptionFeatureExtractor(weights=cfg.inception_weights, batch_size=cfg.batch_size, device=dev)
-    except MissingWeightsError as exc:
+    except MissingWeightsError as exc:  # UnusableWeightsError (corrupt or wrong file) included
         log(f"fid, kid_inception skipped: {exc}")
     else:
         metrics.update(
             _deep_feature_metrics(("fid", "inception"), ref.features("inception", inception), inception(fake), cfg)
         )
+    if any(name.startswith("kid_") for name in metrics):
+        n_real = len(ref.indices)
+        m = stats.kid_subset_size(n_real, len(fake), cfg.kid_subset_size)
+        metrics["kid_subset_size"] = m
+        full = [name for name, n in (("fakes", len(fake)), ("reals", n_real)) if m == n]
+        if full:
+            log(f"kid subsets of {m} hold all the {' and '.join(full)}, so kid_*_std understates the uncertainty; "
+                f"set evaluate.kid_subset_size below {min(n_real, len(fake))}")
 
     # Novelty: every sample counts for the score; the first novelty_samples are drawn.
     n_show = min(cfg.novelty_samples, len(fake))
-    spaces = [("pixel", novelty.pixel_vectors(real), novelty.pixel_vectors(fake))]
+    # Pixel space: the whole training array (memory-mapped), threshold included.
+    mems = [("pixel", novelty.pixel_memorization(fake, ref.dataset.array, percentile=cfg.memorization_percentile,
+                                                   k=3, seed=cfg.seed), ref.dataset.array, "training images")]
     if real_eff is not None and fake_eff is not None:
-        spaces.append(("effnet", real_eff, fake_eff))
-    for space, ref_vec, fake_vec in spaces:
-        mem = novelty.memorization(
-            fake_vec, ref_vec, percentile=cfg.memorization_percentile, k=3, seed=cfg.seed
-        )
+        # Feature space: only the reference draw has features (all of them would take minutes on a CPU).
+        mem = novelty.memorization(fake_eff, real_eff, percentile=cfg.memorization_percentile, k=3, seed=cfg.seed)
+        mems.append(("effnet", mem, real, f"of the {len(real)} reference images"))
+    for space, mem, searched, what in mems:
         metrics["memorization" if space == "pixel" else f"memorization_{space}"] = mem.score
         if n_show:
             fig = novelty.nearest_rows_figure(
-                fake[:n_show], real, mem.nn_index[:n_show], mem.nn_distance[:n_show], mem.threshold,
-                f"sample | 3 nearest training images ({space} space)\n"
-                f"red frame: closer than {mem.threshold:.3g} (a copy)",
+                fake[:n_show], searched, mem.nn_index[:n_show], mem.nn_distance[:n_show], mem.threshold,
+                f"sample | 3 nearest {what} ({space} space)\n"
+                f"red frame: within {mem.threshold:.3g} (a copy)",
             )
             save_png(fig, reports_dir / f"novelty_{space}.png")
 

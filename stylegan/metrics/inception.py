@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylegan.metrics.effnet import MissingWeightsError, to_nchw_uint8
+from stylegan.metrics.effnet import MissingWeightsError, load_state_dict_file, to_nchw_uint8
 
 WEIGHTS_GLOB = "pt_inception-2015-12-05-*.pth"
 INPUT_SIZE = 299
@@ -32,7 +32,8 @@ def find_weights(explicit: str | os.PathLike | None = None) -> Path:
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise MissingWeightsError(f"evaluate.inception_weights points to {path}, which does not exist")
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise MissingWeightsError(f"evaluate.inception_weights points to {path}, which {what}")
         return path
     hub = Path(torch.hub.get_dir()) / "checkpoints"  # $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub, ~/.cache/...
     found = sorted(hub.glob(WEIGHTS_GLOB)) if hub.is_dir() else []
@@ -190,12 +191,9 @@ class FIDInceptionV3(nn.Module):
 
 
 def load_fid_inception(path: str | os.PathLike, device: str | torch.device = "cpu") -> FIDInceptionV3:
+    """The FID network in eval mode; an unreadable or wrong file raises UnusableWeightsError (FID is skipped)."""
     net = FIDInceptionV3()
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path} is not the FID Inception state dict ({str(exc).splitlines()[0]})") from exc
+    load_state_dict_file(net, path, "FID Inception")
     return net.eval().requires_grad_(False).to(device)
 
 

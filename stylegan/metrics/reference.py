@@ -2,8 +2,9 @@
 
 The reference set is ``num_real`` images drawn (seeded) from ``images_<R>.npy``. Their
 features are cached under ``cache_dir`` keyed by the *content hash* of that array file, the
-resolution, the feature network, ``num_real`` and the seed, so a re-prepared dataset never
-reuses stale statistics even when its size and mtime look the same.
+resolution, the feature network, ``FEATURE_CACHE_VERSION``, ``num_real`` and the seed, so a
+re-prepared dataset never reuses stale statistics even when its size and mtime look the
+same, and features made by older code are not reused after the extraction changes.
 
 Why hash the whole file: reading and hashing runs at roughly 1 GB/s (a 35k-image 64x64 set
 is 430 MB, < 1 s), while the features it saves take minutes on a CPU. The hash itself is
@@ -24,6 +25,9 @@ from stylegan.checkpoint import atomic_write
 from stylegan.data.dataset import PackedDataset, array_path
 
 _HASH_CHUNK = 16 << 20
+# Bump whenever a feature network, its weights handling or its preprocessing (resize,
+# scaling, batch-norm folding) changes: the cache key carries it, so old caches are ignored.
+FEATURE_CACHE_VERSION = 2
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -105,7 +109,8 @@ class ReferenceSet:
     def cache_path(self, net: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        name = f"ref_{self.data_hash[:16]}_{self.resolution}px_{net}_n{len(self.indices)}_seed{self.seed}.npz"
+        name = (f"ref_{self.data_hash[:16]}_{self.resolution}px_{net}_v{FEATURE_CACHE_VERSION}"
+                f"_n{len(self.indices)}_seed{self.seed}.npz")
         return self.cache_dir / name
 
     def features(self, net: str, extract: Callable[[np.ndarray], np.ndarray], batch: int = 512) -> np.ndarray:
@@ -114,7 +119,7 @@ class ReferenceSet:
         if path is not None and path.is_file():
             try:
                 with np.load(path) as z:
-                    if np.array_equal(z["indices"], self.indices):
+                    if int(z["version"]) == FEATURE_CACHE_VERSION and np.array_equal(z["indices"], self.indices):
                         return z["features"].astype(np.float64)
             except (OSError, ValueError, KeyError):
                 pass  # unreadable cache: recompute and replace it
@@ -128,6 +133,7 @@ class ReferenceSet:
             import io
 
             buf = io.BytesIO()
-            np.savez(buf, indices=self.indices, features=feats32, data_hash=np.array(self.data_hash))
+            np.savez(buf, indices=self.indices, features=feats32, data_hash=np.array(self.data_hash),
+                     version=np.array(FEATURE_CACHE_VERSION))
             atomic_write_bytes(path, buf.getvalue())
         return feats32.astype(np.float64)

@@ -69,6 +69,16 @@ def frechet_distance_features(real: np.ndarray, fake: np.ndarray) -> float:
     return float(max(fd, 0.0))
 
 
+def kid_subset_size(n_real: int, n_fake: int, subset_size: int) -> int:
+    """Images per KID subset: ``subset_size`` capped at the smaller set (StyleGAN2-ADA's rule).
+
+    When this equals ``n_fake`` every subset holds all the fakes, so the subset std measures
+    only the spread over real subsets and understates the estimate's uncertainty; evaluation
+    reports the effective size so that case is visible.
+    """
+    return min(subset_size, n_real, n_fake)
+
+
 def kid(
     real: np.ndarray,
     fake: np.ndarray,
@@ -82,7 +92,7 @@ def kid(
     x_all = np.asarray(real, dtype=np.float64)
     y_all = np.asarray(fake, dtype=np.float64)
     d = x_all.shape[1]
-    m = min(subset_size, len(x_all), len(y_all))
+    m = kid_subset_size(len(x_all), len(y_all), subset_size)
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(x_all)} real and {len(y_all)} fake")
     rng = np.random.RandomState(seed)
@@ -122,11 +132,26 @@ def _coverage(manifold: np.ndarray, radii: torch.Tensor, queries: np.ndarray) ->
     return float(torch.cat(inside).double().mean())
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+def equal_size_draw(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets cut to the smaller one's size; the larger by a seeded random draw (sorted rows)."""
+    n = min(len(real), len(fake))
+    rng = np.random.RandomState(seed)
+
+    def draw(a: np.ndarray) -> np.ndarray:
+        return a if len(a) == n else np.asarray(a)[np.sort(rng.choice(len(a), n, replace=False))]
+
+    return draw(real), draw(fake)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, seed: int = 0) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN hypersphere manifolds.
 
     precision: share of fakes inside the real manifold; recall: share of reals inside the fake one.
+    k-NN radii shrink as a set grows, so both manifolds are built from equally many vectors
+    (as the paper and StyleGAN2-ADA's pr50k3 do): the larger set is cut to the smaller's size
+    by a seeded draw (``equal_size_draw``).
     """
+    real, fake = equal_size_draw(real, fake, seed)
     precision = _coverage(real, knn_radii(real, k), fake)
     recall = _coverage(fake, knn_radii(fake, k), real)
     return precision, recall

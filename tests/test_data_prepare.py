@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import itertools
 import json
 import os
+import struct
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from stylegan.config import DataConfig
+from stylegan.data import prepare as prep
 from stylegan.data.prepare import _decode_raster, _pyramid, _square, prepare, prepare_item
 from stylegan.data.sources import InputItem, list_inputs, parse_name
 
@@ -54,6 +57,11 @@ def _png(im: Image.Image, **kw: object) -> bytes:
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     """A folder with one file of every good and bad kind the preparation must handle."""
+    return _build_source(tmp_path)
+
+
+def _build_source(tmp_path: Path) -> Path:
+    """``tmp_path/src`` (returned) with every kind of input, and ``tmp_path/outside.png``."""
     src = tmp_path / "src"
     (src / "back" / "shiny").mkdir(parents=True)
     _rgba_sprite().save(src / "25.png")
@@ -155,15 +163,23 @@ def test_manifest_accounts_for_every_input(source: Path, tmp_path: Path) -> None
 
 def test_outputs_are_byte_identical_for_any_worker_count(source: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    prepare(_cfg(source, a), workers=1, log=lambda _: None)
-    prepare(_cfg(source, b), workers=2, log=lambda _: None)  # different chunking and processes
-    da, db = _tree_digest(a), _tree_digest(b)
-    da["summary.json"] = db["summary.json"] = ""  # records out_dir, which differs by design
-    assert da == db
-    sa = json.loads((a / "summary.json").read_text())
-    sb = json.loads((b / "summary.json").read_text())
-    sa["params"].pop("out_dir"), sb["params"].pop("out_dir")
-    assert sa == sb
+    prepare(_cfg(source, a, workers=1), log=lambda _: None)
+    prepare(_cfg(source, b, workers=2), log=lambda _: None)  # different chunking, processes and out_dir
+    assert _tree_digest(a) == _tree_digest(b)  # summary.json included: DVC's hash of the folder is the same
+    params = json.loads((a / "summary.json").read_text())["params"]
+    assert "workers" not in params and "out_dir" not in params and params["max_resolution"] == 16
+
+
+def test_outputs_do_not_depend_on_where_the_source_lives(tmp_path: Path) -> None:
+    # The same project cloned at two places: relative source and out_dir under each root.
+    roots = [tmp_path / "clone", tmp_path / "elsewhere" / "deeper" / "clone"]
+    for root in roots:
+        _build_source(root)
+        prepare(_cfg("src", Path("prepared")), root=root, log=lambda _: None)
+    one, two = (_tree_digest(root / "prepared") for root in roots)
+    assert one == two
+    manifest = (roots[0] / "prepared" / "manifest.csv").read_text()
+    assert str(tmp_path) not in manifest and "outside.png" not in manifest  # no absolute link targets
 
 
 def test_zip_source_matches_folder(source: Path, tmp_path: Path) -> None:
@@ -199,16 +215,21 @@ def test_pyramid_levels_are_exact_area_means() -> None:
         assert np.array_equal(lo, mean)
 
 
+def _first_frame(data: bytes, cfg: DataConfig) -> np.ndarray:
+    """The first decoded frame (frames are decoded lazily, one at a time)."""
+    return next(iter(_decode_raster(data, InputItem("x"), cfg).frames))[1]
+
+
 def test_modes_are_converted_not_clipped(source: Path) -> None:
     cfg = DataConfig(min_size=16)
-    deep = _decode_raster((source / "deep.png").read_bytes(), InputItem("deep.png"), cfg).frames[0][1]
+    deep = _first_frame((source / "deep.png").read_bytes(), cfg)
     assert deep.shape[2] == 3 and deep[15, 15, 0] == 128 and deep[0, 0, 0] == 255  # 16-bit scaled to 8
-    cmyk = _decode_raster((source / "cmyk.jpg").read_bytes(), InputItem("cmyk.jpg"), cfg).frames[0][1]
+    cmyk = _first_frame((source / "cmyk.jpg").read_bytes(), cfg)
     assert cmyk[15, 15, 0] > 200 and cmyk[15, 15, 1] < 40  # red stays red
-    exif = _decode_raster((source / "exif.jpg").read_bytes(), InputItem("exif.jpg"), cfg).frames[0][1]
+    exif = _first_frame((source / "exif.jpg").read_bytes(), cfg)
     assert exif.shape[:2] == (40, 20)  # rotated upright: stored 40 wide, shown 20 wide
     assert exif[2, 10, 0] > 200 and exif[2, 10, 1] < 60  # the red band lands on top after rotation
-    la = _decode_raster((source / "la.png").read_bytes(), InputItem("la.png"), cfg).frames[0][1]
+    la = _first_frame((source / "la.png").read_bytes(), cfg)
     assert la.shape[2] == 4 and la[0, 0, 3] == 0 and la[15, 15, 3] == 255
 
 
@@ -289,3 +310,231 @@ def test_cli_prepare_reads_the_data_section(source: Path, tmp_path: Path, capsys
     assert main(["prepare", "--params", str(params), "--set", f"source={tmp_path / 'nowhere'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["fetch", "--params", str(params)]) == 0  # a folder source: nothing to fetch
+
+
+# ---------------------------------------------------------------- hostile and unusual inputs
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [("exif_transpose", KeyError("Orientation")), ("open", struct.error("unpack requires a buffer of 4 bytes"))],
+)
+def test_an_unexpected_exception_rejects_only_that_file(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, error: Exception
+) -> None:
+    # Pillow plugins and their EXIF parsers raise whatever they like on a hostile file.
+    real_transpose, real_open = ImageOps.exif_transpose, Image.open
+
+    def transpose(im: Image.Image, **kw: object) -> Image.Image:
+        if im.size == (40, 20):  # exif.jpg only
+            raise error
+        return real_transpose(im, **kw)
+
+    def open_(fp: object, *args: object, **kw: object) -> Image.Image:
+        if isinstance(fp, io.BytesIO) and fp.getvalue() == (source / "exif.jpg").read_bytes():
+            raise error
+        return real_open(fp, *args, **kw)
+
+    if target == "exif_transpose":
+        monkeypatch.setattr(prep.ImageOps, "exif_transpose", transpose)
+    else:
+        monkeypatch.setattr(prep.Image, "open", open_)
+    out = tmp_path / "prepared"
+    prepare(_cfg(source, out), log=lambda _: None)
+    m = pd.read_csv(out / "manifest.csv", keep_default_na=False).set_index("source")
+    assert m.loc["exif.jpg", "status"] == "rejected" and m.loc["exif.jpg", "reason"] == "corrupt"
+    assert type(error).__name__ in m.loc["exif.jpg", "detail"] or str(error) in m.loc["exif.jpg", "detail"]
+    if target == "exif_transpose":  # opened first: its size and mode are known
+        assert (m.loc["exif.jpg", "width"], m.loc["exif.jpg", "height"], m.loc["exif.jpg", "mode"]) == (40, 20, "RGB")
+    for ok in ("25.png", "cmyk.jpg", "deep.png", "w.webp", "la.png"):
+        assert m.loc[ok, "status"] == "ok", ok
+
+
+def test_interrupts_are_never_swallowed(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def stop(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep.Image, "open", stop)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_item(InputItem("25.png", file=str(source / "25.png")), DataConfig())
+
+
+def test_rejected_rows_keep_the_known_size_and_mode(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    prepare(_cfg(source, out), log=lambda _: None)
+    m = pd.read_csv(out / "manifest.csv", keep_default_na=False).set_index("source")
+    assert tuple(m.loc["bomb.png", ["width", "height", "mode", "format"]]) == (400, 300, "RGB", "PNG")
+    assert tuple(m.loc["tiny.png", ["width", "height", "mode", "format"]]) == (8, 8, "RGBA", "PNG")
+    assert tuple(m.loc["truncated.png", ["width", "height", "mode"]]) == (40, 40, "RGBA")  # failed after opening
+    assert tuple(m.loc["notes.txt", ["width", "height", "mode"]]) == (0, 0, "")  # never opened
+
+
+def _sprite_gif(n: int, side: int = 32) -> bytes:
+    """n frames, all distinct after cropping (the box grows), on a transparent canvas."""
+    frames = []
+    for i in range(n):
+        im = Image.new("P", (side, side), 0)
+        im.putpalette([*GREEN, *RED] + [0, 0, 0] * 254)
+        im.paste(1, (2, 2, 4 + i % (side - 4), side - 2 - i // (side - 4)))
+        im.info["transparency"] = 0
+        frames.append(im)
+    return _gif_bytes(frames)
+
+
+def test_animation_frames_are_bounded_in_total(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _sprite_gif(30)  # 30 frames of 32x32 = 30,720 pixels decoded in all
+    small = DataConfig(max_pixels=1100, max_resolution=8)  # one frame fits; 25 x 1100 in all does not
+    rows = [r.row for r in prepare_item(InputItem("a/1.gif", data=data, animation=True), small)]
+    assert [(r["reason"], r["width"], r["n_frames"]) for r in rows] == [("decompression_bomb", 32, 30)]
+    assert "30 frames of 32x32" in rows[0]["detail"]
+    first = DataConfig(max_pixels=1100, max_resolution=8, gif_frames="first")  # a user GIF: one frame decoded
+    assert [r.row["status"] for r in prepare_item(InputItem("u/1.gif", data=data), first)] == ["ok"]
+
+    # Past what data.max_pixels holds, distinct frames are not kept but decoded again when
+    # chosen: the rows and images are the same as when all of them fit.
+    calls: list[int] = []
+    real = prep._to_array
+    monkeypatch.setattr(prep, "_to_array", lambda im, *a: calls.append(1) or real(im, *a))
+    data = _sprite_gif(20)
+    item = InputItem("a/2.gif", data=data, animation=True)
+    kept = prepare_item(item, DataConfig(max_pixels=1_000_000, max_resolution=8, frames_per_sprite=4))
+    assert len(calls) == 20
+    calls.clear()
+    streamed = prepare_item(item, DataConfig(max_pixels=3000, max_resolution=8, frames_per_sprite=4))
+    assert len(calls) == 20 + 4  # the hashing pass, then the 4 chosen frames again
+    assert [r.row["frame"] for r in kept] == [r.row["frame"] for r in streamed] == [0, 6, 13, 19]
+    for a, b in zip(kept, streamed, strict=True):
+        assert a.row["content_hash"] == b.row["content_hash"]
+        assert all(np.array_equal(x, y) for x, y in zip(a.images or [], b.images or [], strict=True))
+
+
+def test_oversized_files_are_rejected_without_being_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg(tmp_path, tmp_path / "o")  # max_pixels 100,000: cap 16 x 100,000 + 16 MiB = 18.4 MB
+    cap = prep.max_file_bytes(cfg)
+    zpath = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.png", b"\0" * (cap + 1))  # ~18 KB compressed
+        zf.write(_write(tmp_path / "25.png", _png(_rgba_sprite())), "25.png")
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **kw: opened.append(str(getattr(
+        name, "filename", name))) or real_open(self, name, *a, **kw))  # fmt: skip
+    summary = prepare(_cfg(zpath, tmp_path / "z"), log=lambda _: None)
+    m = pd.read_csv(tmp_path / "z" / "manifest.csv", keep_default_na=False).set_index("source")
+    assert m.loc["big.png", "reason"] == "decompression_bomb" and "zip entry inflates" in m.loc["big.png", "detail"]
+    assert m.loc["25.png", "status"] == "ok" and summary["images"] == 1
+    assert "big.png" not in opened and "25.png" in opened
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with open(folder / "huge.png", "wb") as f:
+        f.truncate(cap + 1)  # sparse: nothing written
+    rows = prepare_item(InputItem("huge.png", file=str(folder / "huge.png")), cfg)
+    assert [r.row["reason"] for r in rows] == ["decompression_bomb"]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_svgz_is_inflated_with_a_bound(tmp_path: Path) -> None:
+    pytest.importorskip("cairosvg")
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="40"><rect x="10" y="10" width="20" height="20"/>'
+    cfg = DataConfig(max_resolution=8)
+    ok = prepare_item(InputItem("1.svgz", data=gzip.compress(svg + b"</svg>")), cfg)
+    assert [r.row["status"] for r in ok] == ["ok"]
+    bomb = gzip.compress(svg + b" " * (prep.SVG_MAX_BYTES + 1) + b"</svg>")  # ~16 KB on disk
+    rows = [r.row for r in prepare_item(InputItem("2.svg", data=bomb), cfg)]
+    assert [(r["reason"], r["detail"]) for r in rows] == [
+        ("decompression_bomb", f"gzip'd SVG inflates past {prep.SVG_MAX_BYTES:,} bytes")
+    ]
+
+
+def test_mpo_is_one_upright_image_not_an_animation(tmp_path: Path) -> None:
+    # A camera JPEG with an MP header: Pillow opens it with 2 frames (the second a preview).
+    im = Image.new("RGB", (40, 20), (255, 255, 255))
+    im.paste(RED, (0, 0, 10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    buf = io.BytesIO()
+    im.save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (40, 20), BLUE)], exif=exif, quality=95)
+    assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 2
+    cfg = DataConfig(min_size=16, max_resolution=8, gif_frames="all")
+    meta = _decode_raster(buf.getvalue(), InputItem("cam.jpg"), cfg)
+    frames = list(meta.frames)
+    assert meta.format == "MPO" and [i for i, _ in frames] == [0]
+    assert frames[0][1].shape[:2] == (40, 20)  # EXIF applied: stored 40 wide, shown 20 wide
+    assert frames[0][1][2, 10, 0] > 200 and frames[0][1][2, 10, 2] < 80  # the red band on top, no blue preview
+    rows = [r.row for r in prepare_item(InputItem("cam.jpg", data=buf.getvalue()), cfg)]
+    assert [(r["frame"], r["status"]) for r in rows] == [(0, "ok")]
+
+
+def test_sixteen_bit_depth_comes_from_the_format_not_the_values() -> None:
+    cfg = DataConfig(min_size=16)
+    dark = np.full((30, 30), 200, np.uint16)  # 200 / 65535: nearly black
+    pgm = b"P5\n30 30\n65535\n" + dark.astype(">u2").tobytes()  # Pillow opens 16-bit PGM as mode "I"
+    assert Image.open(io.BytesIO(pgm)).mode == "I"
+    assert _first_frame(pgm, cfg).max() == 1
+    png = _png(Image.fromarray(dark))  # mode I;16
+    assert _first_frame(png, cfg).max() == 1
+    tif = io.BytesIO()
+    Image.fromarray(dark.astype(np.int32)).save(tif, "TIFF")  # 32-bit ints holding 8-bit values: kept as they are
+    assert Image.open(io.BytesIO(tif.getvalue())).mode == "I" and _first_frame(tif.getvalue(), cfg).max() == 200
+
+
+def test_details_hold_no_absolute_paths_or_addresses() -> None:
+    item = InputItem("sub/a.png", file="/home/someone/src/sub/a.png")
+    text = "[Errno 13] Permission denied: '/home/someone/src/sub/a.png' in <_io.BytesIO object at 0x7f3a2c1b9d00>"
+    assert prep._clean_detail(text, item) == "[Errno 13] Permission denied: 'sub/a.png' in <_io.BytesIO object>"
+    other = prep._clean_detail("cannot read /var/tmp/elsewhere/x.bin, 1/2 done", item)
+    assert other == "cannot read x.bin, 1/2 done"
+
+
+def test_stale_old_outputs_are_removed_or_restored(source: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    out = tmp_path / "prepared"
+    prepare(_cfg(source, out), log=lambda _: None)
+    good = _tree_digest(out)
+    stale = tmp_path / f".prepared.old-{dead}"  # a run killed after the swap, before removing the old output
+    stale.mkdir()
+    (stale / "images_64.npy").write_bytes(b"x" * 1000)
+    live = tmp_path / f".prepared.old-{os.getppid()}"  # a live run's: not ours to touch
+    live.mkdir()
+    prepare(_cfg(source, out), log=lambda _: None)
+    assert not stale.exists() and live.is_dir() and _tree_digest(out) == good
+    live.rmdir()
+
+    # Killed between the two renames: no out_dir, the previous output in .old-<pid>. The next
+    # run puts it back first, so a failing run still leaves it in place.
+    os.replace(out, stale)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match="nothing usable"):
+        prepare(_cfg(bad, out), log=lambda _: None)
+    assert _tree_digest(out) == good and not stale.exists()
+
+
+def test_a_failed_swap_restores_the_previous_output(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "prepared"
+    prepare(_cfg(source, out), log=lambda _: None)
+    good = _tree_digest(out)
+    real_replace = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        if Path(str(src)).name.startswith(".prepared.tmp-"):
+            raise OSError("disk went away")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(prep.os, "replace", replace)
+    with pytest.raises(OSError, match="disk went away"):
+        prepare(_cfg(source, out, margin=0.2), log=lambda _: None)
+    assert _tree_digest(out) == good
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".prepared")]  # no temp, no old

@@ -39,7 +39,8 @@ class PackedDataset(Dataset):
         path = array_path(root, resolution)
         if not path.exists():
             have = available_resolutions(root)
-            hint = f"available: {have}" if have else "no packed arrays there; run `dvc repro prepare` (or `pokegan prepare`)"
+            hint = (f"available: {have}" if have
+                    else "no packed arrays there; run `dvc repro prepare` (or `pokegan prepare`)")
             raise FileNotFoundError(f"no {resolution}x{resolution} data at {path} ({hint})")
         try:
             arr = np.load(path, mmap_mode="r" if mmap else None)

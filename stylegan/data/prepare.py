@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import struct
 import sys
 import warnings
 import zipfile
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,15 +62,26 @@ _FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 _NPY_HEADER = 128  # fixed .npy header size, so arrays can be streamed before N is known
+# Only these formats' extra frames are animation frames: an MPO's second frame is a preview or
+# the other eye of a stereo pair, a TIFF's pages are separate images (APNG opens as PNG).
+_ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+# Decoded pixels of all the frames of one file, as a multiple of data.max_pixels: bounds the
+# time a tiny GIF with a huge canvas and thousands of frames can take (sprites: 96x96x~100).
+ANIMATION_PIXEL_FACTOR = 25
+SVG_MAX_BYTES = 16 << 20  # raw or gunzipped SVG text; the dream-world artwork is well under 1 MiB
+# Settings that do not change a single output byte of the images: kept out of summary.json, so
+# that changing them (or cloning the repo elsewhere) leaves data/prepared, its DVC hash, as it was.
+_RUN_ONLY_PARAMS = ("out_dir", "raw_dir", "workers")
 
 
 class Rejected(Exception):
     """An input that cannot be used; ``code`` is the manifest's reason."""
 
-    def __init__(self, code: str, detail: str = "") -> None:
+    def __init__(self, code: str, detail: str = "", meta: _Meta | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.meta = meta  # what was known of the file (size, mode) when it was rejected
 
 
 @dataclass
@@ -84,8 +98,9 @@ class _Meta:
     height: int = 0
     mode: str = ""
     format: str = ""
-    n_frames: int = 1
-    frames: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (frame index, HxWx3|4 uint8)
+    n_frames: int = 0  # 0 = not known (rejected before counting)
+    # (frame index, HxWx3|4 uint8), decoded lazily: one file's frames are never all in memory
+    frames: Iterable[tuple[int, np.ndarray]] = field(default_factory=list)
 
 
 def load_data_config(params: str | Path | None = None, overrides: Sequence[str] | None = None) -> DataConfig:
@@ -118,39 +133,87 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_temps(out_dir: Path) -> None:
-    """Delete temp folders of earlier prepares that were killed (at 256x256 they hold gigabytes).
+    """Clean up after earlier prepares that were killed: their temp folders (gigabytes at
+    256x256) and the old outputs they had swapped out.
 
-    A temp folder is named after its writer's pid; one whose process still runs is left alone.
+    Both are named after their writer's pid; one whose process still runs is left alone (our
+    own pid's are leftovers too: in a container every run may get the same pid). A run killed
+    between the two renames of the swap left no ``out_dir``: its old output is put back.
     """
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+    for kind in ("tmp", "old"):
+        for folder in sorted(out_dir.parent.glob(f".{out_dir.name}.{kind}-*")):
+            pid = folder.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or (int(pid) != os.getpid() and _pid_alive(int(pid))):
+                continue
+            if kind == "old" and not out_dir.exists() and (folder / "summary.json").is_file():
+                os.replace(folder, out_dir)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
-def _read_bytes(item: InputItem, zips: dict[str, zipfile.ZipFile]) -> bytes:
+def max_file_bytes(cfg: DataConfig) -> int:
+    """The largest input file read: 16 bytes per pixel of data.max_pixels (16-bit RGBA with room
+    for several frames) plus 16 MiB of metadata; anything bigger cannot be a usable image."""
+    return 16 * cfg.max_pixels + (16 << 20)
+
+
+def _read_bytes(item: InputItem, zips: dict[str, zipfile.ZipFile], cap: int) -> bytes:
     if item.data is not None:
-        return item.data
+        return item.data  # the npm package's files, pinned by its integrity hash
+    too_big = f"above the {cap:,}-byte cap (16 x data.max_pixels + 16 MiB)"
     try:
         if item.file is not None:
             with open(item.file, "rb") as f:
-                return f.read()
-        if item.zip_path is not None:
+                size = os.fstat(f.fileno()).st_size
+                if size > cap:
+                    raise Rejected("decompression_bomb", f"{size:,} bytes, {too_big}")
+                data = f.read(cap + 1)
+        elif item.zip_path is not None:
             zf = zips.get(item.zip_path)
             if zf is None:
                 zf = zips[item.zip_path] = zipfile.ZipFile(item.zip_path)
-            return zf.read(item.path)
-    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError) as exc:
+            info = zf.getinfo(item.path)
+            if info.file_size > cap:  # judged from the header, before inflating anything
+                raise Rejected("decompression_bomb", f"zip entry inflates to {info.file_size:,} bytes, {too_big}")
+            with zf.open(info) as f:
+                data = f.read(cap + 1)
+        else:
+            raise Rejected("unreadable", "no data")
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, KeyError, EOFError, zlib.error) as exc:
         raise Rejected("unreadable", str(exc)) from exc
-    raise Rejected("unreadable", "no data")
+    if len(data) > cap:  # the file grew, or a zip header understated the size
+        raise Rejected("decompression_bomb", f"more than {cap:,} bytes, {too_big}")
+    return data
 
 
-def _to_array(im: Image.Image) -> np.ndarray:
-    """HxWx3 or HxWx4 uint8 from any PIL mode (16-bit scaled, not clipped)."""
+def _sixteen_bit(im: Image.Image) -> bool | None:
+    """Whether integer grey samples are 16-bit (to be scaled to 8), judged from the mode and
+    format rather than the pixel values, so that a dark 16-bit image stays dark.
+
+    None: the file does not say (e.g. a 32-bit integer TIFF); the values then decide.
+    """
+    if im.mode.startswith("I;16"):
+        return True
+    if im.mode != "I":
+        return False
+    if im.format in ("PNG", "PPM"):  # these plugins give mode I only for 16-bit samples
+        return True
+    if im.format == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(258)  # BitsPerSample
+        bits = bits[0] if isinstance(bits, tuple) and bits else bits
+        if bits in (8, 16):
+            return bits == 16
+    return None
+
+
+def _to_array(im: Image.Image, sixteen: bool | None = None) -> np.ndarray:
+    """HxWx3 or HxWx4 uint8 from any PIL mode (16-bit scaled, not clipped; see ``_sixteen_bit``)."""
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         a = np.asarray(im).astype(np.float64)
-        if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255):
+        if sixteen is None:  # unknown depth: values above 8 bits mean 16-bit samples
+            sixteen = mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255)
+        if sixteen:
             a = a * (255.0 / 65535.0)  # 16-bit grey to 8 bits
         g = np.clip(np.floor(a + 0.5), 0, 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=2)
@@ -179,7 +242,40 @@ def _looks_like_image(data: bytes) -> bool:
     return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
+def _rejection(exc: Exception, meta: _Meta | None, prefix: str = "") -> Rejected:
+    """The manifest reason for anything decoding raised: a plugin or its EXIF/metadata parser
+    can raise almost any type (KeyError, TypeError, struct.error, ...) on a hostile file."""
+    if isinstance(exc, Rejected):
+        exc.meta = exc.meta or meta
+        return exc
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return Rejected("decompression_bomb", str(exc), meta)
+    if isinstance(exc, MemoryError):
+        return Rejected("decompression_bomb", "out of memory while decoding", meta)
+    if isinstance(exc, (OSError, EOFError, SyntaxError, ValueError, struct.error, IndexError)):
+        return Rejected("corrupt", f"{prefix}{exc}", meta)
+    return Rejected("corrupt", f"{prefix}{type(exc).__name__}: {exc}", meta)
+
+
+def _header_meta(data: bytes) -> _Meta | None:
+    """Size, mode and format of a file Pillow refused as a bomb, for its manifest row.
+
+    Opening reads the header only; Pillow's own size check is off just for that, and the file
+    is rejected without ever being decoded.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _Meta(width=im.width, height=im.height, mode=im.mode, format=im.format or "")
+    except Exception:
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def _decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> _Meta:
+    """Open and check the file; ``frames`` then decodes the used frames one at a time."""
     meta = _Meta()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -190,42 +286,103 @@ def _decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> _Meta:
                 raise Rejected("corrupt", "image signature, but the file does not decode") from exc
             raise Rejected("not_an_image", "unrecognised format" if data else "empty file") from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise Rejected("decompression_bomb", str(exc)) from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise Rejected("corrupt", str(exc)) from exc
+            rej = _rejection(exc, _header_meta(data))
+            if rej.meta is not None:
+                rej.detail = f"{rej.meta.width}x{rej.meta.height} exceeds data.max_pixels={cfg.max_pixels}"
+            raise rej from exc
+        except Exception as exc:
+            raise _rejection(exc, None) from exc
         meta.width, meta.height = im.size
         meta.mode, meta.format = im.mode, im.format or ""
         if meta.width * meta.height > cfg.max_pixels:
-            raise Rejected("decompression_bomb", f"{meta.width}x{meta.height} exceeds data.max_pixels={cfg.max_pixels}")
+            raise Rejected(
+                "decompression_bomb", f"{meta.width}x{meta.height} exceeds data.max_pixels={cfg.max_pixels}", meta
+            )
         if min(meta.width, meta.height) < cfg.min_size:
-            raise Rejected("too_small", f"{meta.width}x{meta.height} is below data.min_size={cfg.min_size}")
+            raise Rejected("too_small", f"{meta.width}x{meta.height} is below data.min_size={cfg.min_size}", meta)
         try:
             meta.n_frames = int(getattr(im, "n_frames", 1))
-            if meta.n_frames == 1:
-                im.load()
-                meta.frames.append((0, _to_array(ImageOps.exif_transpose(im))))
-                return meta
-            wanted = 1 if (cfg.gif_frames == "first" and not item.animation) else meta.n_frames
-            seen: dict[bytes, int] = {}
-            arrays: list[tuple[int, np.ndarray]] = []
-            for i in range(wanted):
-                im.seek(i)
-                a = _to_array(im)
-                if item.animation:
-                    # npm sprites: distinct frames only (by their decoded RGBA), then evenly spaced
-                    key = _frame_key(a)
-                    if key in seen:
-                        continue
-                    seen[key] = i
-                arrays.append((i, a))
-            if item.animation:
-                arrays = [arrays[j] for j in _spaced(len(arrays), cfg.frames_per_sprite)]
-            meta.frames = arrays
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise Rejected("decompression_bomb", str(exc)) from exc
-        except (OSError, EOFError, SyntaxError, ValueError, struct.error, IndexError) as exc:
-            raise Rejected("corrupt", f"truncated or corrupt: {exc}") from exc
+        except Exception as exc:
+            raise _rejection(exc, meta, "truncated or corrupt: ") from exc
+    animated = meta.n_frames > 1 and meta.format in _ANIMATED_FORMATS
+    wanted = meta.n_frames if animated and (item.animation or cfg.gif_frames == "all") else 1
+    if wanted * meta.width * meta.height > ANIMATION_PIXEL_FACTOR * cfg.max_pixels:
+        raise Rejected(
+            "decompression_bomb",
+            f"{wanted} frames of {meta.width}x{meta.height} exceed {ANIMATION_PIXEL_FACTOR} x data.max_pixels",
+            meta,
+        )
+    meta.frames = _raster_frames(im, meta, item, cfg, animated, wanted)
     return meta
+
+
+def _raster_frames(
+    im: Image.Image, meta: _Meta, item: InputItem, cfg: DataConfig, animated: bool, wanted: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    sixteen = _sixteen_bit(im)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            if not animated:  # stills, and an MPO's or a TIFF's first image: upright by EXIF
+                im.load()
+                yield 0, _to_array(ImageOps.exif_transpose(im), sixteen)
+            elif not item.animation:
+                for i in range(wanted):
+                    im.seek(i)
+                    yield i, _to_array(im, sixteen)
+            else:
+                yield from _sprite_frames(im, meta, cfg, sixteen)
+        except Exception as exc:
+            raise _rejection(exc, meta, "truncated or corrupt: ") from exc
+
+
+def _sprite_frames(
+    im: Image.Image, meta: _Meta, cfg: DataConfig, sixteen: bool | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """npm sprites: the distinct frames (by their decoded RGBA), ``frames_per_sprite`` evenly spaced.
+
+    Which frames are used is known only after all are decoded. Their arrays are kept meanwhile
+    while they fit in data.max_pixels (always, for 96x96 sprites); past that only the hashes
+    are, and the chosen frames are decoded again: memory stays within one image's budget.
+    """
+    seen: set[bytes] = set()
+    distinct: list[int] = []
+    kept: dict[int, np.ndarray] | None = {}
+    for i in range(meta.n_frames):
+        im.seek(i)
+        a = _to_array(im, sixteen)
+        key = _frame_key(a)
+        if key in seen:
+            continue
+        seen.add(key)
+        distinct.append(i)
+        if kept is not None:
+            if (len(kept) + 1) * meta.width * meta.height <= cfg.max_pixels:
+                kept[i] = a
+            else:
+                kept = None
+    for i in (distinct[j] for j in _spaced(len(distinct), cfg.frames_per_sprite)):
+        if kept is not None:
+            yield i, kept.pop(i)
+        else:
+            im.seek(i)
+            yield i, _to_array(im, sixteen)
+
+
+def _svg_text(data: bytes) -> bytes:
+    """The SVG's XML; an svgz is inflated here with a bound (cairosvg would inflate it whole)."""
+    if data[:2] == b"\x1f\x8b":
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            text = inflater.decompress(data, SVG_MAX_BYTES + 1)
+        except zlib.error as exc:
+            raise Rejected("corrupt", f"gzip'd SVG does not inflate: {exc}") from exc
+        if len(text) > SVG_MAX_BYTES:
+            raise Rejected("decompression_bomb", f"gzip'd SVG inflates past {SVG_MAX_BYTES:,} bytes")
+        return text
+    if len(data) > SVG_MAX_BYTES:
+        raise Rejected("decompression_bomb", f"SVG of {len(data):,} bytes, above {SVG_MAX_BYTES:,}")
+    return data
 
 
 def _render_svg(data: bytes, cfg: DataConfig) -> _Meta:
@@ -234,25 +391,48 @@ def _render_svg(data: bytes, cfg: DataConfig) -> _Meta:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise Rejected("svg_unsupported", "install cairosvg (pokegan[svg]) to render SVG files") from exc
     side = 4 * cfg.max_resolution  # oversample: the content box is then area-averaged down
+    text = _svg_text(data)
     try:
         # unsafe=False: no XML entities, and cairosvg's fetcher then loads data: URLs only,
         # never files or network resources an SVG points to.
-        png = cairosvg.svg2png(bytestring=data, output_width=side, unsafe=False)
+        png = cairosvg.svg2png(bytestring=text, output_width=side, unsafe=False)
     except Exception as exc:  # cairosvg raises many types on bad XML/geometry
         raise Rejected("corrupt", f"SVG does not render: {type(exc).__name__}: {exc}") from exc
-    im = Image.open(io.BytesIO(png))
-    if im.width * im.height > cfg.max_pixels:
-        raise Rejected("decompression_bomb", f"renders to {im.width}x{im.height}")
-    meta = _Meta(width=im.width, height=im.height, mode="SVG", format="SVG")
-    meta.frames.append((0, np.asarray(im.convert("RGBA"))))
+    meta = _Meta(mode="SVG", format="SVG", n_frames=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(png))  # a tall, thin SVG renders to many pixels
+            meta.width, meta.height = im.size
+            if im.width * im.height > cfg.max_pixels:
+                raise Rejected("decompression_bomb", f"renders to {im.width}x{im.height}", meta)
+            meta.frames = [(0, np.asarray(im.convert("RGBA")))]
+        except Exception as exc:
+            raise _rejection(exc, meta) from exc
     return meta
 
 
 def _is_svg(item: InputItem, data: bytes) -> bool:
     head = data[:512].lstrip().lower()
-    return item.path.lower().endswith(".svg") or head.startswith(b"<svg") or (
+    return item.path.lower().endswith((".svg", ".svgz")) or head.startswith(b"<svg") or (
         head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()
     )
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object reprs in messages: differ on every run
+_ABS_PATH = re.compile(r"(?<![\w.~-])(?:/[^\s/'\"]+){2,}")
+
+
+def _clean_detail(text: str, item: InputItem) -> str:
+    """A manifest detail that is the same wherever the source lives and on every run: no
+    absolute paths (the source-relative one instead), no memory addresses, not too long."""
+    if item.file:
+        text = text.replace(item.file, item.path)
+    if item.zip_path:
+        text = text.replace(item.zip_path, Path(item.zip_path).name)
+    text = _ADDRESS.sub("", text)
+    text = _ABS_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], text)
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # ---------------------------------------------------------------- image pipeline
@@ -275,7 +455,7 @@ def _square(a: np.ndarray, cfg: DataConfig) -> np.ndarray:
     crop = rgb[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = crop.shape[:2]
     side = max(h, w)
-    pad = int(round(cfg.margin * side))
+    pad = round(cfg.margin * side)
     size = side + 2 * pad
     out = np.empty((size, size, 3), dtype=np.uint8)
     out[...] = bg
@@ -287,7 +467,10 @@ def _square(a: np.ndarray, cfg: DataConfig) -> np.ndarray:
 def _pyramid(square: np.ndarray, cfg: DataConfig) -> list[np.ndarray]:
     """[4x4, 8x8, ..., max] uint8 CHW; the top by the chosen filter, the rest by exact 2x2 means."""
     r = cfg.max_resolution
-    top = square if square.shape[0] == r else np.asarray(Image.fromarray(square).resize((r, r), _FILTERS[cfg.resize_filter]))
+    if square.shape[0] == r:
+        top = square
+    else:
+        top = np.asarray(Image.fromarray(square).resize((r, r), _FILTERS[cfg.resize_filter]))
     levels = [top]
     x = top
     while x.shape[0] > 4:
@@ -319,25 +502,40 @@ def _row(item: InputItem, meta: _Meta | None, frame: int, **kw: Any) -> dict[str
     return row
 
 
+def _frame_result(item: InputItem, meta: _Meta, index: int, frame: np.ndarray, cfg: DataConfig) -> FrameResult:
+    try:
+        images = _pyramid(_square(frame, cfg), cfg)
+    except Rejected as rej:
+        return FrameResult(_row(item, meta, index, status="rejected", reason=rej.code, detail=rej.detail))
+    digest = hashlib.blake2b(images[-1].tobytes(), digest_size=16).hexdigest()
+    return FrameResult(_row(item, meta, index, content_hash=digest), images)
+
+
 def prepare_item(item: InputItem, cfg: DataConfig, zips: dict[str, zipfile.ZipFile] | None = None) -> list[FrameResult]:
-    """All manifest rows (one per used frame, or one rejection) of one input."""
+    """All manifest rows (one per used frame, or one rejection) of one input.
+
+    Never raises for a bad file (only KeyboardInterrupt/SystemExit pass): whatever goes wrong
+    rejects this one input, so one hostile file cannot stop the run.
+    """
     if item.reject is not None:
         return [FrameResult(_row(item, None, -1, status="rejected", reason=item.reject, detail=item.detail))]
     meta: _Meta | None = None
+    out: list[FrameResult] = []
     try:
-        data = _read_bytes(item, zips if zips is not None else {})
+        data = _read_bytes(item, zips if zips is not None else {}, max_file_bytes(cfg))
         meta = _render_svg(data, cfg) if _is_svg(item, data) else _decode_raster(data, item, cfg)
-    except Rejected as rej:
-        return [FrameResult(_row(item, meta, -1, status="rejected", reason=rej.code, detail=rej.detail))]
-    out = []
-    for index, frame in meta.frames:
-        try:
-            images = _pyramid(_square(frame, cfg), cfg)
-        except Rejected as rej:
-            out.append(FrameResult(_row(item, meta, index, status="rejected", reason=rej.code, detail=rej.detail)))
-            continue
-        digest = hashlib.blake2b(images[-1].tobytes(), digest_size=16).hexdigest()
-        out.append(FrameResult(_row(item, meta, index, content_hash=digest), images))
+        # Each frame is decoded, prepared and dropped before the next (bounded memory); a
+        # frame that fails to decode still rejects the whole file, as one row.
+        for index, frame in meta.frames:
+            out.append(_frame_result(item, meta, index, frame, cfg))
+    except Exception as exc:
+        rej = _rejection(exc, meta)
+        row = _row(item, rej.meta, -1, status="rejected", reason=rej.code, detail=_clean_detail(rej.detail, item))
+        return [FrameResult(row)]
+    finally:
+        close = getattr(meta.frames if meta is not None else None, "close", None)
+        if close is not None:
+            close()  # a generator left mid-way: leave its warnings context now
     return out
 
 
@@ -358,7 +556,7 @@ def split_chunks(items: Sequence[InputItem], n_chunks: int) -> list[list[InputIt
     """Contiguous, order-preserving slices (concatenated they give ``items`` back)."""
     n_chunks = max(1, min(n_chunks, len(items)))
     bounds = [len(items) * i // n_chunks for i in range(n_chunks + 1)]
-    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [list(items[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 # ---------------------------------------------------------------- writing
@@ -381,7 +579,7 @@ class PreparedWriter:
     def __init__(
         self,
         out_dir: str | Path,  # final folder (replaced only by finish())
-        cfg: DataConfig,  # the data params (recorded in summary.json)
+        cfg: DataConfig,  # the data params (recorded in summary.json, less workers/out_dir/raw_dir)
         source_info: dict[str, Any] | None = None,  # extra facts for the summary; None = none
     ) -> None:
         self.out_dir = Path(out_dir)
@@ -395,7 +593,8 @@ class PreparedWriter:
             shutil.rmtree(self.tmp)
         self.tmp.mkdir()
         self.res = resolutions(cfg.max_resolution)
-        self.files = {r: open(self.tmp / f"images_{r}.npy", "wb") for r in self.res}
+        # open across add() calls; closed by finish() or abort()
+        self.files = {r: open(self.tmp / f"images_{r}.npy", "wb") for r in self.res}  # noqa: SIM115
         for r, f in self.files.items():
             f.write(_npy_header(0, r))
         self.rows: list[dict[str, Any]] = []
@@ -432,7 +631,7 @@ class PreparedWriter:
             "status": {k: int(v) for k, v in sorted(Counter(df["status"]).items())},
             "reasons": {k: int(v) for k, v in sorted(Counter(df.loc[df["reason"] != "", "reason"]).items())},
             "variants": dict(sorted(by_variant.items())),
-            "params": to_dict(self.cfg),
+            "params": {k: v for k, v in to_dict(self.cfg).items() if k not in _RUN_ONLY_PARAMS},
         }
 
     def manifest(self) -> pd.DataFrame:
@@ -461,7 +660,12 @@ class PreparedWriter:
         old = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}"
         if self.out_dir.exists():
             os.replace(self.out_dir, old)
-        os.replace(self.tmp, self.out_dir)
+        try:
+            os.replace(self.tmp, self.out_dir)
+        except BaseException:
+            if old.exists() and not self.out_dir.exists():
+                os.replace(old, self.out_dir)  # put the previous output back; the temp goes in __exit__
+            raise
         if old.exists():
             shutil.rmtree(old)
         return summary
@@ -495,7 +699,9 @@ def check_out_dir(out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     for parent in [out_dir, *out_dir.parents]:
         if parent.exists() and not parent.is_dir():
-            raise ValueError(f"data.out_dir {out_dir} cannot be a folder: {parent} is a file; pick another data.out_dir")
+            raise ValueError(
+                f"data.out_dir {out_dir} cannot be a folder: {parent} is a file; pick another data.out_dir"
+            )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "summary.json").is_file():
         raise ValueError(
             f"data.out_dir {out_dir} is a non-empty folder without summary.json, so not an earlier prepare "
@@ -512,6 +718,7 @@ def write_prepared(
     with PreparedWriter(out_dir if out_dir is not None else cfg.out_dir, cfg, source_info(cfg)) as writer:
         for results in chunk_results:
             writer.add(results)
+            del results  # not held while the next chunk is awaited
         return writer.finish()
 
 
@@ -529,12 +736,12 @@ def prepare(
     say = log or (lambda s: print(s, file=sys.stderr))
     out_dir = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else Path(root) / cfg.out_dir
     check_out_dir(out_dir)  # before any work
-    if (workers if workers is not None else cfg.workers) < 0:
-        raise ValueError(f"workers must be >= 0 (0 = one per core), got {workers if workers is not None else cfg.workers}")
+    n_workers = workers if workers is not None else cfg.workers
+    if n_workers < 0:
+        raise ValueError(f"workers must be >= 0 (0 = one per core), got {n_workers}")
     items = list_inputs(cfg, root)
     if not items:
         raise ValueError(f"data.source {cfg.source!r} holds no files")
-    n_workers = workers if workers is not None else cfg.workers
     n_workers = n_workers or os.cpu_count() or 1
     chunks = split_chunks(items, max(1, n_workers * 8))  # small slices balance uneven files
     say(f"preparing {len(items)} inputs in {len(chunks)} chunks on {n_workers} process(es)")

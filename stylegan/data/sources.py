@@ -176,17 +176,18 @@ def list_folder(root: str | Path) -> list[InputItem]:
                 try:
                     target = full.resolve(strict=True)
                 except (OSError, RuntimeError):
-                    items.append(InputItem(rel, species, form, variant, reject="broken_symlink", detail="dangling link"))
+                    items.append(
+                        InputItem(rel, species, form, variant, reject="broken_symlink", detail="dangling link")
+                    )
                     continue
                 if not target.is_relative_to(root):
-                    items.append(
-                        InputItem(rel, species, form, variant, reject="symlink_outside_source", detail=str(target))
-                    )
+                    # no target path in the manifest: it would differ by where the source lives
+                    detail = "the link points outside the source folder"
+                    items.append(InputItem(rel, species, form, variant, reject="symlink_outside_source", detail=detail))
                     continue
                 if target.is_dir():
-                    items.append(
-                        InputItem(rel, species, form, variant, reject="not_a_file", detail="link to a folder; not followed")
-                    )
+                    detail = "link to a folder; not followed"
+                    items.append(InputItem(rel, species, form, variant, reject="not_a_file", detail=detail))
                     continue
             elif not full.is_file():
                 items.append(InputItem(rel, species, form, variant, reject="not_a_file", detail="not a regular file"))
@@ -205,7 +206,9 @@ def list_zip(path: str | Path) -> list[InputItem]:
             species, form, variant = parse_name(info.filename)
             is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
             if is_link:
-                items.append(InputItem(info.filename, species, form, variant, reject="not_a_file", detail="symlink entry"))
+                items.append(
+                    InputItem(info.filename, species, form, variant, reject="not_a_file", detail="symlink entry")
+                )
                 continue
             items.append(InputItem(info.filename, species, form, variant, zip_path=str(Path(path).resolve())))
     return sorted(items, key=lambda it: it.path)

@@ -127,3 +127,20 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
     for stage in ("fetch", "prepare", "train", "evaluate"):
         assert f"Running stage '{stage}'" not in rerun
     assert json.loads((repo / "samples" / "sample.json").read_text())["truncation_psi"] == 0.5
+
+    # The declared metrics and plots read back through DVC (offline: --json, no CDN).
+    shown = json.loads(_run([*dvc, "metrics", "show", "--json"], repo, env).strip().splitlines()[-1])
+    files = next(iter(shown.values()))["data"]
+    assert "swd" in files["metrics/eval.json"]["data"] and "kimg" in files["metrics/train.json"]["data"]
+    plots = json.loads(_run([*dvc, "plots", "show", "--json"], repo, env))
+    assert {"losses", "throughput", "schedule"} <= {name.split("::")[-1] for name in plots.get("data", plots)}
+
+    # An experiment with one training param changed: train, evaluate (and sample) rerun, the data
+    # stages do not, and the new generator is registered as the next candidate.
+    exp = _run([*dvc, "exp", "run", "-S", "train.seed=1"], repo, env, timeout=600)
+    assert "Running stage 'train'" in exp and "Running stage 'evaluate'" in exp
+    for stage in ("fetch", "prepare"):
+        assert f"Running stage '{stage}'" not in exp
+    aliases = json.loads(_run([sys.executable, "-c", probe], repo, env).strip().splitlines()[-1])
+    assert aliases["candidate"] == 2 and aliases["champion"] in (1, 2)
+    assert len(list((repo / "runs" / "train").iterdir())) == 2  # the first run's checkpoints are kept

@@ -160,7 +160,9 @@ def source_tags(root: str | Path, data_dir: str = "data/prepared") -> dict[str, 
 class MlflowTrainingCallback:
     """Trainer callback (``on_tick``/``on_snapshot``/``on_stage_end``) logging to one MLflow run.
 
-    The step of every metric is the number of images shown, ``int(kimg * 1000)``.
+    The step of every metric is the number of images shown, ``int(kimg * 1000)``. A resumed
+    training retrains (bit for bit) the ticks after its checkpoint that an earlier attempt
+    already logged; those are skipped, so each step appears once in the run's history.
     """
 
     TICK_KEYS = ("loss_G", "loss_D", "r1", "images_per_sec", "sec_per_tick", "kimg", "resolution", "alpha", "lr",
@@ -169,11 +171,15 @@ class MlflowTrainingCallback:
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self.logged_step = max((m.step for m in client.get_metric_history(run_id, "kimg")), default=-1)
 
     def on_tick(self, stats: Mapping[str, Any]) -> None:
         import time
 
         step = round(float(stats["kimg"]) * 1000)
+        if step <= self.logged_step:
+            return
+        self.logged_step = step
         ts = int(time.time() * 1000)
         metrics = [
             Metric(key, float(stats[key]), ts, step)

@@ -53,6 +53,14 @@ def test_params_callback_and_tags(mlflow_store: str, tmp_path: Path) -> None:
     assert [(m.step, m.value) for m in history] == [(500, 1.5), (1250, 0.75)]
     assert {m.step for m in client.get_metric_history(run_id, "resolution")} == {500, 1250}
 
+    # A resumed training (a new process, a new callback) retrains the ticks after its checkpoint
+    # at 0.5 kimg: the one already logged is not logged twice, the new one is.
+    resumed = tracking.MlflowTrainingCallback(client, run_id)
+    for kimg, loss in ((1.25, 0.75), (2.0, 0.5)):
+        resumed.on_tick({"kimg": kimg, "loss_G": loss, "resolution": 8})
+    history = client.get_metric_history(run_id, "loss_G")
+    assert [(m.step, m.value) for m in history] == [(500, 1.5), (1250, 0.75), (2000, 0.5)]
+
     from PIL import Image
 
     cb.on_snapshot(8, 1.25, Image.new("RGB", (16, 16), "white"), tmp_path / "x.png")

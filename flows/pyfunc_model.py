@@ -50,6 +50,8 @@ class GeneratorModel(PythonModel):
         seeds = df["seed"].astype("int64").to_numpy()
         psi = (df["truncation_psi"] if "truncation_psi" in df else pd.Series(DEFAULT_PSI, index=df.index))
         psi = psi.fillna(DEFAULT_PSI).astype("float64").to_numpy()
+        if not ((psi >= 0.0) & (psi <= 1.0)).all():  # as `pokegan sample --psi`
+            raise ValueError(f"truncation_psi must be in [0, 1] (1 = no truncation), got {sorted(set(psi.tolist()))}")
         modes = df["noise_mode"] if "noise_mode" in df else pd.Series(DEFAULT_NOISE_MODE, index=df.index)
         modes = modes.fillna(DEFAULT_NOISE_MODE).astype(str).to_numpy()
         bad = sorted(set(modes) - set(NOISE_MODES))

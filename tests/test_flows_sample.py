@@ -63,6 +63,8 @@ def test_pyfunc_predicts_pngs_or_arrays(registered: dict[str, str]) -> None:
     np.testing.assert_array_equal(arr[0], generate(G, seeds=[1], truncation_psi=0.7)[0])
     with pytest.raises(Exception, match="noise_mode must be one of"):
         model.predict(pd.DataFrame({"seed": [0], "noise_mode": ["loud"]}))
+    with pytest.raises(Exception, match=r"truncation_psi must be in \[0, 1\]"):
+        model.predict(pd.DataFrame({"seed": [0, 1], "truncation_psi": [0.5, 3.0]}))
 
 
 def test_load_registered_generator_and_errors(registered: dict[str, str], tmp_path: Path) -> None:

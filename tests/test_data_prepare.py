@@ -363,7 +363,8 @@ def test_rejected_rows_keep_the_known_size_and_mode(source: Path, tmp_path: Path
     out = tmp_path / "prepared"
     prepare(_cfg(source, out), log=lambda _: None)
     m = pd.read_csv(out / "manifest.csv", keep_default_na=False).set_index("source")
-    assert tuple(m.loc["bomb.png", ["width", "height", "mode", "format"]]) == (400, 300, "RGB", "PNG")
+    # Pillow refuses the bomb in its header check (nothing decoded); its message names the size.
+    assert m.loc["bomb.png", "reason"] == "decompression_bomb" and "120000 pixels" in m.loc["bomb.png", "detail"]
     assert tuple(m.loc["tiny.png", ["width", "height", "mode", "format"]]) == (8, 8, "RGBA", "PNG")
     assert tuple(m.loc["truncated.png", ["width", "height", "mode"]]) == (40, 40, "RGBA")  # failed after opening
     assert tuple(m.loc["notes.txt", ["width", "height", "mode"]]) == (0, 0, "")  # never opened
@@ -406,6 +407,41 @@ def test_animation_frames_are_bounded_in_total(monkeypatch: pytest.MonkeyPatch) 
     for a, b in zip(kept, streamed, strict=True):
         assert a.row["content_hash"] == b.row["content_hash"]
         assert all(np.array_equal(x, y) for x, y in zip(a.images or [], b.images or [], strict=True))
+
+
+def _growing_gif(n: int, header_side: int, frame_side: int) -> bytes:
+    """A GIF whose header says header_side but whose later frames are frame_side: Pillow grows
+    the canvas on seek, so the header alone understates what decoding costs."""
+
+    def parts(side: int) -> tuple[bytes, bytes]:
+        im = Image.new("P", (side, side), 1)
+        im.putpalette([0, 0, 0, 255, 0, 0] + [0, 0, 0] * 254)
+        buf = io.BytesIO()
+        im.save(buf, "GIF", optimize=False)
+        d = buf.getvalue()
+        start = d.index(b",", 13 + 768 - 1)  # header + screen descriptor + global palette, then the image
+        return d[: 13 + 768], d[start:-1]
+
+    head, small = parts(header_side)
+    big = parts(frame_side)[1]
+    return head + small + big * (n - 1) + b";"
+
+
+@pytest.mark.parametrize("animation", [True, False])
+def test_a_canvas_that_grows_on_seek_counts_against_the_pixel_budget(animation: bool) -> None:
+    data = _growing_gif(12, 16, 120)  # the header says 16x16 (256 px); the frames decode at 120x120
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.size == (16, 16) and im.n_frames == 12
+    cfg = DataConfig(max_pixels=20_000, max_resolution=8, frames_per_sprite=4)  # 120x120 = 14,400 px a frame
+    item = InputItem("a/1.gif" if animation else "u/1.gif", data=data, animation=animation)
+    rows = [r.row for r in prepare_item(item, cfg)]
+    # 12 x 14,400 is under 25 x 20,000, so the header check passes; each frame fits too. With
+    # a tighter budget the real canvas size is what decides:
+    assert all(r["status"] != "rejected" for r in rows)
+    tight = DataConfig(max_pixels=6_000, max_resolution=8, frames_per_sprite=4)  # 14,400 > 6,000 a frame
+    rows = [r.row for r in prepare_item(item, tight)]
+    assert [(r["reason"], r["width"]) for r in rows] == [("decompression_bomb", 16)]
+    assert "is 120x120" in rows[0]["detail"]
 
 
 def test_oversized_files_are_rejected_without_being_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -257,23 +257,6 @@ def _rejection(exc: Exception, meta: _Meta | None, prefix: str = "") -> Rejected
     return Rejected("corrupt", f"{prefix}{type(exc).__name__}: {exc}", meta)
 
 
-def _header_meta(data: bytes) -> _Meta | None:
-    """Size, mode and format of a file Pillow refused as a bomb, for its manifest row.
-
-    Opening reads the header only; Pillow's own size check is off just for that, and the file
-    is rejected without ever being decoded.
-    """
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return _Meta(width=im.width, height=im.height, mode=im.mode, format=im.format or "")
-    except Exception:
-        return None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-
-
 def _decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> _Meta:
     """Open and check the file; ``frames`` then decodes the used frames one at a time."""
     meta = _Meta()
@@ -285,12 +268,7 @@ def _decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> _Meta:
             if _looks_like_image(data):
                 raise Rejected("corrupt", "image signature, but the file does not decode") from exc
             raise Rejected("not_an_image", "unrecognised format" if data else "empty file") from exc
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            rej = _rejection(exc, _header_meta(data))
-            if rej.meta is not None:
-                rej.detail = f"{rej.meta.width}x{rej.meta.height} exceeds data.max_pixels={cfg.max_pixels}"
-            raise rej from exc
-        except Exception as exc:
+        except Exception as exc:  # a bomb Pillow refuses in the header: its message gives the size
             raise _rejection(exc, None) from exc
         meta.width, meta.height = im.size
         meta.mode, meta.format = im.mode, im.format or ""
@@ -320,6 +298,19 @@ def _raster_frames(
     im: Image.Image, meta: _Meta, item: InputItem, cfg: DataConfig, animated: bool, wanted: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     sixteen = _sixteen_bit(im)
+    budget = ANIMATION_PIXEL_FACTOR * cfg.max_pixels
+
+    def frame(i: int) -> np.ndarray:
+        # A GIF's canvas can grow on seek past its header's size: count what is really decoded.
+        nonlocal budget
+        im.seek(i)
+        w, h = im.size
+        budget -= w * h
+        if w * h > cfg.max_pixels or budget < 0:
+            raise Rejected("decompression_bomb", f"frame {i} is {w}x{h}: more than data.max_pixels per frame "
+                           f"or {ANIMATION_PIXEL_FACTOR} x data.max_pixels over the file", meta)
+        return _to_array(im, sixteen)
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -328,45 +319,42 @@ def _raster_frames(
                 yield 0, _to_array(ImageOps.exif_transpose(im), sixteen)
             elif not item.animation:
                 for i in range(wanted):
-                    im.seek(i)
-                    yield i, _to_array(im, sixteen)
+                    yield i, frame(i)
             else:
-                yield from _sprite_frames(im, meta, cfg, sixteen)
+                yield from _sprite_frames(frame, meta.n_frames, cfg)
         except Exception as exc:
             raise _rejection(exc, meta, "truncated or corrupt: ") from exc
 
 
 def _sprite_frames(
-    im: Image.Image, meta: _Meta, cfg: DataConfig, sixteen: bool | None
+    frame: Callable[[int], np.ndarray], n_frames: int, cfg: DataConfig
 ) -> Iterator[tuple[int, np.ndarray]]:
     """npm sprites: the distinct frames (by their decoded RGBA), ``frames_per_sprite`` evenly spaced.
 
     Which frames are used is known only after all are decoded. Their arrays are kept meanwhile
     while they fit in data.max_pixels (always, for 96x96 sprites); past that only the hashes
-    are, and the chosen frames are decoded again: memory stays within one image's budget.
+    are, and the chosen frames are decoded again (seeking back in a GIF replays it from the
+    start, so that costs about one more full decode, within the same pixel budget).
     """
     seen: set[bytes] = set()
     distinct: list[int] = []
     kept: dict[int, np.ndarray] | None = {}
-    for i in range(meta.n_frames):
-        im.seek(i)
-        a = _to_array(im, sixteen)
+    kept_pixels = 0
+    for i in range(n_frames):
+        a = frame(i)
         key = _frame_key(a)
         if key in seen:
             continue
         seen.add(key)
         distinct.append(i)
         if kept is not None:
-            if (len(kept) + 1) * meta.width * meta.height <= cfg.max_pixels:
+            kept_pixels += a.shape[0] * a.shape[1]
+            if kept_pixels <= cfg.max_pixels:
                 kept[i] = a
             else:
                 kept = None
     for i in (distinct[j] for j in _spaced(len(distinct), cfg.frames_per_sprite)):
-        if kept is not None:
-            yield i, kept.pop(i)
-        else:
-            im.seek(i)
-            yield i, _to_array(im, sixteen)
+        yield i, kept.pop(i) if kept is not None else frame(i)
 
 
 def _svg_text(data: bytes) -> bytes:

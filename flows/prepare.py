@@ -80,14 +80,25 @@ def prepare_flow(params_path: str = "params.yaml", overrides: list[str] | None =
     logger.info("preparing %d inputs in %d chunk tasks on %d process(es)", len(items), len(chunks), n_workers)
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) if n_workers > 1 else None
     try:
-        futures = deque(prepare_chunk_task.submit(i, chunk, cfg, pool) for i, chunk in enumerate(chunks))
+        pending = iter(enumerate(chunks))
+        futures: deque[Any] = deque()
+
+        def submit_next() -> None:
+            nxt = next(pending, None)
+            if nxt is not None:
+                futures.append(prepare_chunk_task.submit(nxt[0], nxt[1], cfg, pool))
+
+        for _ in range(2 * n_workers):  # enough in flight to keep every worker busy
+            submit_next()
 
         def in_order() -> Iterator[list[Any]]:
-            # Chunk order, whatever order they finish in. Each future (which holds its chunk's
-            # arrays) is dropped once handed to the writer: holding all of them kept the whole
-            # dataset in memory until the end (7-9 GB at 256x256).
+            # Chunk order, whatever order they finish in. At most 2 chunks per worker are in
+            # flight or waiting, and each (with its arrays) is dropped once handed to the
+            # writer: submitting all at once held the whole dataset in memory (7-9 GB at 256).
             while futures:
-                yield futures.popleft().result()
+                fut = futures.popleft()
+                submit_next()
+                yield fut.result()
 
         summary = write_prepared(in_order(), cfg, resolve(root_p, cfg.out_dir))
     finally:

@@ -24,7 +24,7 @@ import torch
 
 from stylegan.data.dataset import PackedDataset, array_path, available_resolutions
 
-SPRITES_IMAGES = 28_582  # the default sprites subset after dedupe
+SYNTHETIC_IMAGES = 30_000  # about the default sprites subset after dedupe, when there is no prepared data
 SYNTHETIC_MAX_BYTES = 2 << 30  # fewer synthetic images at large resolutions, so they fit in memory and disk
 
 
@@ -51,14 +51,6 @@ def write_synthetic(folder: Path, resolution: int, n: int, seed: int = 0) -> Non
     del arr
 
 
-def prepared_count(root: str | Path) -> int:
-    """Images in the prepared data at its highest resolution (0 = none there)."""
-    have = available_resolutions(root)
-    if not have:
-        return 0
-    return int(np.load(array_path(root, have[-1]), mmap_mode="r").shape[0])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="data/prepared")
@@ -71,12 +63,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         root, source = args.root, args.root
         if args.synthetic or not array_path(args.root, args.resolution).exists():
-            n = prepared_count(args.root) or SPRITES_IMAGES
+            have = available_resolutions(args.root)
+            n = len(PackedDataset(args.root, have[-1])) if have else SYNTHETIC_IMAGES  # as many as the real data
             if not args.synthetic:
                 print(
                     f"note: no {args.resolution}x{args.resolution} array in {args.root} "
-                    f"(available: {available_resolutions(args.root) or 'none'}); "
-                    f"measuring synthetic random images of that size instead"
+                    f"(available: {have or 'none'}); measuring synthetic random images of that size instead"
                 )
             write_synthetic(Path(tmp), args.resolution, n)
             root, source = tmp, "synthetic"

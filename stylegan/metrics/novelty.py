@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from stylegan.metrics.stats import nearest_neighbours, self_nn_distances
+from stylegan.metrics.stats import nearest_neighbours, seeded_rows, self_nn_distances
 
 PIXEL_RESOLUTION = 32  # pixel-space distances on area-downsampled images: 16x less work at 64px, same copies
 PIXEL_BLOCK = 4096  # training rows per distance block: 4096 x 3072 float32 = 50 MB at 32 px
@@ -57,7 +57,9 @@ def memorization(
     seed: int = 0,
 ) -> Memorization:
     """Memorization against the given reference vectors only (evaluation: the reference draw)."""
-    threshold = float(np.percentile(self_nn_distances(reference, self_queries, seed), percentile))
+    self_dist = self_nn_distances(reference, self_queries, seed)
+    finite = self_dist[np.isfinite(self_dist)]
+    threshold = float(np.percentile(finite, percentile)) if len(finite) else 0.0  # all duplicates: copies only
     idx, dist = nearest_neighbours(samples, reference, k)
     # <=, not <: with duplicates among the training images the threshold can be 0, and an
     # exact copy (distance 0) must still count.
@@ -132,7 +134,7 @@ def pixel_memorization(
     m = len(train)
     if m < 2:
         raise ValueError(f"pixel memorization needs at least 2 training images, got {m}")
-    self_rows = np.sort(np.random.RandomState(seed).choice(m, min(self_queries, m), replace=False))
+    self_rows = seeded_rows(m, self_queries, seed)
     self_vec = pixel_vectors(np.asarray(train[self_rows]), resolution)
     queries = np.concatenate([pixel_vectors(samples, resolution), self_vec])
     exclude = np.concatenate([np.full(len(samples), -1), self_rows])

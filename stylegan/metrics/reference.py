@@ -23,6 +23,7 @@ import numpy as np
 
 from stylegan.checkpoint import atomic_write
 from stylegan.data.dataset import PackedDataset, array_path
+from stylegan.metrics.stats import seeded_rows
 
 _HASH_CHUNK = 16 << 20
 # Bump whenever a feature network, its weights handling or its preprocessing (resize,
@@ -67,9 +68,7 @@ def file_hash(path: str | Path, memo_dir: str | Path | None = None) -> str:
 
 def reference_indices(n: int, num_real: int, seed: int) -> np.ndarray:
     """Sorted rows of the reference set: all when num_real is 0 or >= n, else a seeded draw."""
-    if num_real <= 0 or num_real >= n:
-        return np.arange(n)
-    return np.sort(np.random.RandomState(seed).choice(n, num_real, replace=False))
+    return seeded_rows(n, n if num_real <= 0 else num_real, seed)
 
 
 class ReferenceSet:
@@ -119,7 +118,7 @@ class ReferenceSet:
         if path is not None and path.is_file():
             try:
                 with np.load(path) as z:
-                    if int(z["version"]) == FEATURE_CACHE_VERSION and np.array_equal(z["indices"], self.indices):
+                    if np.array_equal(z["indices"], self.indices):  # the version is in the file name
                         return z["features"].astype(np.float64)
             except (OSError, ValueError, KeyError):
                 pass  # unreadable cache: recompute and replace it
@@ -133,7 +132,6 @@ class ReferenceSet:
             import io
 
             buf = io.BytesIO()
-            np.savez(buf, indices=self.indices, features=feats32, data_hash=np.array(self.data_hash),
-                     version=np.array(FEATURE_CACHE_VERSION))
+            np.savez(buf, indices=self.indices, features=feats32, data_hash=np.array(self.data_hash))
             atomic_write_bytes(path, buf.getvalue())
         return feats32.astype(np.float64)

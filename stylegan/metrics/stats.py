@@ -132,15 +132,17 @@ def _coverage(manifold: np.ndarray, radii: torch.Tensor, queries: np.ndarray) ->
     return float(torch.cat(inside).double().mean())
 
 
+def seeded_rows(n: int, k: int, seed: int) -> np.ndarray:
+    """k of n rows by a seeded draw without replacement, sorted (all n when k >= n)."""
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.RandomState(seed).choice(n, k, replace=False))
+
+
 def equal_size_draw(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Both sets cut to the smaller one's size; the larger by a seeded random draw (sorted rows)."""
     n = min(len(real), len(fake))
-    rng = np.random.RandomState(seed)
-
-    def draw(a: np.ndarray) -> np.ndarray:
-        return a if len(a) == n else np.asarray(a)[np.sort(rng.choice(len(a), n, replace=False))]
-
-    return draw(real), draw(fake)
+    return np.asarray(real)[seeded_rows(len(real), n, seed)], np.asarray(fake)[seeded_rows(len(fake), n, seed)]
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, seed: int = 0) -> tuple[float, float]:
@@ -166,12 +168,21 @@ def nearest_neighbours(queries: np.ndarray, reference: np.ndarray, k: int) -> tu
 
 
 def self_nn_distances(reference: np.ndarray, num_queries: int, seed: int = 0) -> np.ndarray:
-    """Distance from up to ``num_queries`` reference vectors to their nearest *other* reference vector."""
+    """Distance from up to ``num_queries`` reference vectors to their nearest *distinct* one.
+
+    Exact duplicates (a repeated animation frame) are one image shown twice, not a close pair:
+    counting them would pull a memorization threshold to 0. A query with only duplicates
+    gets inf (callers take percentiles of the finite values).
+    """
     n = len(reference)
     if n < 2:
         raise ValueError("need at least 2 reference vectors for self-distances")
-    rng = np.random.RandomState(seed)
-    q = np.sort(rng.choice(n, min(num_queries, n), replace=False))
-    dist = pairwise_distances(np.asarray(reference)[q], reference)
-    dist[torch.arange(len(q)), torch.as_tensor(q)] = float("inf")
+    q = seeded_rows(n, num_queries, seed)
+    ref = np.asarray(reference)
+    dist = pairwise_distances(ref[q], ref)
+    dist[torch.arange(len(q)), torch.as_tensor(q)] = float("inf")  # itself
+    # Equal rows come out of cdist at ~1e-7 of the vectors' norm, not 0: below 1e-5 of it they
+    # are the same vector (distinct 8-bit images differ by >= 1/255 in some pixel, far above).
+    same = 1e-5 * (1.0 + float(np.linalg.norm(ref.reshape(len(ref), -1), axis=1).max()))
+    dist[dist <= same] = float("inf")  # its duplicates
     return dist.min(dim=1).values.numpy()

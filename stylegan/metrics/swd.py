@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stylegan.metrics.stats import seeded_rows
+
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=torch.float64)
 _KERNEL = (torch.outer(_BINOMIAL, _BINOMIAL) / 256.0).float()  # 5x5, sums to 1
 
@@ -112,7 +114,6 @@ def sliced_wasserstein(
     a: torch.Tensor, b: torch.Tensor, dir_repeats: int, dirs_per_repeat: int, gen: torch.Generator
 ) -> float:
     """Mean over repeats of ``sliced_distance`` with fresh random directions (equal counts)."""
-    assert a.shape == b.shape, f"descriptor sets must match, got {tuple(a.shape)} and {tuple(b.shape)}"
     return float(np.mean([sliced_distance(a, b, random_directions(a.shape[1], dirs_per_repeat, gen, a.dtype))
                           for _ in range(dir_repeats)]))
 
@@ -150,12 +151,8 @@ def swd(
         raise ValueError(f"SWD needs at least 2 images per set, got {len(real_t)} real and {len(fake_t)} fake")
     # The larger set is cut to n by a seeded random draw, never to its first n rows: a packed
     # dataset is in file order (front / back / shiny sprites in runs), so its head is no sample.
-    pick = np.random.RandomState(seed)
-
-    def draw(t: torch.Tensor) -> torch.Tensor:
-        return t if len(t) == n else t[torch.from_numpy(np.sort(pick.choice(len(t), n, replace=False)))]
-
-    real_t, fake_t = draw(real_t), draw(fake_t)
+    real_t = real_t[torch.from_numpy(seeded_rows(len(real_t), n, seed))]
+    fake_t = fake_t[torch.from_numpy(seeded_rows(len(fake_t), n, seed))]
     num_levels = int(np.log2(res // min_resolution)) + 1
     resolutions = [res >> i for i in range(num_levels)]
     # Independent patch positions for each set (as the paper's code draws them), shared directions.

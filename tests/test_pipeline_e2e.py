@@ -142,5 +142,7 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
     for stage in ("fetch", "prepare"):
         assert f"Running stage '{stage}'" not in exp
     aliases = json.loads(_run([sys.executable, "-c", probe], repo, env).strip().splitlines()[-1])
-    assert aliases["candidate"] == 2 and aliases["champion"] in (1, 2)
+    promotion = json.loads((repo / "metrics" / "promotion.json").read_text())
+    assert promotion["version"] == "2" and aliases["candidate"] == 2
+    assert aliases["champion"] == int(promotion["champion_version"])  # the recorded decision is the registry's
     assert len(list((repo / "runs" / "train").iterdir())) == 2  # the first run's checkpoints are kept

@@ -189,6 +189,20 @@ def test_params_change_refuses_to_resume(data: Path, tmp_path: Path) -> None:
         Trainer(tiny_model(), tiny_train(lr=0.01), data, tmp_path / "run")
 
 
+def test_checkpoint_that_no_longer_fits_the_networks_is_a_clear_error(data: Path, tmp_path: Path) -> None:
+    from stylegan.checkpoint import save_checkpoint
+
+    Trainer(tiny_model(), tiny_train(), data, tmp_path / "run").run(max_steps=1)
+    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("ckpt-*.pt")
+    state = load_checkpoint(ckpt)
+    # Same params hash, but a tensor shaped as older network code built it.
+    key = next(k for k in state["G"] if k.endswith("weight"))
+    state["G"][key] = torch.zeros(*state["G"][key].shape, 2)
+    save_checkpoint(ckpt, state)
+    with pytest.raises(CheckpointError, match="does not fit the networks this code builds"):
+        Trainer(tiny_model(), tiny_train(), data, tmp_path / "run")
+
+
 def test_unreadable_checkpoints(data: Path, tmp_path: Path) -> None:
     trainer = Trainer(tiny_model(), tiny_train(), data, tmp_path / "run")
     trainer.run(max_steps=1)

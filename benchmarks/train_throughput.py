@@ -5,7 +5,7 @@ runs the previous resolution's ToRGB/FromRGB, a few percent more). The machine l
 printed alongside, since shared machines skew figures.
 
     python benchmarks/train_throughput.py --model-preset cpu --resolutions 8,16,32 --batch-sizes 32
-    python benchmarks/train_throughput.py --device cuda --model-preset paper --amp --channels-last
+    python benchmarks/train_throughput.py --device cuda --model-preset paper --amp bf16 --channels-last --compile
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def measure(
     *,
     device: str,
     channels_last: bool,
-    amp: bool,
+    amp: str,
     compile_: bool,
     r1_interval: int,
     warmup: int,
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", type=_ints, default=[32])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; ignored on CPU)")
+    p.add_argument("--amp", nargs="?", const="auto", default="none", choices=["none", "auto", "bf16", "fp16"],
+                   help="train.amp (bare --amp = auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--fmap-base", type=int, default=None, help="override the preset's fmap_base")

@@ -133,7 +133,9 @@ class SynthesisBlock(nn.Module):
     """One resolution of the synthesis network: two styled layers and a ToRGB.
 
     4x4: learned constant (+ bias), noise, lrelu, AdaIN; conv, noise, lrelu, AdaIN.
-    Above: upsample x2, blur, conv, noise, lrelu, AdaIN; conv, noise, lrelu, AdaIN.
+    Above: upsample x2 + conv (fused into one transposed conv when ``fused_scale``), blur,
+    bias, noise, lrelu, AdaIN; conv, noise, lrelu, AdaIN. The blur follows the conv and the bias
+    follows the blur, as in the official G, so fused and unfused blocks compute the same thing.
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class SynthesisBlock(nn.Module):
         img_channels: int = 3,  # ToRGB outputs
         blur: bool = True,  # low-pass after upsampling
         first_layer: int = 0,  # index of this block's first style input (also seeds const noise)
+        fused_scale: bool = False,  # upsample inside conv0 (one transposed stride-2 conv)
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -158,7 +161,10 @@ class SynthesisBlock(nn.Module):
         else:
             assert in_channels is not None
             self.blur = Blur() if blur else None
-            self.conv0 = EqualizedConv2d(in_channels=in_channels, out_channels=out_channels, kernel_size=3)
+            self.conv0 = EqualizedConv2d(
+                in_channels=in_channels, out_channels=out_channels, kernel_size=3, resample="up",
+                fused_scale=fused_scale,
+            )
         self.noise0 = NoiseInjection(channels=out_channels, resolution=resolution, seed=first_layer)
         self.adain0 = AdaIN(channels=out_channels, w_dim=w_dim)
         self.conv1 = EqualizedConv2d(in_channels=out_channels, out_channels=out_channels, kernel_size=3)
@@ -182,10 +188,11 @@ class SynthesisBlock(nn.Module):
                 f"expected x of shape (N, {self.in_channels}, {self.resolution // 2}, {self.resolution // 2}), "
                 f"got {None if x is None else tuple(x.shape)}"
             )
-            x = upsample2x(x)
             if self.blur is not None:
-                x = self.blur(x)
-            x = self.noise0(self.conv0(x), noise_mode)
+                x = self.conv0.add_bias(self.blur(self.conv0(x, add_bias=False)))
+            else:
+                x = self.conv0(x)
+            x = self.noise0(x, noise_mode)
         x = self.adain0(self.act(x), ws[:, 0])
         x = self.noise1(self.conv1(x), noise_mode)
         return self.adain1(self.act(x), ws[:, 1])
@@ -214,6 +221,7 @@ class SynthesisNetwork(nn.Module):
                 img_channels=cfg.img_channels,
                 blur=cfg.blur,
                 first_layer=2 * i,
+                fused_scale=cfg.fused_at(res),
             )
             self.add_module(f"b{res}", block)
 
@@ -306,8 +314,8 @@ class Generator(nn.Module):
 class DiscriminatorBlock(nn.Module):
     """One resolution of D: FromRGB (used when this is the input resolution) and two convs.
 
-    Above 4x4: conv 3x3, blur, conv 3x3, 2x2 average pool, lrelu. At 4x4: minibatch stddev,
-    conv 3x3, dense to C, dense to one logit.
+    Above 4x4: conv 3x3, blur, conv 3x3 + 2x2 average pool (fused into one stride-2 conv when
+    ``fused_scale``), lrelu. At 4x4: minibatch stddev, conv 3x3, dense to C, dense to one logit.
     """
 
     def __init__(
@@ -320,6 +328,7 @@ class DiscriminatorBlock(nn.Module):
         blur: bool = True,  # low-pass before downsampling
         mbstd_group_size: int = 4,  # minibatch stddev group (4x4 block only)
         mbstd_num_features: int = 1,
+        fused_scale: bool = False,  # downsample inside conv1 (one stride-2 conv)
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -340,7 +349,10 @@ class DiscriminatorBlock(nn.Module):
                 in_channels=in_channels, out_channels=in_channels, kernel_size=3, activation="lrelu"
             )
             self.blur = Blur() if blur else None
-            self.conv1 = EqualizedConv2d(in_channels=in_channels, out_channels=out_channels, kernel_size=3)
+            self.conv1 = EqualizedConv2d(
+                in_channels=in_channels, out_channels=out_channels, kernel_size=3, resample="down",
+                fused_scale=fused_scale,
+            )
             self.act = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -354,7 +366,7 @@ class DiscriminatorBlock(nn.Module):
         x = self.conv0(x)
         if self.blur is not None:
             x = self.blur(x)
-        return self.act(downsample2x(self.conv1(x)))
+        return self.act(self.conv1(x))
 
 
 class Discriminator(nn.Module):
@@ -376,6 +388,7 @@ class Discriminator(nn.Module):
                 blur=cfg.blur,
                 mbstd_group_size=cfg.mbstd_group_size,
                 mbstd_num_features=cfg.mbstd_num_features,
+                fused_scale=cfg.fused_at(res),
             )
             self.add_module(f"b{res}", block)
 

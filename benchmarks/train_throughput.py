@@ -1,11 +1,14 @@
-"""Images/s of a full training step (D step with R1 + G step + EMA) per resolution and batch size.
+"""Images/s and GFLOP/s of a full training step (D step with R1 + G step + EMA) per resolution and batch size.
 
 Runs the real ``Trainer.train_step`` on random packed data at alpha = 1 (a fade-in step also
-runs the previous resolution's ToRGB/FromRGB, a few percent more). The machine load is
-printed alongside, since shared machines skew figures.
+runs the previous resolution's ToRGB/FromRGB, a few percent more). GFLOP per step is counted
+by ``torch.utils.flop_counter`` over whole steps (R1 averaged over ``--r1-interval`` steps),
+after the timed ones. The machine load is printed alongside, since shared machines skew figures.
 
     python benchmarks/train_throughput.py --model-preset cpu --resolutions 8,16,32 --batch-sizes 32
-    python benchmarks/train_throughput.py --device cuda --model-preset paper --amp --channels-last
+    python benchmarks/train_throughput.py --model-preset paper --resolutions 128 --batch-sizes 2 \
+        --fused-scale false,auto --warmup 1 --iters 2
+    python benchmarks/train_throughput.py --device cuda --model-preset paper --amp bf16 --channels-last
 """
 
 from __future__ import annotations
@@ -18,18 +21,41 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stylegan.config import PRESETS, ModelConfig, TrainConfig, from_dict
+from benchmarks.flops import train_step_flops
+from stylegan.config import PRESETS, ConfigError, ModelConfig, TrainConfig, from_dict
 from stylegan.training import Trainer
 
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
+
+
+def _fused(text: str) -> list[bool | str]:
+    out: list[bool | str] = []
+    for x in text.split(","):
+        if x not in ("auto", "true", "false"):
+            raise argparse.ArgumentTypeError(f"--fused-scale takes auto, true or false, got {x!r}")
+        out.append(x if x == "auto" else x == "true")
+    return out
+
+
+def amp_setting(name: str) -> Any:
+    """``train.amp`` for ``none | bf16 | fp16`` in the spelling this TrainConfig takes (the key
+    was a boolean before it named the precision)."""
+    try:
+        from_dict(TrainConfig, {"amp": name}, "train")
+        return name
+    except ConfigError:
+        if name == "fp16":
+            raise ConfigError("this TrainConfig's amp is a boolean (bf16 only); fp16 needs train.amp: fp16") from None
+        return name != "none"
 
 
 def _sync(device: torch.device) -> None:
@@ -44,14 +70,15 @@ def measure(
     *,
     device: str,
     channels_last: bool,
-    amp: bool,
+    amp: str,
     compile_: bool,
     r1_interval: int,
     warmup: int,
     iters: int,
     work: Path,
-) -> tuple[float, float]:
-    """(images/s, seconds/step) of ``iters`` timed steps after ``warmup`` untimed ones."""
+    count_flops: bool = True,
+) -> tuple[float, float, float | None]:
+    """(images/s, seconds/step, FLOPs/step or None) of ``iters`` timed steps after ``warmup`` untimed ones."""
     data = work / f"data{resolution}"
     if not data.exists():
         data.mkdir(parents=True)
@@ -62,12 +89,13 @@ def measure(
         max_resolution=resolution,
         batch_size=batch_size,
         channels_last=channels_last,
-        amp=amp,
+        amp=amp_setting(amp),
         compile=compile_,
         device=device,
         r1_interval=r1_interval,
     )
-    trainer = Trainer(model_cfg, train_cfg, data, work / f"run-{resolution}-{batch_size}")
+    run = work / f"run-{resolution}-{batch_size}-{model_cfg.fused_scale}"
+    trainer = Trainer(model_cfg, train_cfg, data, run)
     for _ in range(warmup):
         trainer.train_step()
     _sync(trainer.device)
@@ -76,7 +104,14 @@ def measure(
         trainer.train_step()
     _sync(trainer.device)
     secs = (time.perf_counter() - t0) / iters
-    return batch_size / secs, secs
+    flops = None
+    if count_flops:
+        # Compiled graphs bypass the counter: count the same step on an eager twin.
+        counted = trainer
+        if compile_:
+            counted = Trainer(model_cfg, replace(train_cfg, compile=False), data, run / "eager")
+        flops = train_step_flops(counted)
+    return batch_size / secs, secs, flops
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", type=_ints, default=[32])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; ignored on CPU)")
+    p.add_argument("--amp", nargs="?", const="bf16", default="none", choices=["none", "bf16", "fp16"],
+                   help="train.amp (bare --amp = bf16)")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--fmap-base", type=int, default=None, help="override the preset's fmap_base")
     p.add_argument("--fmap-max", type=int, default=None, help="override the preset's fmap_max")
     p.add_argument("--r1-interval", type=int, default=1, help="lazy R1 every k steps (1 = every step)")
+    p.add_argument("--fused-scale", type=_fused, default=["auto"],
+                   help="model.fused_scale values to compare, e.g. false,auto (auto = fused at >= 128)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (it runs r1-interval more steps)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     args = p.parse_args(argv)
@@ -108,19 +147,24 @@ def main(argv: list[str] | None = None) -> int:
         f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"{torch.get_num_threads()} threads, device {args.device}, preset {args.model_preset} "
         f"(z/w {model_cfg.z_dim}, fmap_base {model_cfg.fmap_base}, fmap_max {model_cfg.fmap_max}), "
-        f"channels_last={args.channels_last} amp={args.amp} compile={args.compile} r1_interval={args.r1_interval}"
+        f"channels_last={args.channels_last} amp={args.amp} compile={args.compile} r1_interval={args.r1_interval} "
+        f"warmup={args.warmup} iters={args.iters}"
     )
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'res':>5} {'batch':>6} {'img/s':>9} {'ms/step':>9}")
+    print(f"{'res':>5} {'batch':>6} {'fused':>6} {'img/s':>9} {'ms/step':>9} {'GFLOP/step':>11} {'GFLOP/s':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for res in args.resolutions:
             for bs in args.batch_sizes:
-                ips, secs = measure(
-                    model_cfg, res, bs, device=args.device, channels_last=args.channels_last, amp=args.amp,
-                    compile_=args.compile, r1_interval=args.r1_interval, warmup=args.warmup, iters=args.iters,
-                    work=Path(tmp),
-                )
-                print(f"{res:>5} {bs:>6} {ips:>9.1f} {secs * 1000:>9.1f}", flush=True)
+                for fused in args.fused_scale:
+                    cfg = replace(model_cfg, fused_scale=fused)
+                    ips, secs, flops = measure(
+                        cfg, res, bs, device=args.device, channels_last=args.channels_last, amp=args.amp,
+                        compile_=args.compile, r1_interval=args.r1_interval, warmup=args.warmup, iters=args.iters,
+                        work=Path(tmp), count_flops=not args.no_flops,
+                    )
+                    gflop = f"{flops / 1e9:>11.1f} {flops / 1e9 / secs:>9.1f}" if flops else f"{'-':>11} {'-':>9}"
+                    print(f"{res:>5} {bs:>6} {str(fused).lower():>6} {ips:>9.2f} {secs * 1000:>9.1f} {gflop}",
+                          flush=True)
     print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

@@ -28,9 +28,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.flops import train_step_flops
-from stylegan.config import PRESETS, ConfigError, ModelConfig, TrainConfig, from_dict
-from stylegan.training import Trainer
+from benchmarks.flops import train_step_flops  # before --library can shadow benchmarks/
+
+
+def _library_from_argv(argv: list[str]) -> str | None:
+    """``--library PATH``: import ``stylegan`` from another checkout (an older commit, to compare
+    it under the same conditions); read before the imports below."""
+    for i, a in enumerate(argv):
+        if a == "--library" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--library="):
+            return a.split("=", 1)[1]
+    return None
+
+
+_LIBRARY = _library_from_argv(sys.argv[1:])
+if _LIBRARY:
+    if not (Path(_LIBRARY) / "stylegan" / "__init__.py").is_file():
+        sys.exit(f"train_throughput: error: --library {_LIBRARY} holds no stylegan/ package")
+    sys.path.insert(0, str(Path(_LIBRARY).resolve()))
+
+from stylegan.config import PRESETS, ConfigError, ModelConfig, TrainConfig, from_dict  # noqa: E402
+from stylegan.training import Trainer  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:
@@ -77,8 +96,10 @@ def measure(
     iters: int,
     work: Path,
     count_flops: bool = True,
-) -> tuple[float, float, float | None]:
-    """(images/s, seconds/step, FLOPs/step or None) of ``iters`` timed steps after ``warmup`` untimed ones."""
+) -> tuple[float, float, float, float | None]:
+    """(images/s, seconds/step, process CPU seconds/step, FLOPs/step or None) of ``iters`` timed
+    steps after ``warmup`` untimed ones. CPU seconds (all threads) hold up better than wall time
+    on a machine that other jobs share."""
     data = work / f"data{resolution}"
     if not data.exists():
         data.mkdir(parents=True)
@@ -94,16 +115,17 @@ def measure(
         device=device,
         r1_interval=r1_interval,
     )
-    run = work / f"run-{resolution}-{batch_size}-{model_cfg.fused_scale}"
+    run = work / f"run-{resolution}-{batch_size}-{getattr(model_cfg, 'fused_scale', 'old')}"
     trainer = Trainer(model_cfg, train_cfg, data, run)
     for _ in range(warmup):
         trainer.train_step()
     _sync(trainer.device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
         trainer.train_step()
     _sync(trainer.device)
     secs = (time.perf_counter() - t0) / iters
+    cpu_secs = (time.process_time() - c0) / iters
     flops = None
     if count_flops:
         # Compiled graphs bypass the counter: count the same step on an eager twin.
@@ -111,7 +133,7 @@ def measure(
         if compile_:
             counted = Trainer(model_cfg, replace(train_cfg, compile=False), data, run / "eager")
         flops = train_step_flops(counted)
-    return batch_size / secs, secs, flops
+    return batch_size / secs, secs, cpu_secs, flops
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--r1-interval", type=int, default=1, help="lazy R1 every k steps (1 = every step)")
     p.add_argument("--fused-scale", type=_fused, default=["auto"],
                    help="model.fused_scale values to compare, e.g. false,auto (auto = fused at >= 128)")
+    p.add_argument("--library", default=None,
+                   help="import stylegan from this checkout instead (e.g. an older commit, to compare)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (it runs r1-interval more steps)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
@@ -151,20 +175,25 @@ def main(argv: list[str] | None = None) -> int:
         f"warmup={args.warmup} iters={args.iters}"
     )
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'res':>5} {'batch':>6} {'fused':>6} {'img/s':>9} {'ms/step':>9} {'GFLOP/step':>11} {'GFLOP/s':>9}")
+    import stylegan
+
+    has_fused = "fused_scale" in ModelConfig.__dataclass_fields__
+    print(f"# library {Path(stylegan.__file__).resolve().parent}" + ("" if has_fused else " (no model.fused_scale)"))
+    print(f"{'res':>5} {'batch':>6} {'fused':>6} {'img/s':>9} {'ms/step':>9} {'cpu_s/step':>10} {'GFLOP/step':>11} "
+          f"{'GFLOP/s':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for res in args.resolutions:
             for bs in args.batch_sizes:
-                for fused in args.fused_scale:
-                    cfg = replace(model_cfg, fused_scale=fused)
-                    ips, secs, flops = measure(
+                for fused in args.fused_scale if has_fused else ["n/a"]:
+                    cfg = replace(model_cfg, fused_scale=fused) if has_fused else model_cfg
+                    ips, secs, cpu_secs, flops = measure(
                         cfg, res, bs, device=args.device, channels_last=args.channels_last, amp=args.amp,
                         compile_=args.compile, r1_interval=args.r1_interval, warmup=args.warmup, iters=args.iters,
                         work=Path(tmp), count_flops=not args.no_flops,
                     )
                     gflop = f"{flops / 1e9:>11.1f} {flops / 1e9 / secs:>9.1f}" if flops else f"{'-':>11} {'-':>9}"
-                    print(f"{res:>5} {bs:>6} {str(fused).lower():>6} {ips:>9.2f} {secs * 1000:>9.1f} {gflop}",
-                          flush=True)
+                    print(f"{res:>5} {bs:>6} {str(fused).lower():>6} {ips:>9.3f} {secs * 1000:>9.1f} "
+                          f"{cpu_secs:>10.2f} {gflop}", flush=True)
     print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

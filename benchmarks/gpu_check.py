@@ -75,7 +75,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
             "device": "cpu", "model": model, "resolutions": resolutions, "batch_sizes": batches,
             "channels_last": False, "r1_interval": min(args.r1_interval, 2), "min_steps": 1, "min_time_s": 0.0,
             "warmup_steps": 1, "compile_warmup_steps": 2, "eager_timeout_s": 60.0, "compile_timeout_s": 240.0,
-            "train_resolution": train_res, "train_batch": 4, "train_s": args.train_s or 2.0, "fd_samples": 32,
+            "train_resolution": train_res, "train_batch": 4, "train_s": args.train_s or 2.0, "fd_samples": 16,
             "fd_batch": 16, "threads": 1,
         }
     resolutions = args.resolutions or [64, 128, 256]
@@ -308,6 +308,7 @@ def train_worker(job_file: Path, out_file: Path) -> int:
                 _sync(device)
         _sync(device)
         secs = time.perf_counter() - t0
+        record["amp_dtype"] = str(getattr(trainer, "amp_dtype", None))  # None: fp32 (e.g. amp ignored on CPU)
         record.update(steps=steps, seconds=secs, kimg=trainer.kimg, img_per_s=trainer.cur_nimg / secs,
                       sec_per_kimg=secs / max(trainer.kimg, 1e-9), peak_mem_bytes=_peak_mem(device))
         G = trainer.G_ema.eval()

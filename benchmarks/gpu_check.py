@@ -200,6 +200,8 @@ def bench_config(spec: dict[str, Any], s: dict[str, Any], work: Path, flops_cach
         if spec["compile"]:  # compiled graphs bypass the counter: an eager twin runs the same math
             counted = Trainer(model_cfg, replace(train_cfg, compile=False), data, work / f"run-{spec['name']}-eager")
         flops_cache[res] = train_step_flops(counted)
+        if counted is not trainer:
+            _close(counted)
         del counted
     flops = flops_cache[res]
     peak, _ = device_peak_tflops(device, s.get("peak_tflops"))
@@ -222,9 +224,17 @@ def bench_config(spec: dict[str, Any], s: dict[str, Any], work: Path, flops_cach
         "tflops": tflops,
         "mfu": tflops / peak if peak else None,
     }
+    _close(trainer)
     del trainer
     gc.collect()
     return record
+
+
+def _close(trainer: Any) -> None:
+    """Stop a trainer's background prefetch worker, where the trainer has one."""
+    close = getattr(trainer, "close", None)
+    if callable(close):
+        close()
 
 
 def bench_worker(spec_file: Path, events: Path) -> int:
@@ -308,6 +318,7 @@ def train_worker(job_file: Path, out_file: Path) -> int:
                 _sync(device)
         _sync(device)
         secs = time.perf_counter() - t0
+        _close(trainer)
         record["amp_dtype"] = str(getattr(trainer, "amp_dtype", None))  # None: fp32 (e.g. amp ignored on CPU)
         record.update(steps=steps, seconds=secs, kimg=trainer.kimg, img_per_s=trainer.cur_nimg / secs,
                       sec_per_kimg=secs / max(trainer.kimg, 1e-9), peak_mem_bytes=_peak_mem(device))

@@ -127,12 +127,16 @@ def measure(
     secs = (time.perf_counter() - t0) / iters
     cpu_secs = (time.process_time() - c0) / iters
     flops = None
+    counted = trainer
     if count_flops:
         # Compiled graphs bypass the counter: count the same step on an eager twin.
-        counted = trainer
         if compile_:
             counted = Trainer(model_cfg, replace(train_cfg, compile=False), data, run / "eager")
         flops = train_step_flops(counted)
+    for t in {trainer, counted}:
+        close = getattr(t, "close", None)  # the background prefetch worker, where there is one
+        if callable(close):
+            close()
     return batch_size / secs, secs, cpu_secs, flops
 
 

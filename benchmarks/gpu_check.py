@@ -74,7 +74,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "device": "cpu", "model": model, "resolutions": resolutions, "batch_sizes": batches,
             "channels_last": False, "r1_interval": min(args.r1_interval, 2), "min_steps": 1, "min_time_s": 0.0,
-            "warmup_steps": 1, "compile_warmup_steps": 2, "eager_timeout_s": 60.0, "compile_timeout_s": 240.0,
+            "warmup_steps": 1, "compile_warmup_steps": 2, "eager_timeout_s": 300.0, "compile_timeout_s": 600.0,
             "train_resolution": train_res, "train_batch": 4, "train_s": args.train_s or 2.0, "fd_samples": 16,
             "fd_batch": 16, "threads": 1,
         }

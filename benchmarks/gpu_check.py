@@ -523,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"sprites for the training part: a prepared folder, a folder or .zip of images, or {TARBALL} "
                         "(default: data/raw/" + TARBALL + ")")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (dense bf16 TFLOP/s) for MFU")
-    p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the whole check")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="wall-clock budget of the whole check (default 480; quick mode 900, for busy machines)")
     p.add_argument("--train-s", type=float, default=None, help="training seconds (default 180; quick: 3)")
     p.add_argument("--resolutions", type=lambda t: [int(x) for x in t.split(",") if x], default=None)
     p.add_argument("--amp", default="none,bf16", help="comma list of none|bf16")
@@ -545,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         return train_worker(args.train_worker, args.train_out)
 
     t_start = time.time()
+    if args.budget_s is None:
+        args.budget_s = 900.0 if args.cpu_quick else 480.0
     amps = [a for a in args.amp.split(",") if a]
     if any(a not in ("none", "bf16") for a in amps):
         raise SystemExit(f"gpu_check: error: --amp takes none and/or bf16, got {args.amp!r}")

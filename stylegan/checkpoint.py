@@ -42,6 +42,7 @@ _BOOKKEEPING_KEYS = (
     "channels_last",
     "compile",
     "threads",
+    "nproc_per_node",  # N processes compute what one does (stylegan.distributed): same run, same checkpoints
     "tick_kimg",
     "snapshot_kimg",
     "keep_checkpoints",

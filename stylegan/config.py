@@ -184,6 +184,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile G and D
     threads: int = 0  # torch CPU threads for the train flow; 0 = torch's default (one per core)
+    nproc_per_node: int = 1  # > 1: torchrun starts this many training processes (one per GPU); batch sizes are global
     tick_kimg: float = 4.0  # report through on_tick every this many kimg
     snapshot_kimg: float = 50.0  # checkpoint + sample grid every this many kimg (and at stage end)
     keep_checkpoints: int = 3  # rolling checkpoints kept per run (stage-final ones are kept)
@@ -207,6 +208,8 @@ class TrainConfig:
             raise ConfigError("train learning rates must be positive")
         if self.r1_interval < 1:
             raise ConfigError(f"train.r1_interval must be >= 1, got {self.r1_interval}")
+        if self.nproc_per_node < 1:
+            raise ConfigError(f"train.nproc_per_node must be >= 1 (1 = a single process), got {self.nproc_per_node}")
 
     def batch_size_at(self, resolution: int) -> int:
         return self.batch_sizes.get(resolution, self.batch_size)

@@ -127,6 +127,25 @@ def downsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
+# One process's share of a batch that several processes compute together (torchrun): the
+# global batch size and the rows of it this process computes. Random inputs are drawn for the
+# global batch and these rows kept, so N processes draw exactly what one would
+# (``stylegan.distributed.shard_rows`` picks the rows).
+BatchShard = tuple[int, torch.Tensor]
+
+
+def randn_rows(
+    n: int, *size: int, shard: BatchShard | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``torch.randn(n, *size)`` from the global RNG; with ``shard``, this process's n rows of the
+    global batch's draw (the RNG advances by the global batch on every process alike)."""
+    if shard is None:
+        return torch.randn(n, *size, device=device, dtype=dtype)
+    total, rows = shard
+    assert rows.shape == (n,), f"shard has {tuple(rows.shape)} rows for a batch of {n}"
+    return torch.randn(total, *size, device=device, dtype=dtype)[rows.to(device)]
+
+
 class NoiseInjection(nn.Module):
     """Adds per-pixel Gaussian noise scaled by a learned per-channel strength (init 0).
 
@@ -149,14 +168,14 @@ class NoiseInjection(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution, generator=gen))
 
-    def forward(self, x: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_mode: str = "random", shard: BatchShard | None = None) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.channels and x.shape[2] == x.shape[3] == self.resolution, (
             f"expected (N, {self.channels}, {self.resolution}, {self.resolution}), got {tuple(x.shape)}"
         )
         if noise_mode == "none":
             return x
         if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+            noise = randn_rows(x.shape[0], 1, x.shape[2], x.shape[3], shard=shard, device=x.device, dtype=x.dtype)
         elif noise_mode == "const":
             noise = self.noise_const.to(dtype=x.dtype)
         else:

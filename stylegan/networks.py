@@ -13,6 +13,7 @@ from torch import nn
 from stylegan.config import ModelConfig
 from stylegan.layers import (
     AdaIN,
+    BatchShard,
     Blur,
     EqualizedConv2d,
     EqualizedLinear,
@@ -22,6 +23,7 @@ from stylegan.layers import (
     PixelNorm,
     ToRGB,
     downsample2x,
+    randn_rows,
     upsample2x,
 )
 
@@ -167,11 +169,13 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGB(in_channels=out_channels, img_channels=img_channels)
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor | None, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor | None, ws: torch.Tensor, noise_mode: str = "random", shard: BatchShard | None = None
+    ) -> torch.Tensor:
         assert ws.ndim == 3 and ws.shape[1] == 2, f"expected ws of shape (N, 2, w_dim), got {tuple(ws.shape)}"
         if self.resolution == 4:
             x = self.const.expand(ws.shape[0], -1, -1, -1).to(ws.dtype)
-            x = self.noise0(x, noise_mode) + self.bias0.view(1, -1, 1, 1)
+            x = self.noise0(x, noise_mode, shard) + self.bias0.view(1, -1, 1, 1)
         else:
             assert x is not None and x.shape == (
                 ws.shape[0],
@@ -185,9 +189,9 @@ class SynthesisBlock(nn.Module):
             x = upsample2x(x)
             if self.blur is not None:
                 x = self.blur(x)
-            x = self.noise0(self.conv0(x), noise_mode)
+            x = self.noise0(self.conv0(x), noise_mode, shard)
         x = self.adain0(self.act(x), ws[:, 0])
-        x = self.noise1(self.conv1(x), noise_mode)
+        x = self.noise1(self.conv1(x), noise_mode, shard)
         return self.adain1(self.act(x), ws[:, 1])
 
 
@@ -223,6 +227,7 @@ class SynthesisNetwork(nn.Module):
         resolution: int | None = None,
         alpha: float | torch.Tensor = 1.0,
         noise_mode: str = "random",
+        shard: BatchShard | None = None,  # several processes share the batch: see layers.BatchShard
     ) -> torch.Tensor:
         assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), (
             f"expected ws of shape (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
@@ -237,7 +242,7 @@ class SynthesisNetwork(nn.Module):
             if r > res:
                 break
             prev = x
-            x = getattr(self, f"b{r}")(x, ws[:, 2 * i : 2 * i + 2], noise_mode)
+            x = getattr(self, f"b{r}")(x, ws[:, 2 * i : 2 * i + 2], noise_mode, shard)
         assert x is not None
         img = getattr(self, f"b{res}").torgb(x)
         if fading:
@@ -292,15 +297,17 @@ class Generator(nn.Module):
         noise_mode: str = "random",
         update_w_avg: bool = False,
         mixing_prob: float = 0.0,
+        shard: BatchShard | None = None,  # this process's rows of a global batch (torchrun); None = all
     ) -> torch.Tensor:
         assert z.ndim == 2 and z.shape[1] == self.z_dim, f"expected z of shape (N, {self.z_dim}), got {tuple(z.shape)}"
         res = _check_resolution(resolution, self.img_resolution)
         ws = self.mapping(z, update_w_avg=update_w_avg)
         if mixing_prob > 0.0:
-            ws2 = self.mapping(torch.randn_like(z))
+            z2 = randn_rows(z.shape[0], z.shape[1], shard=shard, device=z.device, dtype=z.dtype)
+            ws2 = self.mapping(z2)
             ws = self.mix_styles(ws, ws2, res, mixing_prob)
         ws = self.mapping.truncate(ws, truncation_psi, truncation_cutoff)
-        return self.synthesis(ws, resolution=res, alpha=alpha, noise_mode=noise_mode)
+        return self.synthesis(ws, resolution=res, alpha=alpha, noise_mode=noise_mode, shard=shard)
 
 
 class DiscriminatorBlock(nn.Module):

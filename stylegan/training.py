@@ -6,6 +6,13 @@ torch RNG (noise inputs and style mixing inside G). A run stopped after any step
 by a new ``Trainer`` on the same ``run_dir`` therefore continues bit for bit on CPU.
 
 Trackers are reached only through callbacks; only rank 0 saves files or reports.
+
+Several processes (torchrun; ``stylegan.distributed``) train as one: each draws the whole
+global batch from the same seeded stream and computes its share of the rows (whole
+minibatch-stddev groups), gradients are averaged with one flattened all-reduce per network,
+and G's ``w_avg`` rides along in G's buffer. N processes therefore compute what one process
+computes with the same global batch (up to float summation order), and a checkpoint carries
+nothing that depends on the number of processes.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylegan import losses
+from stylegan import distributed, losses
 from stylegan.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -112,8 +119,21 @@ class Trainer:
         if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise ValueError(f"world_size={world_size} needs torch.distributed initialised before the Trainer")
         for s in self.stages:
-            if train_cfg.batch_size_at(s.resolution) % world_size:
-                raise ValueError(f"batch size at {s.resolution} must be divisible by world_size={world_size}")
+            B = train_cfg.batch_size_at(s.resolution)
+            if B % world_size:
+                raise ValueError(
+                    f"batch size {B} at {s.resolution}x{s.resolution} must be divisible by the number of "
+                    f"processes ({world_size}); change train.batch_size(s) or --nproc-per-node"
+                )
+            g = distributed.mbstd_group(B, model_cfg.mbstd_group_size)
+            if world_size > 1 and rank == 0 and not distributed.groups_preserved(B, world_size, g):
+                warnings.warn(
+                    f"batch size {B} at {s.resolution}x{s.resolution} over {world_size} processes leaves "
+                    f"{B // world_size} per process, not whole minibatch-stddev groups of {g}: D's groups "
+                    "shrink, so the run differs from a single-process one; use a batch that is a multiple "
+                    f"of {world_size * g}",
+                    stacklevel=2,
+                )
         self._check_data()
 
         # Fresh-run randomness; a resumed run overwrites all of it from the checkpoint.
@@ -144,9 +164,15 @@ class Trainer:
         self._tick: dict[str, Any] = {}
         self._r1_applied = False  # whether the last train_step computed the R1 / GP penalty
         self.resumed_from: Path | None = None
+        self._shards: dict[int, torch.Tensor] = {}  # global batch size -> this rank's rows of it
         if self.rank == 0 and self.ckpt_dir.exists():
             remove_stale_temp_files(self.ckpt_dir)
         self._resume()
+        if world_size > 1:
+            # Every rank read the same checkpoint (or none); make sure, then start bitwise equal.
+            distributed.check_same_across_ranks([self.cur_nimg, self.step], "the images shown and step resumed from",
+                                                self.device)
+            distributed.broadcast_state([self.G, self.D, self.G_ema])
 
     # -- public ------------------------------------------------------------------------------
 
@@ -248,9 +274,17 @@ class Trainer:
             "cur_resolution": self.cur_resolution or 0,
             "stage": self.phase.stage.index,
             "alpha": self.phase.alpha,
-            "rng": capture_rng_state(self.gen),
+            "rng": self._rng_state(),
             "torch_version": str(torch.__version__),
         }
+
+    def _rng_state(self) -> dict[str, Any]:
+        rng = capture_rng_state(self.gen)
+        if self.device.type == "cuda":
+            # The device this process trains on, whichever index it has: every rank's device RNG
+            # runs the same stream, so a run resumed under another number of processes continues it.
+            rng["cuda_device"] = torch.cuda.get_rng_state(self.device)
+        return rng
 
     def save(self) -> Path | None:
         """Write a rolling checkpoint (rank 0) and prune old ones; returns its path."""
@@ -316,6 +350,8 @@ class Trainer:
         self.step = int(state["step"])
         self.cur_resolution = int(state["cur_resolution"]) or None
         restore_rng_state(state["rng"], self.gen)
+        if "cuda_device" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda_device"].cpu(), self.device)
         self.resumed_from = path
 
     # -- the training loop -------------------------------------------------------------------
@@ -371,11 +407,25 @@ class Trainer:
             self.opt_D = self._make_optimizer(self.D)
         self.cur_resolution = phase.resolution
 
+    def _rows(self, batch_size: int) -> torch.Tensor:
+        """This rank's rows of a global batch (whole minibatch-stddev groups; all rows alone)."""
+        rows = self._shards.get(batch_size)
+        if rows is None:
+            rows = distributed.shard_rows(batch_size, self.world_size, self.rank, self.model_cfg.mbstd_group_size)
+            self._shards[batch_size] = rows
+        return rows
+
+    def _shard(self, batch_size: int) -> tuple[int, torch.Tensor] | None:
+        """What G needs to draw its random inputs (noise, mixing latents) for the global batch."""
+        if self.world_size == 1:
+            return None
+        return (batch_size, self._rows(batch_size).to(self.device))
+
     def _reals(self, phase: Phase) -> torch.Tensor:
-        """This rank's slice of the batch, in [-1, 1], flipped and faded like G's output."""
+        """This rank's rows of the batch, in [-1, 1], flipped and faded like G's output."""
         ds = self._dataset_for(phase.resolution)
-        B, b = phase.batch_size, phase.batch_size // self.world_size
-        mine = slice(self.rank * b, (self.rank + 1) * b)
+        B = phase.batch_size
+        mine = self._rows(B)  # every rank draws the whole batch, so the stream is the same for all
         idx = torch.randint(len(ds), (B,), generator=self.gen)[mine]
         flip = (torch.rand(B, generator=self.gen) < 0.5)[mine]
         x = ds.get_batch(idx.numpy()).to(self.device, non_blocking=True).float() / 127.5 - 1.0
@@ -391,15 +441,15 @@ class Trainer:
     def _latents(self, n: int) -> torch.Tensor:
         B = n * self.world_size
         z = torch.randn(B, self.model_cfg.z_dim, generator=self.gen)
-        return z[self.rank * n : (self.rank + 1) * n].to(self.device)
+        return z[self._rows(B)].to(self.device)
 
     def _sync_grads(self, net: torch.nn.Module) -> None:
-        if self.world_size == 1:
-            return
-        for p in net.parameters():
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= self.world_size
+        """Average gradients over ranks: one flattened all-reduce per network (StyleGAN2-ADA's way;
+        DDP's backward hooks and R1's double backward mix poorly, pytorch issue 63812). Each rank's
+        loss is the mean over its rows, so the average is the mean over the global batch. G's
+        ``w_avg`` moved by this rank's mean w; averaging it gives the global batch's update."""
+        extra = [self.G.mapping.w_avg] if net is self.G else []
+        distributed.average_gradients(net.parameters(), self.world_size, extra=extra)
 
     def train_step(self, phase: Phase | None = None) -> dict[str, float]:
         """One D update and one G update at ``phase`` (default: the current one); no reporting or
@@ -416,7 +466,8 @@ class Trainer:
         # at every new value during a fade-in.
         alpha_in: float | torch.Tensor = torch.tensor(alpha, device=self.device) if t.compile else alpha
         b = phase.batch_size // self.world_size
-        g_kwargs = {"resolution": res, "alpha": alpha_in, "mixing_prob": m.style_mixing_prob, "noise_mode": "random"}
+        g_kwargs = {"resolution": res, "alpha": alpha_in, "mixing_prob": m.style_mixing_prob, "noise_mode": "random",
+                    "shard": self._shard(phase.batch_size)}
 
         # --- D step ---
         reals = self._reals(phase)
@@ -445,13 +496,15 @@ class Trainer:
             # On CPU the interpolation points come from the trainer's generator (exact resume);
             # on CUDA from the device RNG, whose state the checkpoint also carries.
             gp_gen = self.gen if self.device.type == "cpu" else None
+            B = phase.batch_size  # drawn for the global batch, this rank's rows kept
+            gp_t = torch.rand(B, 1, 1, 1, device=self.device, dtype=reals.dtype, generator=gp_gen)
             loss_D, r1 = losses.wgan_gp_d_loss(
                 lambda x: self.D(x, resolution=res, alpha=alpha),
                 reals,
                 fakes.float(),
                 wgan_lambda=t.wgan_lambda,
                 wgan_epsilon=t.wgan_epsilon,
-                generator=gp_gen,
+                weights=gp_t[self._rows(B).to(self.device)],
             )
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
@@ -522,6 +575,11 @@ class Trainer:
 
     def _emit_tick(self, phase: Phase) -> None:
         tk = self._tick
+        if self.world_size > 1:  # each rank's losses are means over its rows: report the global mean
+            keys = sorted(tk["sums"])
+            mean = distributed.all_reduce_mean(torch.tensor([tk["sums"][k] for k in keys], device=self.device),
+                                               self.world_size)
+            tk["sums"] = dict(zip(keys, mean.tolist(), strict=True))
         secs = time.perf_counter() - tk["start_time"]
         n = max(tk["steps"], 1)
         stats = {
@@ -546,7 +604,8 @@ class Trainer:
         if self.rank != 0:
             return
         t = self.train_cfg
-        with torch.random.fork_rng(devices=[]):  # sampling must not shift the training RNG
+        # Sampling must not shift the training RNG (rank 0 alone samples: the ranks' streams must agree).
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             imgs = generate(
                 self.G_ema,
                 seeds=t.grid_seeds,

@@ -164,7 +164,7 @@ class Trainer:
         self._tick: dict[str, Any] = {}
         self._r1_applied = False  # whether the last train_step computed the R1 / GP penalty
         self.resumed_from: Path | None = None
-        self._shards: dict[int, torch.Tensor] = {}  # global batch size -> this rank's rows of it
+        self._shards: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch -> this rank's rows (CPU, device)
         if self.rank == 0 and self.ckpt_dir.exists():
             remove_stale_temp_files(self.ckpt_dir)
         self._resume()
@@ -407,19 +407,20 @@ class Trainer:
             self.opt_D = self._make_optimizer(self.D)
         self.cur_resolution = phase.resolution
 
-    def _rows(self, batch_size: int) -> torch.Tensor:
-        """This rank's rows of a global batch (whole minibatch-stddev groups; all rows alone)."""
+    def _rows(self, batch_size: int, on_device: bool = False) -> torch.Tensor:
+        """This rank's rows of a global batch (whole minibatch-stddev groups; all rows alone),
+        on the CPU or (cached, so no copy per step) on the training device."""
         rows = self._shards.get(batch_size)
         if rows is None:
-            rows = distributed.shard_rows(batch_size, self.world_size, self.rank, self.model_cfg.mbstd_group_size)
-            self._shards[batch_size] = rows
-        return rows
+            cpu = distributed.shard_rows(batch_size, self.world_size, self.rank, self.model_cfg.mbstd_group_size)
+            rows = self._shards[batch_size] = (cpu, cpu.to(self.device))
+        return rows[1] if on_device else rows[0]
 
     def _shard(self, batch_size: int) -> tuple[int, torch.Tensor] | None:
         """What G needs to draw its random inputs (noise, mixing latents) for the global batch."""
         if self.world_size == 1:
             return None
-        return (batch_size, self._rows(batch_size).to(self.device))
+        return (batch_size, self._rows(batch_size, on_device=True))
 
     def _reals(self, phase: Phase) -> torch.Tensor:
         """This rank's rows of the batch, in [-1, 1], flipped and faded like G's output."""
@@ -504,7 +505,7 @@ class Trainer:
                 fakes.float(),
                 wgan_lambda=t.wgan_lambda,
                 wgan_epsilon=t.wgan_epsilon,
-                weights=gp_t[self._rows(B).to(self.device)],
+                weights=gp_t[self._rows(B, on_device=True)],
             )
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()

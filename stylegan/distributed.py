@@ -145,7 +145,8 @@ def average_gradients(params: Iterable[torch.nn.Parameter], world_size: int,
     Parameters without a gradient (blocks the current resolution does not use) are left out;
     every rank has the same set of them, since all ranks train at the same resolution. ``extra``
     tensors (e.g. the generator's ``w_avg``) ride along in the same buffer and are averaged in
-    place.
+    place. Unlike StyleGAN2-ADA there is no ``nan_to_num`` here: with fp16 the GradScaler must
+    see an overflow (and it does on every rank, as the sum carries it) to skip that step.
     """
     if world_size == 1:
         return

@@ -156,6 +156,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.export and main_rank:
             path = trainer.export(args.export)
             print(f"exported G_ema to {path}", flush=True)
+        trainer.close()  # the prefetch worker, before the process group goes
         ok = True
     finally:
         # After a failure, no barrier: the other ranks may be blocked in a collective (torchrun ends them).

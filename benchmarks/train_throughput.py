@@ -8,7 +8,7 @@ after the timed ones. The machine load is printed alongside, since shared machin
     python benchmarks/train_throughput.py --model-preset cpu --resolutions 8,16,32 --batch-sizes 32
     python benchmarks/train_throughput.py --model-preset paper --resolutions 128 --batch-sizes 2 \
         --fused-scale false,auto --warmup 1 --iters 2
-    python benchmarks/train_throughput.py --device cuda --model-preset paper --amp bf16 --channels-last
+    python benchmarks/train_throughput.py --device cuda --model-preset paper --amp bf16 --channels-last --compile
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def _fused(text: str) -> list[bool | str]:
 
 
 def amp_setting(name: str) -> Any:
-    """``train.amp`` for ``none | bf16 | fp16`` in the spelling this TrainConfig takes (the key
-    was a boolean before it named the precision)."""
+    """``train.amp`` for ``none | auto | bf16 | fp16`` in the spelling this TrainConfig takes (an
+    older ``--library`` has a boolean: bf16 autocast on CUDA when true)."""
     try:
         from_dict(TrainConfig, {"amp": name}, "train")
         return name
@@ -91,6 +91,7 @@ def measure(
     channels_last: bool,
     amp: str,
     compile_: bool,
+    prefetch: bool,
     r1_interval: int,
     warmup: int,
     iters: int,
@@ -114,6 +115,8 @@ def measure(
         compile=compile_,
         device=device,
         r1_interval=r1_interval,
+        # An older --library has no prefetch (it gathered batches inline).
+        **({"prefetch": prefetch} if "prefetch" in TrainConfig.__dataclass_fields__ else {}),
     )
     run = work / f"run-{resolution}-{batch_size}-{getattr(model_cfg, 'fused_scale', 'old')}"
     trainer = Trainer(model_cfg, train_cfg, data, run)
@@ -147,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", type=_ints, default=[32])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", nargs="?", const="bf16", default="none", choices=["none", "bf16", "fp16"],
-                   help="train.amp (bare --amp = bf16)")
+    p.add_argument("--amp", nargs="?", const="auto", default="none", choices=["none", "auto", "bf16", "fp16"],
+                   help="train.amp (bare --amp = auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D")
+    p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                   help="gather the next batch in a background thread (train.prefetch)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--fmap-base", type=int, default=None, help="override the preset's fmap_base")
     p.add_argument("--fmap-max", type=int, default=None, help="override the preset's fmap_max")
@@ -175,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"{torch.get_num_threads()} threads, device {args.device}, preset {args.model_preset} "
         f"(z/w {model_cfg.z_dim}, fmap_base {model_cfg.fmap_base}, fmap_max {model_cfg.fmap_max}), "
-        f"channels_last={args.channels_last} amp={args.amp} compile={args.compile} r1_interval={args.r1_interval} "
-        f"warmup={args.warmup} iters={args.iters}"
+        f"channels_last={args.channels_last} amp={args.amp} compile={args.compile} prefetch={args.prefetch} "
+        f"r1_interval={args.r1_interval} warmup={args.warmup} iters={args.iters}"
     )
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     import stylegan
@@ -192,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                     cfg = replace(model_cfg, fused_scale=fused) if has_fused else model_cfg
                     ips, secs, cpu_secs, flops = measure(
                         cfg, res, bs, device=args.device, channels_last=args.channels_last, amp=args.amp,
-                        compile_=args.compile, r1_interval=args.r1_interval, warmup=args.warmup, iters=args.iters,
-                        work=Path(tmp), count_flops=not args.no_flops,
+                        compile_=args.compile, prefetch=args.prefetch, r1_interval=args.r1_interval,
+                        warmup=args.warmup, iters=args.iters, work=Path(tmp), count_flops=not args.no_flops,
                     )
                     gflop = f"{flops / 1e9:>11.1f} {flops / 1e9 / secs:>9.1f}" if flops else f"{'-':>11} {'-':>9}"
                     print(f"{res:>5} {bs:>6} {str(fused).lower():>6} {ips:>9.3f} {secs * 1000:>9.1f} "

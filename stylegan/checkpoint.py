@@ -41,7 +41,9 @@ _BOOKKEEPING_KEYS = (
     "amp",
     "channels_last",
     "compile",
+    "prefetch",
     "threads",
+    "nproc_per_node",  # N processes compute what one does (stylegan.distributed): same run, same checkpoints
     "tick_kimg",
     "snapshot_kimg",
     "keep_checkpoints",

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylegan.device import fp32_region
+
 SQRT2 = math.sqrt(2.0)
 
 
@@ -164,6 +166,25 @@ def downsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
+# One process's share of a batch that several processes compute together (torchrun): the
+# global batch size and the rows of it this process computes. Random inputs are drawn for the
+# global batch and these rows kept, so N processes draw exactly what one would
+# (``stylegan.distributed.shard_rows`` picks the rows).
+BatchShard = tuple[int, torch.Tensor]
+
+
+def randn_rows(
+    n: int, *size: int, shard: BatchShard | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``torch.randn(n, *size)`` from the global RNG; with ``shard``, this process's n rows of the
+    global batch's draw (the RNG advances by the global batch on every process alike)."""
+    if shard is None:
+        return torch.randn(n, *size, device=device, dtype=dtype)
+    total, rows = shard
+    assert rows.shape == (n,), f"shard has {tuple(rows.shape)} rows for a batch of {n}"
+    return torch.randn(total, *size, device=device, dtype=dtype)[rows.to(device)]
+
+
 class NoiseInjection(nn.Module):
     """Adds per-pixel Gaussian noise scaled by a learned per-channel strength (init 0).
 
@@ -186,14 +207,14 @@ class NoiseInjection(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution, generator=gen))
 
-    def forward(self, x: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_mode: str = "random", shard: BatchShard | None = None) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.channels and x.shape[2] == x.shape[3] == self.resolution, (
             f"expected (N, {self.channels}, {self.resolution}, {self.resolution}), got {tuple(x.shape)}"
         )
         if noise_mode == "none":
             return x
         if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+            noise = randn_rows(x.shape[0], 1, x.shape[2], x.shape[3], shard=shard, device=x.device, dtype=x.dtype)
         elif noise_mode == "const":
             noise = self.noise_const.to(dtype=x.dtype)
         else:
@@ -230,10 +251,14 @@ class AdaIN(nn.Module):
         assert w.shape == (x.shape[0], self.w_dim), (
             f"expected w of shape ({x.shape[0]}, {self.w_dim}), got {tuple(w.shape)}"
         )
-        scale, bias = self.styles(w)
-        # F.instance_norm: fused kernel (about 1.5x faster than mean/rsqrt on CPU), fp32 under autocast.
-        x = F.instance_norm(x, eps=1e-8)
-        return x * scale[:, :, None, None] + bias[:, :, None, None]
+        # Styles, statistics and modulation in fp32 under autocast (eps 1e-8 and the variance of a
+        # bf16 map are not representable in 8 mantissa bits); without autocast these casts are no-ops.
+        with fp32_region(x):
+            scale, bias = self.styles(w.float())
+            # F.instance_norm: fused kernel (about 1.5x faster than mean/rsqrt on CPU).
+            y = F.instance_norm(x.float(), eps=1e-8)
+            y = y * scale[:, :, None, None] + bias[:, :, None, None]
+        return y.to(x.dtype)
 
 
 class MinibatchStd(nn.Module):
@@ -260,12 +285,12 @@ class MinibatchStd(nn.Module):
         n, c, h, w = x.shape
         g = math.gcd(min(self.group_size, n), n)
         f = self.num_features
-        y = x.reshape(g, n // g, f, c // f, h, w)
+        y = x.float().reshape(g, n // g, f, c // f, h, w)  # the statistic in fp32 under autocast
         y = y - y.mean(dim=0)
         y = (y.square().mean(dim=0) + 1e-8).sqrt()  # (M, F, c, H, W)
         y = y.mean(dim=(2, 3, 4))  # (M, F)
         y = y.reshape(n // g, f, 1, 1).repeat(g, 1, h, w)  # (N, F, H, W)
-        return torch.cat([x, y], dim=1)
+        return torch.cat([x, y.to(x.dtype)], dim=1)
 
 
 class ToRGB(nn.Module):

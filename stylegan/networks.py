@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from stylegan.config import ModelConfig
+from stylegan.device import fp32_region
 from stylegan.layers import (
     AdaIN,
+    BatchShard,
     Blur,
     EqualizedConv2d,
     EqualizedLinear,
@@ -22,6 +24,7 @@ from stylegan.layers import (
     PixelNorm,
     ToRGB,
     downsample2x,
+    randn_rows,
     upsample2x,
 )
 
@@ -119,9 +122,12 @@ class MappingNetwork(nn.Module):
         update_w_avg: bool = False,
     ) -> torch.Tensor:
         assert z.ndim == 2 and z.shape[1] == self.z_dim, f"expected z of shape (N, {self.z_dim}), got {tuple(z.shape)}"
-        x = self.norm(z)
-        for i in range(self.num_layers):
-            x = getattr(self, f"fc{i}")(x)
+        # fp32 under autocast, as the official code keeps it: a cheap network whose output w (and
+        # w_avg, the truncation centre) every style depends on.
+        with fp32_region(z):
+            x = self.norm(z.float())
+            for i in range(self.num_layers):
+                x = getattr(self, f"fc{i}")(x)
         if update_w_avg:
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).to(self.w_avg.dtype).lerp(self.w_avg, self.w_avg_beta))
@@ -173,11 +179,13 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGB(in_channels=out_channels, img_channels=img_channels)
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor | None, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor | None, ws: torch.Tensor, noise_mode: str = "random", shard: BatchShard | None = None
+    ) -> torch.Tensor:
         assert ws.ndim == 3 and ws.shape[1] == 2, f"expected ws of shape (N, 2, w_dim), got {tuple(ws.shape)}"
         if self.resolution == 4:
             x = self.const.expand(ws.shape[0], -1, -1, -1).to(ws.dtype)
-            x = self.noise0(x, noise_mode) + self.bias0.view(1, -1, 1, 1)
+            x = self.noise0(x, noise_mode, shard) + self.bias0.view(1, -1, 1, 1)
         else:
             assert x is not None and x.shape == (
                 ws.shape[0],
@@ -192,9 +200,9 @@ class SynthesisBlock(nn.Module):
                 x = self.conv0.add_bias(self.blur(self.conv0(x, add_bias=False)))
             else:
                 x = self.conv0(x)
-            x = self.noise0(x, noise_mode)
+            x = self.noise0(x, noise_mode, shard)
         x = self.adain0(self.act(x), ws[:, 0])
-        x = self.noise1(self.conv1(x), noise_mode)
+        x = self.noise1(self.conv1(x), noise_mode, shard)
         return self.adain1(self.act(x), ws[:, 1])
 
 
@@ -231,6 +239,7 @@ class SynthesisNetwork(nn.Module):
         resolution: int | None = None,
         alpha: float | torch.Tensor = 1.0,
         noise_mode: str = "random",
+        shard: BatchShard | None = None,  # several processes share the batch: see layers.BatchShard
     ) -> torch.Tensor:
         assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), (
             f"expected ws of shape (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
@@ -245,7 +254,7 @@ class SynthesisNetwork(nn.Module):
             if r > res:
                 break
             prev = x
-            x = getattr(self, f"b{r}")(x, ws[:, 2 * i : 2 * i + 2], noise_mode)
+            x = getattr(self, f"b{r}")(x, ws[:, 2 * i : 2 * i + 2], noise_mode, shard)
         assert x is not None
         img = getattr(self, f"b{res}").torgb(x)
         if fading:
@@ -300,15 +309,17 @@ class Generator(nn.Module):
         noise_mode: str = "random",
         update_w_avg: bool = False,
         mixing_prob: float = 0.0,
+        shard: BatchShard | None = None,  # this process's rows of a global batch (torchrun); None = all
     ) -> torch.Tensor:
         assert z.ndim == 2 and z.shape[1] == self.z_dim, f"expected z of shape (N, {self.z_dim}), got {tuple(z.shape)}"
         res = _check_resolution(resolution, self.img_resolution)
         ws = self.mapping(z, update_w_avg=update_w_avg)
         if mixing_prob > 0.0:
-            ws2 = self.mapping(torch.randn_like(z))
+            z2 = randn_rows(z.shape[0], z.shape[1], shard=shard, device=z.device, dtype=z.dtype)
+            ws2 = self.mapping(z2)
             ws = self.mix_styles(ws, ws2, res, mixing_prob)
         ws = self.mapping.truncate(ws, truncation_psi, truncation_cutoff)
-        return self.synthesis(ws, resolution=res, alpha=alpha, noise_mode=noise_mode)
+        return self.synthesis(ws, resolution=res, alpha=alpha, noise_mode=noise_mode, shard=shard)
 
 
 class DiscriminatorBlock(nn.Module):

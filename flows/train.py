@@ -7,6 +7,11 @@ skipped. The run directory is keyed by the model and train params, the prepared 
 the training code, so a changed param, dataset or model code starts a fresh run instead of
 resuming a foreign one, and going back to earlier params finds their checkpoints again.
 
+With ``train.nproc_per_node > 1`` each stage task runs ``torchrun`` as a subprocess (the
+training processes never import prefect or mlflow); rank 0 appends every tick, snapshot and
+stage end to ``run_dir/events-<R>.jsonl``, which the task follows and hands to the same
+callbacks (tick CSV, MLflow, progress bar and artifact) as in a single process.
+
     python -m flows.train --params params.yaml [-S train.max_resolution=16]
 """
 
@@ -17,12 +22,14 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -126,16 +133,74 @@ class Progress:
         self.bar.close()
 
 
+def follow_process(cmd: Sequence[str], events: Path, callbacks: Iterable[Any], *, env: Mapping[str, str] | None = None,
+                   poll_seconds: float = 1.0, on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Run ``cmd`` and, while it runs, hand each event rank 0 appends to ``events`` to ``callbacks``.
+
+    Raises ``RuntimeError`` when the command fails (the task's retry then resumes the run)."""
+    from stylegan.distributed import EventReader, dispatch_event
+
+    events.unlink(missing_ok=True)  # events of an earlier attempt were forwarded by that attempt
+    reader = EventReader(events)
+    callbacks = list(callbacks)
+    proc = subprocess.Popen(list(cmd), env=None if env is None else dict(env))
+    try:
+        while True:
+            finished = proc.poll() is not None  # read after the exit too: the last events
+            for event in reader.read():
+                dispatch_event(event, callbacks)
+                if on_event is not None:
+                    on_event(event)
+            if finished:
+                break
+            time.sleep(poll_seconds)
+    finally:
+        if proc.poll() is None:  # the task was cancelled or a callback raised: do not orphan the workers
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if proc.returncode != 0:
+        raise RuntimeError(f"training processes failed (torchrun exit status {proc.returncode}); their error is in "
+                           "the log above. A retry resumes from the last checkpoint")
+
+
+def torchrun_stage_command(resolution: int, job: dict[str, Any], events: Path) -> list[str]:
+    """torchrun, one process per GPU, running `pokegan train` up to the end of this stage."""
+    from stylegan.distributed import torchrun_command
+
+    train_cfg: TrainConfig = job["train_cfg"]
+    args = ["train", "--params", str(job["params_file"]), "--data", str(job["data_root"]),
+            "--run-dir", str(job["run_dir"]), "--stage", str(resolution), "--events", str(events)]
+    if train_cfg.threads > 0:
+        args += ["--threads", str(train_cfg.threads)]
+    return torchrun_command(train_cfg.nproc_per_node, args)
+
+
+def _worker_env() -> dict[str, str]:
+    import stylegan
+
+    env = dict(os.environ)
+    # The workers import this same library, installed or not.
+    src = str(Path(stylegan.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
 @task(name="train-stage", task_run_name="stage-{resolution}px", retries=1, retry_delay_seconds=1,
       cache_policy=NO_CACHE)
 def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
     """Train one progressive stage; resumes from the newest checkpoint, skips a finished stage."""
-    from stylegan.training import Trainer
+    from stylegan.training import StageResult, Trainer
 
     logger = get_run_logger()
     model_cfg, train_cfg = job["model_cfg"], job["train_cfg"]
-    trainer = Trainer(model_cfg, train_cfg, job["data_root"], job["run_dir"], device=train_cfg.device,
-                      callbacks=())
+    multi = train_cfg.nproc_per_node > 1
+    # With torchrun the workers own the GPUs; this process only reads where the run stands.
+    trainer = Trainer(model_cfg, train_cfg, job["data_root"], job["run_dir"],
+                      device="cpu" if multi else train_cfg.device, callbacks=())
     if trainer.stage_done(resolution):
         logger.info("stage %dx%d already complete in %s (params match); skipped", resolution, resolution,
                     job["run_dir"])
@@ -146,8 +211,22 @@ def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
                 trainer.resumed_from or "scratch")
     ticks = TickLog(Path(job["run_dir"]) / "ticks.csv", trainer.kimg)
     progress: Progress = job["progress"]
-    trainer.callbacks = [*job["callbacks"], ticks, progress]
-    result = trainer.run_stage(resolution)
+    callbacks = [*job["callbacks"], ticks, progress]
+    if multi:
+        del trainer
+        events = Path(job["run_dir"]) / f"events-{resolution}.jsonl"
+        cmd = torchrun_stage_command(resolution, job, events)
+        logger.info("stage %dx%d on %d processes: %s", resolution, resolution, train_cfg.nproc_per_node, " ".join(cmd))
+        ends: list[dict[str, Any]] = []
+        follow_process(cmd, events, callbacks, env=_worker_env(),
+                       on_event=lambda e: ends.append(e) if e.get("event") == "stage_end" else None)
+        end = next((e for e in reversed(ends) if e["resolution"] == resolution), None)
+        if end is None:
+            raise RuntimeError(f"the training processes exited without finishing the {resolution}x{resolution} stage")
+        result = StageResult(resolution, float(end["kimg"]), Path(end["checkpoint"]), float(end["seconds"]))
+    else:
+        trainer.callbacks = callbacks
+        result = trainer.run_stage(resolution)
     logger.info("stage %dx%d done: kimg %.3f in %.1f s -> %s", resolution, resolution, result.kimg,
                 result.seconds, result.checkpoint)
     return {"resolution": resolution, "skipped": False, "start_kimg": start_kimg, "kimg": float(result.kimg),
@@ -249,6 +328,11 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     key = run_key(model_cfg, train_cfg, fingerprint)
     run_dir = runs_root / key
     run_dir.mkdir(parents=True, exist_ok=True)
+    # The resolved params (file + overrides) for torchrun's workers, which read a params file.
+    params_file = run_dir / "params.yaml"
+    tmp = params_file.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(params, sort_keys=False))
+    os.replace(tmp, params_file)
     logger.info("run directory %s (params + data key %s)", run_dir, key)
 
     client = tracking.setup(root_p)
@@ -269,7 +353,8 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     progress = Progress(total_kimg, start_kimg, artifact_id)
     job = {"model_cfg": model_cfg, "train_cfg": train_cfg, "data_root": data_root, "run_dir": run_dir, "root": root_p,
            "key": key, "progress": progress, "callbacks": [tracking.MlflowTrainingCallback(client, run_id)],
-           "client": client, "mlflow_run_id": run_id, "registry": reg, "export_dir": export_dir}
+           "client": client, "mlflow_run_id": run_id, "registry": reg, "export_dir": export_dir,
+           "params_file": params_file}
     results = []
     try:
         for st in plan:

@@ -43,6 +43,7 @@ _BOOKKEEPING_KEYS = (
     "compile",
     "prefetch",
     "threads",
+    "nproc_per_node",  # N processes compute what one does (stylegan.distributed): same run, same checkpoints
     "tick_kimg",
     "snapshot_kimg",
     "keep_checkpoints",

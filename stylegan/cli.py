@@ -10,8 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stylegan import __version__
+
+if TYPE_CHECKING:
+    from stylegan.config import ModelConfig, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,13 +82,45 @@ class _ConsoleReporter:
         print(f"stage done: {result}", flush=True)
 
 
+def _launch_torchrun(args: argparse.Namespace, nproc: int, model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
+    """Check what can be checked here, then run torchrun with this same command line (less the
+    process count) in the foreground; its workers are the branch of ``_train`` below."""
+    from stylegan import distributed
+    from stylegan.schedule import stages
+    from stylegan.training import resolve_device
+
+    for st in stages(train_cfg, model_cfg):
+        batch = train_cfg.batch_size_at(st.resolution)
+        if batch % nproc:
+            raise ValueError(f"batch size {batch} at {st.resolution}x{st.resolution} is not divisible by "
+                             f"{nproc} processes; batch sizes are global: change them or --nproc-per-node")
+    device = resolve_device(train_cfg.device)
+    if device.type == "cuda":
+        import torch
+
+        if nproc > torch.cuda.device_count():
+            raise ValueError(f"--nproc-per-node {nproc} but this machine has {torch.cuda.device_count()} GPU(s); "
+                             "start at most one process per GPU")
+    worker_args = distributed.strip_option(args.argv, "--nproc-per-node")
+    print(f"pokegan train: starting {nproc} processes with torchrun ({'nccl' if device.type == 'cuda' else 'gloo'})",
+          flush=True)
+    code = distributed.run_torchrun(nproc, worker_args)
+    if code != 0:
+        print(f"pokegan train: error: a training process failed (torchrun exit status {code}); its error is "
+              "above. The run resumes from its last checkpoint when started again", file=sys.stderr, flush=True)
+    return code
+
+
 def _train(args: argparse.Namespace) -> int:
+    from stylegan import distributed
     from stylegan.config import load_params, section, set_override
-    from stylegan.training import Trainer
+    from stylegan.training import Trainer, resolve_device
 
     _check_dir_arg(args.run_dir, "--run-dir")
     if args.export:
         _check_dir_arg(args.export, "--export")  # before training, not after it
+    if args.events:
+        _check_file_arg(args.events, "--events", "events.jsonl")
     if args.threads:
         import torch
 
@@ -95,17 +131,36 @@ def _train(args: argparse.Namespace) -> int:
     model_cfg = section(params, "model")
     train_cfg = section(params, "train")
     data_root = args.data or section(params, "data").out_dir
-    trainer = Trainer(model_cfg, train_cfg, data_root, args.run_dir, callbacks=[_ConsoleReporter()])
-    if trainer.resumed_from is not None:
-        print(f"resumed from {trainer.resumed_from} at kimg {trainer.kimg:.3f}", flush=True)
-    if args.stage is not None:
-        trainer.run_stage(args.stage, max_steps=args.max_steps)
-    else:
-        trainer.run(max_steps=args.max_steps)
-    print(f"trained to kimg {trainer.kimg:.3f}; checkpoints in {trainer.ckpt_dir}", flush=True)
-    if args.export:
-        path = trainer.export(args.export)
-        print(f"exported G_ema to {path}", flush=True)
+    nproc = args.nproc_per_node if args.nproc_per_node is not None else train_cfg.nproc_per_node
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        return _launch_torchrun(args, nproc, model_cfg, train_cfg)
+
+    # A single process, or one of torchrun's workers (RANK / WORLD_SIZE / LOCAL_RANK set).
+    info = distributed.init_from_env(resolve_device(train_cfg.device))
+    ok = False
+    try:
+        main_rank = info.rank == 0
+        callbacks: list = [_ConsoleReporter()]
+        if args.events:
+            callbacks.append(distributed.EventLog(args.events))
+        trainer = Trainer(model_cfg, train_cfg, data_root, args.run_dir, device=str(info.device), rank=info.rank,
+                          world_size=info.world_size, callbacks=callbacks)
+        if trainer.resumed_from is not None and main_rank:
+            print(f"resumed from {trainer.resumed_from} at kimg {trainer.kimg:.3f}", flush=True)
+        if args.stage is not None:
+            trainer.run_stage(args.stage, max_steps=args.max_steps)
+        else:
+            trainer.run(max_steps=args.max_steps)
+        if main_rank:
+            print(f"trained to kimg {trainer.kimg:.3f}; checkpoints in {trainer.ckpt_dir}", flush=True)
+        if args.export and main_rank:
+            path = trainer.export(args.export)
+            print(f"exported G_ema to {path}", flush=True)
+        trainer.close()  # the prefetch worker, before the process group goes
+        ok = True
+    finally:
+        # After a failure, no barrier: the other ranks may be blocked in a collective (torchrun ends them).
+        distributed.shutdown(barrier=ok)
     return 0
 
 
@@ -123,6 +178,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", default=None, metavar="DIR", help="export G_ema (safetensors + JSON) here afterwards")
     p.add_argument("--threads", type=_int_at_least(1), default=None,
                    help="torch CPU threads (default: one per core; 1 can be faster on a busy machine)")
+    p.add_argument("--nproc-per-node", type=_int_at_least(1), default=None, metavar="N",
+                   help="train with N processes (one per GPU; gloo on CPU) started by torchrun; batch sizes stay "
+                        "global (default: train.nproc_per_node). Several machines: run torchrun yourself (README)")
+    p.add_argument("--events", default=None, metavar="FILE",
+                   help="also append each tick, snapshot and stage end as a JSON line here (rank 0)")
     p.set_defaults(func=_train)
 
 
@@ -248,6 +308,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _rank_prefix() -> str:
+    """``[rank R] `` inside one of several torchrun workers (whose errors interleave), else empty."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
+        return f"[rank {os.environ['RANK']}] "
+    return ""
+
+
 # Each _add_<name>(sub) registers one subcommand with set_defaults(func=handler).
 _ADDERS: list = [_add_train, _add_sample, _add_evaluate]
 
@@ -302,7 +371,9 @@ _ADDERS += [_add_fetch, _add_prepare]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # `train --nproc-per-node N` hands the same command to torchrun's workers
     import warnings
 
     # Warnings (a skipped corrupt checkpoint, ...) as one line each, not with a source line.
@@ -312,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (OSError, ValueError, KeyError) as exc:
         # Bad input (OSError: a path that is a file, a full disk, no permission) gets one clear line, not a traceback.
-        print(f"pokegan {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pokegan {args.command}: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return 2
     finally:
         warnings.formatwarning = formatwarning

@@ -56,7 +56,15 @@ class EqualizedLinear(nn.Module):
 
 
 class EqualizedConv2d(nn.Module):
-    """2-D convolution (stride 1, 'same' padding) with equalized learning rate."""
+    """2-D convolution ('same' padding) with equalized learning rate, optionally resampling x2.
+
+    ``resample="up"``: nearest x2 upsampling, then the conv; ``"down"``: the conv, then 2x2
+    average pooling. With ``fused_scale`` both happen in one stride-2 (transposed) convolution
+    whose (k+1)x(k+1) kernel is the kxk one summed over its four 1-pixel shifts (averaged, for
+    down), as the official StyleGAN's ``upscale2d_conv2d`` / ``conv2d_downscale2d`` do: the
+    same result (zero padding included) for 2.25x fewer multiply-adds with a 3x3 kernel, and
+    the same parameters, so a state dict loads either way.
+    """
 
     def __init__(
         self,
@@ -68,31 +76,60 @@ class EqualizedConv2d(nn.Module):
         gain: float = SQRT2,  # He gain: sqrt(2) before lrelu, 1 for ToRGB
         lr_mul: float = 1.0,  # learning-rate multiplier
         activation: str | None = None,  # "lrelu" (slope 0.2) or None
+        resample: str | None = None,  # None, "up" (x2 before the conv) or "down" (/2 after it)
+        fused_scale: bool = False,  # resample inside one stride-2 conv (needs resample)
     ) -> None:
         super().__init__()
         assert kernel_size % 2 == 1, "kernel_size must be odd"
+        assert resample in (None, "up", "down"), f"resample must be None, 'up' or 'down', got {resample!r}"
+        assert not (fused_scale and resample is None), "fused_scale needs resample='up' or 'down'"
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.activation = activation
+        self.resample = resample
+        self.fused_scale = fused_scale
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size) / lr_mul)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.weight_gain = gain / math.sqrt(in_channels * kernel_size * kernel_size) * lr_mul
         self.bias_gain = lr_mul
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def add_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's bias, for callers that filter the conv output first (``forward(add_bias=False)``)."""
+        assert self.bias is not None
+        return x + (self.bias * self.bias_gain).to(x.dtype).view(1, -1, 1, 1)
+
+    def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.in_channels, (
             f"expected (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
         )
+        assert add_bias or self.activation is None, "the bias must come before the activation"
         w = self.weight * self.weight_gain
-        b = self.bias * self.bias_gain if self.bias is not None else None
-        x = F.conv2d(x, w, b, padding=self.kernel_size // 2)
+        b = self.bias * self.bias_gain if self.bias is not None and add_bias else None
+        pad = self.kernel_size // 2
+        if self.fused_scale:
+            # Sum of the four 1-pixel shifts of the kernel = nearest-upsample (or 2x2-box) then conv.
+            w = F.pad(w, [1, 1, 1, 1])
+            w = w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+            if self.resample == "up":
+                # conv_transpose2d is the adjoint of conv2d's cross-correlation: flip the kernel
+                # to get upsample-then-correlate, and lay it out as (in, out, kh, kw).
+                x = F.conv_transpose2d(x, w.flip(2, 3).transpose(0, 1), b, stride=2, padding=pad)
+            else:
+                x = F.conv2d(x, w * 0.25, b, stride=2, padding=pad)
+        elif self.resample == "up":
+            x = F.conv2d(upsample2x(x), w, b, padding=pad)
+        elif self.resample == "down":
+            x = downsample2x(F.conv2d(x, w, b, padding=pad))
+        else:
+            x = F.conv2d(x, w, b, padding=pad)
         if self.activation == "lrelu":
             x = F.leaky_relu(x, 0.2)
         return x
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}->{self.out_channels}, k={self.kernel_size}, act={self.activation}"
+        scale = f", {self.resample}{' fused' if self.fused_scale else ''}" if self.resample else ""
+        return f"{self.in_channels}->{self.out_channels}, k={self.kernel_size}{scale}, act={self.activation}"
 
 
 class PixelNorm(nn.Module):
@@ -129,6 +166,25 @@ def downsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
+# One process's share of a batch that several processes compute together (torchrun): the
+# global batch size and the rows of it this process computes. Random inputs are drawn for the
+# global batch and these rows kept, so N processes draw exactly what one would
+# (``stylegan.distributed.shard_rows`` picks the rows).
+BatchShard = tuple[int, torch.Tensor]
+
+
+def randn_rows(
+    n: int, *size: int, shard: BatchShard | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``torch.randn(n, *size)`` from the global RNG; with ``shard``, this process's n rows of the
+    global batch's draw (the RNG advances by the global batch on every process alike)."""
+    if shard is None:
+        return torch.randn(n, *size, device=device, dtype=dtype)
+    total, rows = shard
+    assert rows.shape == (n,), f"shard has {tuple(rows.shape)} rows for a batch of {n}"
+    return torch.randn(total, *size, device=device, dtype=dtype)[rows.to(device)]
+
+
 class NoiseInjection(nn.Module):
     """Adds per-pixel Gaussian noise scaled by a learned per-channel strength (init 0).
 
@@ -151,14 +207,14 @@ class NoiseInjection(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution, generator=gen))
 
-    def forward(self, x: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_mode: str = "random", shard: BatchShard | None = None) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.channels and x.shape[2] == x.shape[3] == self.resolution, (
             f"expected (N, {self.channels}, {self.resolution}, {self.resolution}), got {tuple(x.shape)}"
         )
         if noise_mode == "none":
             return x
         if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+            noise = randn_rows(x.shape[0], 1, x.shape[2], x.shape[3], shard=shard, device=x.device, dtype=x.dtype)
         elif noise_mode == "const":
             noise = self.noise_const.to(dtype=x.dtype)
         else:

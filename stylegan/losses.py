@@ -59,12 +59,18 @@ def gradient_penalty(
     fakes: torch.Tensor,
     target: float = 1.0,
     generator: torch.Generator | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """WGAN-GP penalty E[(||grad D(x_hat)|| - target)^2 / target^2] at random points x_hat on
     the lines between reals and (detached) fakes. ``D`` is a callable image -> logits, e.g.
-    ``lambda x: D(x, resolution=r, alpha=a)``. The caller multiplies by ``wgan_lambda``."""
+    ``lambda x: D(x, resolution=r, alpha=a)``. The caller multiplies by ``wgan_lambda``.
+    ``weights`` (N, 1, 1, 1) are the points on those lines; None = drawn here with ``generator``."""
     assert reals.shape == fakes.shape, f"reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} differ"
-    t = torch.rand(reals.shape[0], 1, 1, 1, device=reals.device, dtype=reals.dtype, generator=generator)
+    if weights is None:
+        t = torch.rand(reals.shape[0], 1, 1, 1, device=reals.device, dtype=reals.dtype, generator=generator)
+    else:
+        assert weights.shape == (reals.shape[0], 1, 1, 1), f"expected weights (N, 1, 1, 1), got {tuple(weights.shape)}"
+        t = weights
     mixed = (reals.detach() + (fakes.detach() - reals.detach()) * t).requires_grad_(True)
     logits = D(mixed)
     _check_logits(logits)
@@ -81,11 +87,12 @@ def wgan_gp_d_loss(
     wgan_lambda: float = 10.0,
     wgan_epsilon: float = 0.001,
     generator: torch.Generator | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full WGAN-GP D loss (Progressive GAN): wgan_d_loss + wgan_lambda * gradient_penalty.
 
     Returns ``(loss, penalty)`` so the caller can log the penalty on its own."""
     real_logits = D(reals)
     fake_logits = D(fakes.detach())
-    penalty = gradient_penalty(D, reals, fakes, generator=generator)
+    penalty = gradient_penalty(D, reals, fakes, generator=generator, weights=weights)
     return wgan_d_loss(real_logits, fake_logits, wgan_epsilon) + wgan_lambda * penalty, penalty

@@ -14,6 +14,7 @@ from stylegan.config import ModelConfig
 from stylegan.device import fp32_region
 from stylegan.layers import (
     AdaIN,
+    BatchShard,
     Blur,
     EqualizedConv2d,
     EqualizedLinear,
@@ -23,6 +24,7 @@ from stylegan.layers import (
     PixelNorm,
     ToRGB,
     downsample2x,
+    randn_rows,
     upsample2x,
 )
 
@@ -137,7 +139,9 @@ class SynthesisBlock(nn.Module):
     """One resolution of the synthesis network: two styled layers and a ToRGB.
 
     4x4: learned constant (+ bias), noise, lrelu, AdaIN; conv, noise, lrelu, AdaIN.
-    Above: upsample x2, blur, conv, noise, lrelu, AdaIN; conv, noise, lrelu, AdaIN.
+    Above: upsample x2 + conv (fused into one transposed conv when ``fused_scale``), blur,
+    bias, noise, lrelu, AdaIN; conv, noise, lrelu, AdaIN. The blur follows the conv and the bias
+    follows the blur, as in the official G, so fused and unfused blocks compute the same thing.
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class SynthesisBlock(nn.Module):
         img_channels: int = 3,  # ToRGB outputs
         blur: bool = True,  # low-pass after upsampling
         first_layer: int = 0,  # index of this block's first style input (also seeds const noise)
+        fused_scale: bool = False,  # upsample inside conv0 (one transposed stride-2 conv)
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -162,7 +167,10 @@ class SynthesisBlock(nn.Module):
         else:
             assert in_channels is not None
             self.blur = Blur() if blur else None
-            self.conv0 = EqualizedConv2d(in_channels=in_channels, out_channels=out_channels, kernel_size=3)
+            self.conv0 = EqualizedConv2d(
+                in_channels=in_channels, out_channels=out_channels, kernel_size=3, resample="up",
+                fused_scale=fused_scale,
+            )
         self.noise0 = NoiseInjection(channels=out_channels, resolution=resolution, seed=first_layer)
         self.adain0 = AdaIN(channels=out_channels, w_dim=w_dim)
         self.conv1 = EqualizedConv2d(in_channels=out_channels, out_channels=out_channels, kernel_size=3)
@@ -171,11 +179,13 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGB(in_channels=out_channels, img_channels=img_channels)
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor | None, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor | None, ws: torch.Tensor, noise_mode: str = "random", shard: BatchShard | None = None
+    ) -> torch.Tensor:
         assert ws.ndim == 3 and ws.shape[1] == 2, f"expected ws of shape (N, 2, w_dim), got {tuple(ws.shape)}"
         if self.resolution == 4:
             x = self.const.expand(ws.shape[0], -1, -1, -1).to(ws.dtype)
-            x = self.noise0(x, noise_mode) + self.bias0.view(1, -1, 1, 1)
+            x = self.noise0(x, noise_mode, shard) + self.bias0.view(1, -1, 1, 1)
         else:
             assert x is not None and x.shape == (
                 ws.shape[0],
@@ -186,12 +196,13 @@ class SynthesisBlock(nn.Module):
                 f"expected x of shape (N, {self.in_channels}, {self.resolution // 2}, {self.resolution // 2}), "
                 f"got {None if x is None else tuple(x.shape)}"
             )
-            x = upsample2x(x)
             if self.blur is not None:
-                x = self.blur(x)
-            x = self.noise0(self.conv0(x), noise_mode)
+                x = self.conv0.add_bias(self.blur(self.conv0(x, add_bias=False)))
+            else:
+                x = self.conv0(x)
+            x = self.noise0(x, noise_mode, shard)
         x = self.adain0(self.act(x), ws[:, 0])
-        x = self.noise1(self.conv1(x), noise_mode)
+        x = self.noise1(self.conv1(x), noise_mode, shard)
         return self.adain1(self.act(x), ws[:, 1])
 
 
@@ -218,6 +229,7 @@ class SynthesisNetwork(nn.Module):
                 img_channels=cfg.img_channels,
                 blur=cfg.blur,
                 first_layer=2 * i,
+                fused_scale=cfg.fused_at(res),
             )
             self.add_module(f"b{res}", block)
 
@@ -227,6 +239,7 @@ class SynthesisNetwork(nn.Module):
         resolution: int | None = None,
         alpha: float | torch.Tensor = 1.0,
         noise_mode: str = "random",
+        shard: BatchShard | None = None,  # several processes share the batch: see layers.BatchShard
     ) -> torch.Tensor:
         assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), (
             f"expected ws of shape (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}"
@@ -241,7 +254,7 @@ class SynthesisNetwork(nn.Module):
             if r > res:
                 break
             prev = x
-            x = getattr(self, f"b{r}")(x, ws[:, 2 * i : 2 * i + 2], noise_mode)
+            x = getattr(self, f"b{r}")(x, ws[:, 2 * i : 2 * i + 2], noise_mode, shard)
         assert x is not None
         img = getattr(self, f"b{res}").torgb(x)
         if fading:
@@ -296,22 +309,24 @@ class Generator(nn.Module):
         noise_mode: str = "random",
         update_w_avg: bool = False,
         mixing_prob: float = 0.0,
+        shard: BatchShard | None = None,  # this process's rows of a global batch (torchrun); None = all
     ) -> torch.Tensor:
         assert z.ndim == 2 and z.shape[1] == self.z_dim, f"expected z of shape (N, {self.z_dim}), got {tuple(z.shape)}"
         res = _check_resolution(resolution, self.img_resolution)
         ws = self.mapping(z, update_w_avg=update_w_avg)
         if mixing_prob > 0.0:
-            ws2 = self.mapping(torch.randn_like(z))
+            z2 = randn_rows(z.shape[0], z.shape[1], shard=shard, device=z.device, dtype=z.dtype)
+            ws2 = self.mapping(z2)
             ws = self.mix_styles(ws, ws2, res, mixing_prob)
         ws = self.mapping.truncate(ws, truncation_psi, truncation_cutoff)
-        return self.synthesis(ws, resolution=res, alpha=alpha, noise_mode=noise_mode)
+        return self.synthesis(ws, resolution=res, alpha=alpha, noise_mode=noise_mode, shard=shard)
 
 
 class DiscriminatorBlock(nn.Module):
     """One resolution of D: FromRGB (used when this is the input resolution) and two convs.
 
-    Above 4x4: conv 3x3, blur, conv 3x3, 2x2 average pool, lrelu. At 4x4: minibatch stddev,
-    conv 3x3, dense to C, dense to one logit.
+    Above 4x4: conv 3x3, blur, conv 3x3 + 2x2 average pool (fused into one stride-2 conv when
+    ``fused_scale``), lrelu. At 4x4: minibatch stddev, conv 3x3, dense to C, dense to one logit.
     """
 
     def __init__(
@@ -324,6 +339,7 @@ class DiscriminatorBlock(nn.Module):
         blur: bool = True,  # low-pass before downsampling
         mbstd_group_size: int = 4,  # minibatch stddev group (4x4 block only)
         mbstd_num_features: int = 1,
+        fused_scale: bool = False,  # downsample inside conv1 (one stride-2 conv)
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -344,7 +360,10 @@ class DiscriminatorBlock(nn.Module):
                 in_channels=in_channels, out_channels=in_channels, kernel_size=3, activation="lrelu"
             )
             self.blur = Blur() if blur else None
-            self.conv1 = EqualizedConv2d(in_channels=in_channels, out_channels=out_channels, kernel_size=3)
+            self.conv1 = EqualizedConv2d(
+                in_channels=in_channels, out_channels=out_channels, kernel_size=3, resample="down",
+                fused_scale=fused_scale,
+            )
             self.act = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -358,7 +377,7 @@ class DiscriminatorBlock(nn.Module):
         x = self.conv0(x)
         if self.blur is not None:
             x = self.blur(x)
-        return self.act(downsample2x(self.conv1(x)))
+        return self.act(self.conv1(x))
 
 
 class Discriminator(nn.Module):
@@ -380,6 +399,7 @@ class Discriminator(nn.Module):
                 blur=cfg.blur,
                 mbstd_group_size=cfg.mbstd_group_size,
                 mbstd_num_features=cfg.mbstd_num_features,
+                fused_scale=cfg.fused_at(res),
             )
             self.add_module(f"b{res}", block)
 

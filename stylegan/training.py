@@ -11,6 +11,13 @@ once per tick), random draws happen on the device, the next real batch is gather
 background (``data/prefetch.py``), and a compiled graph reads alpha from a device tensor.
 
 Trackers are reached only through callbacks; only rank 0 saves files or reports.
+
+Several processes (torchrun; ``stylegan.distributed``) train as one: each draws the whole
+global batch from the same seeded stream and computes its share of the rows (whole
+minibatch-stddev groups), gradients are averaged with one flattened all-reduce per network,
+and G's ``w_avg`` rides along in G's buffer. N processes therefore compute what one process
+computes with the same global batch (up to float summation order), and a checkpoint carries
+nothing that depends on the number of processes.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylegan import losses
+from stylegan import distributed, losses
 from stylegan.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -115,8 +122,21 @@ class Trainer:
         if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise ValueError(f"world_size={world_size} needs torch.distributed initialised before the Trainer")
         for s in self.stages:
-            if train_cfg.batch_size_at(s.resolution) % world_size:
-                raise ValueError(f"batch size at {s.resolution} must be divisible by world_size={world_size}")
+            B = train_cfg.batch_size_at(s.resolution)
+            if B % world_size:
+                raise ValueError(
+                    f"batch size {B} at {s.resolution}x{s.resolution} must be divisible by the number of "
+                    f"processes ({world_size}); change train.batch_size(s) or --nproc-per-node"
+                )
+            g = distributed.mbstd_group(B, model_cfg.mbstd_group_size)
+            if world_size > 1 and rank == 0 and not distributed.groups_preserved(B, world_size, g):
+                warnings.warn(
+                    f"batch size {B} at {s.resolution}x{s.resolution} over {world_size} processes leaves "
+                    f"{B // world_size} per process, not whole minibatch-stddev groups of {g}: D's groups "
+                    "shrink, so the run differs from a single-process one; use a batch that is a multiple "
+                    f"of {world_size * g}",
+                    stacklevel=2,
+                )
         self._check_data()
 
         # Fresh-run randomness; a resumed run overwrites all of it from the checkpoint.
@@ -160,9 +180,15 @@ class Trainer:
         self._tick: dict[str, Any] = {}
         self._r1_applied = False  # whether the last train_step computed the R1 / GP penalty
         self.resumed_from: Path | None = None
+        self._shards: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch -> this rank's rows (CPU, device)
         if self.rank == 0 and self.ckpt_dir.exists():
             remove_stale_temp_files(self.ckpt_dir)
         self._resume()
+        if world_size > 1:
+            # Every rank read the same checkpoint (or none); make sure, then start bitwise equal.
+            distributed.check_same_across_ranks([self.cur_nimg, self.step], "the images shown and step resumed from",
+                                                self.device)
+            distributed.broadcast_state([self.G, self.D, self.G_ema])
 
     # -- public ------------------------------------------------------------------------------
 
@@ -296,6 +322,10 @@ class Trainer:
             # Indices already drawn for a prefetched batch are not consumed yet: a resumed run
             # draws them again, so it neither skips nor repeats a batch.
             state["generator"] = self._pending_gen_state.clone()
+        if self.device.type == "cuda":
+            # The device this process trains on, whichever index it has (G's noise and mixing draw
+            # from it): every rank's runs the same stream, so any number of processes can resume it.
+            state["cuda_device"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def save(self) -> Path | None:
@@ -363,6 +393,8 @@ class Trainer:
         self.cur_resolution = int(state["cur_resolution"]) or None
         self._rewind_pending()
         restore_rng_state(state["rng"], self.gen)
+        if "cuda_device" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda_device"].cpu(), self.device)
         dev = state.get("rng_device")
         if dev is not None and dev["device"] == self.device.type:
             self.dev_gen.set_state(dev["state"].cpu())
@@ -432,14 +464,24 @@ class Trainer:
             self.opt_D = self._make_optimizer(self.D)
         self.cur_resolution = phase.resolution
 
-    def _rank_slice(self, n_global: int) -> slice:
-        """This rank's rows of a global batch of ``n_global`` drawn from the shared stream."""
-        b = n_global // self.world_size
-        return slice(self.rank * b, (self.rank + 1) * b)
+    def _rows(self, batch_size: int, on_device: bool = False) -> torch.Tensor:
+        """This rank's rows of a global batch (whole minibatch-stddev groups; all rows alone),
+        on the CPU or (cached, so no copy per step) on the training device."""
+        rows = self._shards.get(batch_size)
+        if rows is None:
+            cpu = distributed.shard_rows(batch_size, self.world_size, self.rank, self.model_cfg.mbstd_group_size)
+            rows = self._shards[batch_size] = (cpu, cpu.to(self.device))
+        return rows[1] if on_device else rows[0]
+
+    def _shard(self, batch_size: int) -> tuple[int, torch.Tensor] | None:
+        """What G needs to draw its random inputs (noise, mixing latents) for the global batch."""
+        if self.world_size == 1:
+            return None
+        return (batch_size, self._rows(batch_size, on_device=True))
 
     def _draw_indices(self, ds: PackedDataset, B: int) -> np.ndarray:
-        """The next global batch of B indices from the seeded host stream; this rank's slice."""
-        return torch.randint(len(ds), (B,), generator=self.gen)[self._rank_slice(B)].numpy()
+        """The next global batch of B indices from the seeded host stream; this rank's rows."""
+        return torch.randint(len(ds), (B,), generator=self.gen)[self._rows(B)].numpy()
 
     def _rewind_pending(self) -> None:
         """Drop a prefetched batch that will not be used; its indices go back to the stream."""
@@ -466,7 +508,7 @@ class Trainer:
         self._prefetcher.submit((nxt.resolution, nxt.batch_size, len(ds)), ds, idx)
 
     def _reals(self, phase: Phase) -> torch.Tensor:
-        """This rank's slice of the batch, in [-1, 1], flipped and faded like G's output."""
+        """This rank's rows of the batch, in [-1, 1], flipped and faded like G's output."""
         ds = self._dataset_for(phase.resolution)
         B = phase.batch_size
         key = (phase.resolution, B, len(ds))
@@ -477,7 +519,7 @@ class Trainer:
         self._pending_gen_state = None  # the drawn indices are consumed now
         x = x.float() / 127.5 - 1.0
         if self.train_cfg.mirror:
-            flip = torch.rand(B, generator=self.dev_gen, device=self.device)[self._rank_slice(B)] < 0.5
+            flip = torch.rand(B, generator=self.dev_gen, device=self.device)[self._rows(B, on_device=True)] < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         if phase.alpha < 1.0:
             # During a fade D must see reals blended the way G's output is (Progressive GAN).
@@ -489,15 +531,15 @@ class Trainer:
     def _latents(self, n: int) -> torch.Tensor:
         B = n * self.world_size
         z = torch.randn(B, self.model_cfg.z_dim, generator=self.dev_gen, device=self.device)
-        return z[self._rank_slice(B)]
+        return z[self._rows(B, on_device=True)]
 
     def _sync_grads(self, net: torch.nn.Module) -> None:
-        if self.world_size == 1:
-            return
-        for p in net.parameters():
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= self.world_size
+        """Average gradients over ranks: one flattened all-reduce per network (StyleGAN2-ADA's way;
+        DDP's backward hooks and R1's double backward mix poorly, pytorch issue 63812). Each rank's
+        loss is the mean over its rows, so the average is the mean over the global batch. G's
+        ``w_avg`` moved by this rank's mean w; averaging it gives the global batch's update."""
+        extra = [self.G.mapping.w_avg] if net is self.G else []
+        distributed.average_gradients(net.parameters(), self.world_size, extra=extra)
 
     def train_step(self, phase: Phase | None = None) -> dict[str, torch.Tensor]:
         """One D update and one G update at ``phase`` (default: the current one); no reporting or
@@ -515,7 +557,8 @@ class Trainer:
         if t.compile is not False:
             alpha_in = self._alpha.fill_(alpha)  # in place: no new host tensor, no recompile
         b = phase.batch_size // self.world_size
-        g_kwargs = {"resolution": res, "alpha": alpha_in, "mixing_prob": m.style_mixing_prob, "noise_mode": "random"}
+        g_kwargs = {"resolution": res, "alpha": alpha_in, "mixing_prob": m.style_mixing_prob, "noise_mode": "random",
+                    "shard": self._shard(phase.batch_size)}
 
         # --- D step ---
         reals = self._reals(phase)
@@ -544,14 +587,17 @@ class Trainer:
                 loss_D = loss_D + r1 * (t.r1_gamma * 0.5 * t.r1_interval)
         else:
             # WGAN-GP in fp32 (its penalty needs the plain D's double backward); the interpolation
-            # points come from the device generator, whose state the checkpoint carries.
+            # points come from the device generator, whose state the checkpoint carries, drawn for
+            # the global batch (this rank's rows kept).
+            B = phase.batch_size
+            gp_t = torch.rand(B, 1, 1, 1, device=self.device, dtype=reals.dtype, generator=self.dev_gen)
             loss_D, r1 = losses.wgan_gp_d_loss(
                 lambda x: self.D(x, resolution=res, alpha=alpha),
                 reals,
                 fakes.float(),
                 wgan_lambda=t.wgan_lambda,
                 wgan_epsilon=t.wgan_epsilon,
-                generator=self.dev_gen,
+                weights=gp_t[self._rows(B, on_device=True)],
             )
         self.opt_D.zero_grad(set_to_none=True)
         self.scaler_D.scale(loss_D).backward()
@@ -631,7 +677,9 @@ class Trainer:
         names = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
         out = {k: float(v) for k, v in sums.items() if k not in names}
         if names:
-            out.update(zip(names, torch.stack([sums[k].float() for k in names]).tolist(), strict=True))
+            # Each rank's losses are means over its rows: the mean over ranks is the global batch's.
+            stacked = distributed.all_reduce_mean(torch.stack([sums[k].float() for k in names]), self.world_size)
+            out.update(zip(names, stacked.tolist(), strict=True))
         return {"loss_G": 0.0, "loss_D": 0.0, "r1": 0.0, **out}
 
     def _emit_tick(self, phase: Phase) -> None:
@@ -661,7 +709,8 @@ class Trainer:
         if self.rank != 0:
             return
         t = self.train_cfg
-        with torch.random.fork_rng(devices=[]):  # sampling must not shift the training RNG
+        # Sampling must not shift the training RNG (rank 0 alone samples: the ranks' streams must agree).
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             imgs = generate(
                 self.G_ema,
                 seeds=t.grid_seeds,

@@ -24,7 +24,7 @@ from stylegan.config import ModelConfig, TrainConfig
 from stylegan.networks import Generator
 
 
-def tiny_model(**kw: int) -> ModelConfig:
+def tiny_model(**kw: int | bool) -> ModelConfig:
     base = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16, "max_resolution": 16}
     return ModelConfig(**{**base, **kw})
 
@@ -128,6 +128,7 @@ def test_params_hash_ignores_bookkeeping_only() -> None:
     assert params_hash(m, TrainConfig(tick_kimg=1, device="cpu", keep_checkpoints=9)) == base
     assert params_hash(m, TrainConfig(lr=0.01)) != base
     assert params_hash(tiny_model(mapping_layers=3), TrainConfig()) != base
+    assert params_hash(tiny_model(fused_scale=True), TrainConfig()) != base
 
 
 def test_export_is_trimmed_pickle_free_and_reproduces_g_ema(tmp_path: Path) -> None:
@@ -151,6 +152,29 @@ def test_export_is_trimmed_pickle_free_and_reproduces_g_ema(tmp_path: Path) -> N
             a = G(z, resolution=8, noise_mode="const", truncation_psi=0.7)
             b = G2(z, noise_mode="const", truncation_psi=0.7)
         assert torch.equal(a, b)
+
+
+def test_export_carries_fused_scale_and_exports_without_it_still_load(tmp_path: Path) -> None:
+    G = Generator(tiny_model(fused_scale=True)).eval()
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    export_generator(G, tmp_path / "e", resolution=16)
+    config = tmp_path / "e" / "generator.json"
+    info = json.loads(config.read_text())
+    assert info["model_config"]["fused_scale"] is True
+    z = torch.randn(3, 16)
+    with torch.no_grad():
+        expected = G(z, noise_mode="const")
+        G2 = load_generator(tmp_path / "e")
+        assert G2.synthesis.b16.conv0.fused_scale
+        assert torch.equal(G2(z, noise_mode="const"), expected)
+        # An export written before the key existed: "auto" (unfused below 128), same weights, same images.
+        del info["model_config"]["fused_scale"]
+        config.write_text(json.dumps(info))
+        G3 = load_generator(tmp_path / "e")
+        assert G3.cfg.fused_scale == "auto" and not G3.synthesis.b16.conv0.fused_scale
+        torch.testing.assert_close(G3(z, noise_mode="const"), expected)
 
 
 def test_export_bytes_are_identical_for_identical_weights(tmp_path: Path) -> None:

@@ -45,3 +45,15 @@ def test_paper_channel_widths() -> None:
     cfg = ModelConfig()
     assert [cfg.channels(r) for r in cfg.resolutions] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
     assert cfg.num_ws == 18
+
+
+def test_fused_scale_accepts_auto_true_false_only() -> None:
+    params: dict = {}
+    for raw, expected in (("auto", "auto"), ("true", True), ("false", False)):
+        set_override(params, f"model.fused_scale={raw}")  # as `dvc exp run -S` / `--set` spell it
+        assert section(params, "model").fused_scale == expected
+    assert ModelConfig().fused_at(64) is False and ModelConfig().fused_at(128) is True
+    assert ModelConfig(fused_scale=True).fused_at(8) and not ModelConfig(fused_scale=False).fused_at(1024)
+    for bad in ("yes", 1):
+        with pytest.raises(ConfigError, match=r"model\.fused_scale"):
+            from_dict(ModelConfig, {"fused_scale": bad}, "model")

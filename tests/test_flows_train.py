@@ -101,3 +101,55 @@ def test_run_key_tracks_params_data_and_training_code() -> None:
     assert run_key(model, TrainConfig(), "data1", code="code2") != key
     assert run_key(model, TrainConfig(), "data1") == run_key(model, TrainConfig(), "data1", code=code_fingerprint())
     assert "networks.py" in TRAINING_CODE and "training.py" in TRAINING_CODE
+
+
+def test_torchrun_stage_follows_rank_zero_events_into_the_callbacks(tmp_path: Path) -> None:
+    """The multi-process train stage: the launcher follows rank 0's event lines while it runs
+    (progress and trackers live in the flow's process) and fails when the processes fail."""
+    import sys
+
+    from flows.train import follow_process, torchrun_stage_command
+    from stylegan.config import TrainConfig
+
+    job = {"train_cfg": TrainConfig(nproc_per_node=4, threads=1), "params_file": tmp_path / "params.yaml",
+           "data_root": tmp_path / "data", "run_dir": tmp_path / "run"}
+    cmd = torchrun_stage_command(16, job, tmp_path / "run" / "events-16.jsonl")
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
+    assert cmd[5:8] == ["-m", "stylegan.cli", "train"] and cmd[cmd.index("--stage") + 1] == "16"
+    assert cmd[cmd.index("--events") + 1].endswith("events-16.jsonl") and "--threads" in cmd
+
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "grid.png")
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"event": "tick", "stats": {"kimg": 0.5}}\n')  # a previous attempt's: not replayed
+    # A stand-in for torchrun: rank 0's event lines arrive while it runs, the last just before it exits.
+    script = (
+        "import json, sys, time\n"
+        f"p = {str(events)!r}\n"
+        "def w(e):\n"
+        "    with open(p, 'a') as f: f.write(json.dumps(e) + '\\n')\n"
+        "w({'event': 'tick', 'stats': {'kimg': 1.0, 'loss_G': 0.5}}); time.sleep(0.3)\n"
+        f"w({{'event': 'snapshot', 'resolution': 16, 'kimg': 1.0, 'path': {str(tmp_path / 'grid.png')!r}}})\n"
+        "w({'event': 'stage_end', 'resolution': 16, 'kimg': 2.0, 'checkpoint': 'c.pt', 'seconds': 3.0})\n"
+        "sys.exit(int(sys.argv[1]))\n"
+    )
+
+    class Rec:
+        def __init__(self) -> None:
+            self.got: list[tuple] = []
+
+        def on_tick(self, stats: dict) -> None:
+            self.got.append(("tick", stats["kimg"]))
+
+        def on_snapshot(self, resolution: int, kimg: float, grid: Image.Image, path: Path) -> None:
+            self.got.append(("snapshot", resolution, grid.size))
+
+        def on_stage_end(self, result: object) -> None:
+            self.got.append(("end", result.resolution, result.seconds))
+
+    rec = Rec()
+    follow_process([sys.executable, "-c", script, "0"], events, [rec], poll_seconds=0.05)
+    assert rec.got == [("tick", 1.0), ("snapshot", 16, (8, 8)), ("end", 16, 3.0)]
+    with pytest.raises(RuntimeError, match="exit status 3"):
+        follow_process([sys.executable, "-c", script, "3"], events, [Rec()], poll_seconds=0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -243,6 +244,63 @@ def test_paper_parameter_counts() -> None:
     n_d = _nparams(Discriminator(cfg))
     assert n_d == 23_087_249  # the official StyleGAN 1024 discriminator
     print(f"paper G trainable parameters: {n_g:,}; D: {n_d:,}")
+    # The default fuses the resampling at 128 and above: the same parameters either way.
+    assert G_fused_at(cfg) == [128, 256, 512, 1024]
+    unfused = replace(cfg, fused_scale=False, max_resolution=256)
+    fused = replace(cfg, fused_scale=True, max_resolution=256)
+    shapes = {k: v.shape for k, v in Generator(unfused).state_dict().items()}
+    assert {k: v.shape for k, v in Generator(fused).state_dict().items()} == shapes
+
+
+def G_fused_at(cfg: ModelConfig) -> list[int]:
+    """Resolutions whose G block upsamples inside its conv and whose D block downsamples inside its conv."""
+    g, d = Generator(replace(cfg, max_resolution=min(cfg.max_resolution, 256))), Discriminator(cfg)
+    fused_g = [r for r in g.synthesis.resolutions if r > 4 and getattr(g.synthesis, f"b{r}").conv0.fused_scale]
+    fused_d = [r for r in d.resolutions if r > 4 and getattr(d, f"b{r}").conv1.fused_scale]
+    assert fused_g == [r for r in fused_d if r <= 256]
+    return fused_d
+
+
+@pytest.mark.parametrize("blur", [True, False])
+def test_fused_scale_gives_the_unfused_outputs_for_the_same_weights(blur: bool) -> None:
+    base = replace(TINY, blur=blur, max_resolution=32)
+    plain, fused = replace(base, fused_scale=False), replace(base, fused_scale=True)
+    G0, D0 = Generator(plain).double(), Discriminator(plain).double()
+    G1, D1 = Generator(fused).double(), Discriminator(fused).double()
+    with torch.no_grad():  # non-zero noise strengths and biases, so every term of the block counts
+        for name, p in G0.named_parameters():
+            if "noise" in name or "bias" in name:
+                p.normal_(0, 0.5)
+        for name, p in D0.named_parameters():
+            if "bias" in name:
+                p.normal_(0, 0.5)
+    G1.load_state_dict(G0.state_dict())  # strict: the same keys and shapes
+    D1.load_state_dict(D0.state_dict())
+    assert G1.synthesis.b8.conv0.fused_scale and not G0.synthesis.b8.conv0.fused_scale
+    assert D1.b8.conv1.fused_scale and not D0.b8.conv1.fused_scale
+    z = torch.randn(3, 16, dtype=torch.float64)
+    for res, alpha in ((8, 1.0), (16, 0.3), (32, 1.0)):
+        img0 = G0(z, resolution=res, alpha=alpha, noise_mode="const")
+        img1 = G1(z, resolution=res, alpha=alpha, noise_mode="const")
+        torch.testing.assert_close(img1, img0, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(D1(img0, resolution=res, alpha=alpha), D0(img0, resolution=res, alpha=alpha),
+                                   rtol=1e-9, atol=1e-9)
+    # Gradients agree too (what training sees).
+    for G in (G0, G1):
+        G.zero_grad()
+        G(z, resolution=32, noise_mode="const").square().sum().backward()
+    g0 = {k: p.grad for k, p in G0.named_parameters() if p.grad is not None}
+    g1 = {k: p.grad for k, p in G1.named_parameters() if p.grad is not None}
+    assert g0.keys() == g1.keys() and "synthesis.b32.conv0.weight" in g0
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-8, atol=1e-9)
+
+
+def test_fused_scale_auto_follows_the_official_128_threshold() -> None:
+    small = replace(TINY, fmap_base=64, fmap_max=8, max_resolution=256)
+    assert G_fused_at(small) == [128, 256]
+    assert G_fused_at(replace(small, fused_scale=True)) == [8, 16, 32, 64, 128, 256]
+    assert G_fused_at(replace(small, fused_scale=False)) == []
 
 
 def test_mapping_network_uses_its_lr_multiplier() -> None:

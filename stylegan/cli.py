@@ -86,8 +86,8 @@ def _launch_torchrun(args: argparse.Namespace, nproc: int, model_cfg: ModelConfi
     """Check what can be checked here, then run torchrun with this same command line (less the
     process count) in the foreground; its workers are the branch of ``_train`` below."""
     from stylegan import distributed
+    from stylegan.device import resolve_device
     from stylegan.schedule import stages
-    from stylegan.training import resolve_device
 
     for st in stages(train_cfg, model_cfg):
         batch = train_cfg.batch_size_at(st.resolution)
@@ -114,7 +114,8 @@ def _launch_torchrun(args: argparse.Namespace, nproc: int, model_cfg: ModelConfi
 def _train(args: argparse.Namespace) -> int:
     from stylegan import distributed
     from stylegan.config import load_params, section, set_override
-    from stylegan.training import Trainer, resolve_device
+    from stylegan.device import resolve_device
+    from stylegan.training import Trainer
 
     _check_dir_arg(args.run_dir, "--run-dir")
     if args.export:

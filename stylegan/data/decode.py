@@ -416,6 +416,8 @@ class _SvgFetcher:
         try:
             with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as im:
                 w, h = im.size
+        except Image.DecompressionBombError as exc:  # refused by Pillow's own header check
+            raise Rejected("decompression_bomb", f"SVG embeds an image that is too large: {exc}") from exc
         except Exception as exc:
             raise Rejected("corrupt", f"SVG embeds what is not an accepted raster: {type(exc).__name__}") from exc
         self.pixels -= w * h

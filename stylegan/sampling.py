@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylegan.checkpoint import atomic_write
+from stylegan.io import atomic_write
 
 StyleRange = str | tuple[int, int] | range
 

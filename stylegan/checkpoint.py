@@ -275,12 +275,69 @@ def read_generator_info(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return weights, info
 
 
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its JSON header
+_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+
+
+def _check_weights_fit(weights: Path, cfg: ModelConfig) -> None:
+    """Compare the safetensors header (names, dtypes, shapes, offsets, file size) with the network
+    ``cfg`` describes, built on the meta device (no memory), before anything real is allocated.
+
+    A generator.json edited to ask for a bigger network than its weights (or weights that claim
+    more bytes than the file holds) fails here with a clear error instead of exhausting memory.
+    """
+    size = weights.stat().st_size
+    with weights.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{weights} is corrupt or not safetensors (bad header length); re-export it")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{weights} has a corrupt safetensors header ({exc}); re-export it") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{weights} has a corrupt safetensors header; re-export the generator")
+    header.pop("__metadata__", None)
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in _generator_class()(cfg).state_dict().items()}
+    if set(header) != set(wanted):
+        extra, missing = sorted(set(header) - set(wanted)), sorted(set(wanted) - set(header))
+        raise CheckpointError(
+            f"{weights} does not match its {CONFIG_NAME}: {len(missing)} tensors missing {missing[:3]}, "
+            f"{len(extra)} unexpected {extra[:3]}; re-export the generator (never edit {CONFIG_NAME} by hand)")
+    end = 0
+    for k, shape in wanted.items():
+        entry = header[k]
+        got = tuple(entry.get("shape", ())) if isinstance(entry, dict) else None
+        if got != shape:
+            raise CheckpointError(f"{weights}: {k} has shape {got}, its {CONFIG_NAME} needs {shape}; re-export the "
+                                  f"generator (never edit {CONFIG_NAME} by hand)")
+        width = _DTYPE_BYTES.get(entry.get("dtype"))
+        lo, hi = (entry.get("data_offsets") or [0, -1])[:2]
+        if width is None or hi - lo != width * int(np.prod(shape, dtype=np.int64)):
+            raise CheckpointError(f"{weights}: {k} has dtype {entry.get('dtype')} and offsets {lo}..{hi}, which do "
+                                  f"not hold shape {shape}; re-export the generator")
+        end = max(end, hi)
+    if 8 + n + end != size:
+        raise CheckpointError(f"{weights} is {size} bytes but its header describes {8 + n + end}; it is truncated "
+                              "or corrupt: re-export the generator")
+
+
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load an exported generator (folder or .safetensors) in eval mode, no grads, no pickle."""
+    """Load an exported generator (folder or .safetensors) in eval mode, no grads, no pickle.
+
+    The config is validated (``stylegan.config.MODEL_LIMITS``) and the weights' header checked
+    against it before the network is built, so a tampered generator.json cannot exhaust memory.
+    """
     from safetensors.torch import load_file
 
     weights, info = read_generator_info(path)
-    cfg = from_dict(ModelConfig, info["model_config"], "model")
+    try:
+        cfg = from_dict(ModelConfig, info.get("model_config"), "model")
+    except ValueError as exc:
+        raise CheckpointError(f"{weights.with_name(CONFIG_NAME)} has an invalid model_config: {exc}") from exc
+    _check_weights_fit(weights, cfg)
     try:
         tensors = load_file(str(weights), device="cpu")
     except Exception as exc:

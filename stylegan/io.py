@@ -60,9 +60,11 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # "[Errno 28] No space left on device: '<the file>'", not a bare errno
         raise
     fsync_dir(path.parent)
     return path

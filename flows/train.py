@@ -12,6 +12,7 @@ resuming a foreign one, and going back to earlier params finds their checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -295,7 +296,9 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
         for st in plan:
             results.append(train_stage(st.resolution, job))
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        # Best effort: when the store itself is down this fails too, and must not hide the reason.
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, status="FAILED")
         raise
     finally:
         progress.close()

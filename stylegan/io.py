@@ -41,6 +41,25 @@ def fsync_dir(folder: str | Path) -> None:
             os.close(fd)
 
 
+class _Writes:
+    """A file that remembers the OSError of a failed write: serialisers such as torch.save turn it
+    into an opaque RuntimeError ("unexpected pos"), and a full disk must read as ENOSPC."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
     """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, then rename.
 
@@ -56,7 +75,13 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
         # tracker, a server or a teammate can read checkpoints, exports and images.
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            out = _Writes(f)
+            try:
+                write(out)
+            except Exception as exc:
+                if out.error is not None and out.error is not exc:
+                    raise out.error from exc
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

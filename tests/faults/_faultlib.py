@@ -37,15 +37,25 @@ def context() -> Any:
     return _CTX
 
 
-def run_child(target: Callable[..., Any], *args: Any, timeout: float = 120.0) -> int:
-    """Run ``target(*args)`` in a forked child; its exit code (-9 when it killed itself)."""
+def _with_stderr(path: str, target: Callable[..., Any], *args: Any) -> None:
+    # Forkserver children write to the forkserver's stderr, not the test's: send it to a file.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    target(*args)
+
+
+def run_child(target: Callable[..., Any], *args: Any, timeout: float = 120.0, stderr: Path | None = None) -> int:
+    """Run ``target(*args)`` in a forked child; its exit code (-9 when it killed itself).
+    With ``stderr``, the child's standard error is appended to that file."""
+    if stderr is not None:
+        target, args = _with_stderr, (str(stderr), target, *args)
     p = context().Process(target=target, args=args)
     p.start()
     p.join(timeout)
     if p.is_alive():
         p.kill()
         p.join()
-        raise TimeoutError(f"child {target.__name__} ran over {timeout} s")
+        raise TimeoutError(f"child {getattr(target, '__name__', target)} ran over {timeout} s")
     return int(p.exitcode)
 
 
@@ -190,6 +200,57 @@ def sample_child(export_dir: str, seeds: list[int], out_dir: str, kills: list[Ki
     for kind, count, match in kills:
         arm(kind, count, match, log)
     _write_samples(G, seeds, 0.7, "const", Path(out_dir))
+
+
+def disk_child(argv: list[str], under: str, budget: int) -> None:
+    """``pokegan ARGV`` with every file under ``under`` limited to ``budget`` bytes (then ENOSPC)."""
+    from stylegan.cli import main
+
+    with full_disk(Path(under), budget):
+        code = main(argv)
+    sys.exit(code)
+
+
+class _LockStore:
+    """Trainer callback that locks the SQLite tracking store at its ``at``-th tick (the store goes
+    down mid-run): another connection holds an exclusive lock, so MLflow's writes time out."""
+
+    def __init__(self, db: str, at: int) -> None:
+        self.db, self.at, self.ticks, self.conn = db, at, 0, None
+
+    def on_tick(self, stats: dict[str, Any]) -> None:
+        import sqlite3
+
+        self.ticks += 1
+        if self.ticks == self.at:
+            self.conn = sqlite3.connect(self.db, isolation_level=None)
+            self.conn.execute("BEGIN EXCLUSIVE")
+
+
+def tracked_train_child(params: str, data: str, run_dir: str, export: str, uri: str, run_id: str,
+                        lock_at_tick: int) -> None:
+    """What the train flow's stage task runs: the Trainer with the MLflow callback (and an export).
+    Exit 3 with the callback's one-line message when the store goes down."""
+    from flows import tracking
+    from stylegan.config import load_params, section
+    from stylegan.training import Trainer
+
+    import torch
+
+    torch.set_num_threads(1)  # as `pokegan train --threads 1`, so the weights can be compared bit for bit
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    cfg = load_params(params)
+    client = tracking.setup(Path(run_dir).parent)
+    callbacks: list[Any] = [tracking.MlflowTrainingCallback(client, run_id)]
+    if lock_at_tick:
+        callbacks.insert(0, _LockStore(uri.removeprefix("sqlite:///"), lock_at_tick))
+    trainer = Trainer(section(cfg, "model"), section(cfg, "train"), data, run_dir, device="cpu", callbacks=callbacks)
+    try:
+        trainer.run()
+    except tracking.TrackingUnavailable as exc:
+        print(f"train: error: {exc}", file=sys.stderr, flush=True)
+        os._exit(3)
+    trainer.export(export)
 
 
 # ----------------------------------------------------------------------------- full disk

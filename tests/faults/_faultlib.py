@@ -231,11 +231,11 @@ def tracked_train_child(params: str, data: str, run_dir: str, export: str, uri: 
                         lock_at_tick: int) -> None:
     """What the train flow's stage task runs: the Trainer with the MLflow callback (and an export).
     Exit 3 with the callback's one-line message when the store goes down."""
+    import torch
+
     from flows import tracking
     from stylegan.config import load_params, section
     from stylegan.training import Trainer
-
-    import torch
 
     torch.set_num_threads(1)  # as `pokegan train --threads 1`, so the weights can be compared bit for bit
     os.environ["MLFLOW_TRACKING_URI"] = uri

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,6 @@ def test_sample_writer_never_deletes_a_folder_it_did_not_create(G: torch.nn.Modu
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("prefect")
     from flows.sample import _write_samples
-    from stylegan.io import OutputDirError
 
     project = tmp_path / "project"
     (project / "data" / "raw").mkdir(parents=True)
@@ -59,7 +59,7 @@ def test_sample_writer_never_deletes_a_folder_it_did_not_create(G: torch.nn.Modu
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(project)
     for target in (project / "data", Path("."), Path("~").expanduser(), Path("~")):
-        with pytest.raises(OutputDirError, match="never replaced"):
+        with pytest.raises(ValueError, match="never replaced"):  # stylegan.io.OutputDirError
             _write_samples(G, [0, 1], 0.7, "const", target)
     assert (project / "data" / "raw" / "sprites.tgz").read_bytes() == b"precious"
     assert (home / ".bashrc").read_text() == "mine" and (project / "params.yaml").exists()
@@ -171,6 +171,29 @@ def test_tampered_generator_json_fails_before_the_network_is_built(G: torch.nn.M
 
 
 # ----------------------------------------------------------------------------- 8 and 9: export and registration
+
+
+def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append("dir" if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_write_json_fsyncs_the_file_and_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.common import write_json
+
+    calls = _fsyncs(monkeypatch)
+    write_json(tmp_path / "a.json", {"b": 1})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"b": 1}
+    assert "file" in calls and "dir" in calls, calls  # the data and the rename both reach the disk
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
 
 
 @pytest.mark.pipeline

@@ -11,28 +11,6 @@ import pytest
 from stylegan.io import OUTPUT_MARKER, OutputDirError, atomic_write_json, check_replaceable, recover_dir, replace_dir
 
 
-def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        calls.append("dir" if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")) else "file")
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return calls
-
-
-def test_write_json_fsyncs_the_file_and_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.common import write_json
-
-    calls = _fsyncs(monkeypatch)
-    write_json(tmp_path / "a.json", {"b": 1})
-    assert json.loads((tmp_path / "a.json").read_text()) == {"b": 1}
-    assert "file" in calls and "dir" in calls, calls  # the data and the rename both reach the disk
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
-
-
 def test_atomic_write_keeps_the_old_file_on_a_failed_write(tmp_path: Path) -> None:
     from stylegan.io import atomic_write
 

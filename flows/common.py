@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from stylegan.config import load_params, set_override
+from stylegan.io import atomic_write_json
 
 # Fixed locations of the pipeline's outputs (dvc.yaml names the same paths), relative to the root.
 RUNS_DIR = "runs/train"  # one folder of checkpoints per (params, data) key; persisted across re-runs
@@ -34,19 +33,9 @@ def resolve(root: str | Path, path: str | Path) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (temp file + rename), so a killed run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write JSON atomically (temp file + fsync + rename + folder fsync): a killed run leaves the
+    old file or the new one, never half a file, and a power cut cannot lose the rename."""
+    return atomic_write_json(path, data)
 
 
 def read_json(path: str | Path, what: str, hint: str) -> Any:

@@ -33,6 +33,43 @@ from flows.common import (
 from stylegan.config import EvaluateConfig, section
 
 
+class ExportMismatchError(RuntimeError):
+    """models/generator, models/registered.json and the registered version do not hold the same weights."""
+
+
+def check_export_matches(export_dir: str | Path, registered: dict[str, Any], client: Any | None = None) -> str:
+    """The export's sha256, after checking it is the generator ``registered`` names (and, with a
+    client, the one the registered version was tagged with); ``ExportMismatchError`` otherwise.
+
+    Evaluate measures ``models/generator`` but promotes ``registered["version"]``: a training
+    killed between its export and its registration leaves the two out of step, and promoting
+    would move the champion alias to weights nobody measured.
+    """
+    import hashlib
+
+    from stylegan.checkpoint import WEIGHTS_NAME
+
+    fix = ("re-run the train stage (`dvc repro train` or `python -m flows.train`): it registers the export, "
+           "or re-uses the version that already holds these weights")
+    weights = Path(export_dir) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ExportMismatchError(f"no exported generator at {weights}; {fix}")
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    want = registered.get("generator_sha256")
+    name, version = registered.get("name"), registered.get("version")
+    if want != sha:
+        raise ExportMismatchError(
+            f"{weights} (sha256 {sha[:12]}) is not the generator models/registered.json names ({name} v{version}, "
+            f"sha256 {str(want)[:12]}): training stopped between export and registration; {fix}")
+    if client is not None:
+        tag = client.get_model_version(name, str(version)).tags.get("generator.sha256")
+        if tag is not None and tag != sha:
+            raise ExportMismatchError(
+                f"registry version {name} v{version} holds other weights (sha256 {tag[:12]}) than {weights} "
+                f"(sha256 {sha[:12]}); {fix}")
+    return sha
+
+
 @task(name="compute-metrics", cache_policy=NO_CACHE)
 def compute_metrics(
     export_dir: str, data_root: str, cfg: EvaluateConfig, out_dir: str, reports_dir: str
@@ -104,6 +141,8 @@ def evaluate_flow(
         raise ValueError(f"the candidate was registered as {registered.get('name')!r} but registry.name is "
                          f"{reg.name!r}; re-run the train stage")
 
+    # Before any metric: never measure one generator and promote another.
+    check_export_matches(export_dir, registered, tracking.setup(root_p))
     metrics = compute_metrics(str(export_dir), str(resolve(root_p, data_cfg.out_dir)), cfg, str(metrics_dir),
                               str(reports_dir))
     decision = log_and_promote(str(root_p), registered, metrics, cfg, reg, str(reports_dir))
@@ -123,7 +162,11 @@ def evaluate_flow(
 
 def main(argv: list[str] | None = None) -> int:
     args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    evaluate_flow(params_path=args.params, overrides=args.overrides, root=args.root)
+    try:
+        evaluate_flow(params_path=args.params, overrides=args.overrides, root=args.root)
+    except ExportMismatchError as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

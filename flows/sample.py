@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import tracking
 from flows.common import base_parser, load_run_params, resolve, write_json
 from stylegan.config import section
+from stylegan.io import OutputDirError
 
 
 def load_registered_generator(uri: str, device: str = "cpu", root: str | Path = ".") -> Any:
@@ -47,32 +47,40 @@ def load_registered_generator(uri: str, device: str = "cpu", root: str | Path = 
     return G
 
 
-def _write_samples(G: Any, seeds: list[int], psi: float, noise_mode: str, out_dir: Path) -> dict[str, Any]:
-    """PNGs ``seed<NNNN>.png`` + ``grid.png``, swapped into ``out_dir`` only once all are written."""
-    from stylegan.sampling import generate, image_grid, save_images
+CHUNK = 64  # images generated and written at a time: memory does not grow with the seed count
 
-    images = generate(G, seeds=seeds, truncation_psi=psi, noise_mode=noise_mode)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        save_images(images, tmp, [f"seed{s:04d}" for s in seeds])
-        cols = max(1, math.ceil(math.sqrt(len(seeds))))
-        image_grid(images, cols).save(tmp / "grid.png")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"count": len(seeds), "grid": str(out_dir / "grid.png"), "resolution": int(images.shape[1])}
+
+def _write_samples(G: Any, seeds: list[int], psi: float, noise_mode: str, out_dir: Path,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """PNGs ``seed<NNNN>.png``, ``grid.png`` and ``sample.json``, written into a temp sibling of
+    ``out_dir`` and swapped in only once complete (``stylegan.io.replace_dir``: ``out_dir`` must be
+    missing, empty or an earlier sample output; anything else is refused and left alone)."""
+    from stylegan.io import replace_dir
+    from stylegan.sampling import GRID_MAX, image_grid, iter_generate, save_images
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        shown: list[Any] = []
+        res = 0
+        for part, images in iter_generate(G, seeds, CHUNK, truncation_psi=psi, noise_mode=noise_mode):
+            save_images(images, tmp, [f"seed{s:04d}" for s in part])
+            shown.extend(images[: max(0, GRID_MAX - len(shown))])
+            res = int(images.shape[1])
+        cols = max(1, math.ceil(math.sqrt(len(shown))))
+        image_grid(shown, cols).save(tmp / "grid.png")
+        info = {"count": len(seeds), "grid": str(out_dir / "grid.png"), "grid_count": len(shown), "resolution": res,
+                **(extra or {})}
+        write_json(tmp / "sample.json", info)
+        return info
+
+    return replace_dir(out_dir, fill, what="sample.out_dir")
 
 
 @task(name="sample-images", cache_policy=NO_CACHE)
 def sample_task(uri: str, seeds: list[int], psi: float, noise_mode: str, out_dir: str, root: str) -> dict[str, Any]:
     logger = get_run_logger()
     G = load_registered_generator(uri, root=root)
-    info = _write_samples(G, seeds, psi, noise_mode, Path(out_dir))
-    info.update(model_uri=uri, version=G.registry_version, truncation_psi=psi, noise_mode=noise_mode)
+    extra = {"model_uri": uri, "version": G.registry_version, "truncation_psi": psi, "noise_mode": noise_mode}
+    info = _write_samples(G, seeds, psi, noise_mode, Path(out_dir), extra)
     logger.info("wrote %d images (%dx%d) from %s (v%s) to %s", info["count"], info["resolution"],
                 info["resolution"], uri, info["version"], out_dir)
     return info
@@ -82,6 +90,7 @@ def sample_task(uri: str, seeds: list[int], psi: float, noise_mode: str, out_dir
 def sample_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
                 model_uri: str | None = None) -> dict[str, Any]:
     """Pull the champion (or ``model_uri``) from the registry and write images + a grid."""
+    from stylegan.io import check_replaceable
     from stylegan.sampling import parse_seeds
 
     root_p = Path(root).resolve()
@@ -90,9 +99,8 @@ def sample_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
     reg = section(params, "registry")
     uri = model_uri or f"models:/{reg.name}@{reg.champion_alias}"
     out_dir = resolve(root_p, cfg.out_dir)
-    info = sample_task(uri, parse_seeds(cfg.seeds), cfg.truncation_psi, cfg.noise_mode, str(out_dir), str(root_p))
-    write_json(out_dir / "sample.json", info)
-    return info
+    check_replaceable(out_dir, "sample.out_dir")  # before the model is pulled: a refused folder costs nothing
+    return sample_task(uri, parse_seeds(cfg.seeds), cfg.truncation_psi, cfg.noise_mode, str(out_dir), str(root_p))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sample_flow(params_path=args.params, overrides=args.overrides, root=args.root, model_uri=args.model)
-    except tracking.RegistryError as exc:
+    except (tracking.RegistryError, OutputDirError) as exc:
         print(f"sample: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -157,6 +157,10 @@ def source_tags(root: str | Path, data_dir: str = "data/prepared") -> dict[str, 
 # ----------------------------------------------------------------------------- training callback
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking store stopped answering during training (the message says how to resume)."""
+
+
 class MlflowTrainingCallback:
     """Trainer callback (``on_tick``/``on_snapshot``/``on_stage_end``) logging to one MLflow run.
 
@@ -171,7 +175,26 @@ class MlflowTrainingCallback:
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
-        self.logged_step = max((m.step for m in client.get_metric_history(run_id, "kimg")), default=-1)
+        history = self._store(client.get_metric_history, run_id, "kimg", at=None)
+        self.logged_step = max((m.step for m in history), default=-1)
+
+    def _store(self, fn: Any, *args: Any, at: float | None) -> Any:
+        """Call the store; when it is down, stop training with one clear line (README, "Faults").
+
+        Training does not go on without its tracker: the trainer stops, its checkpoints stay, and
+        the same command resumes from the newest one once the store answers again, logging the
+        remaining metrics (steps already logged are skipped, so none appears twice).
+        """
+        try:
+            return fn(*args)
+        except Exception as exc:  # MlflowException, sqlite "database is locked", a refused connection
+            where = f" at kimg {at:.3f}" if at is not None else ""
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise TrackingUnavailable(
+                f"the MLflow tracking store {self.client.tracking_uri} did not answer{where} ({first}); training "
+                "stopped and keeps its checkpoints: bring the store back (or free the locked database) and re-run "
+                "the same command, it resumes from the newest checkpoint and logs the remaining metrics"
+            ) from exc
 
     def on_tick(self, stats: Mapping[str, Any]) -> None:
         import time
@@ -187,17 +210,19 @@ class MlflowTrainingCallback:
             if key in stats and isinstance(stats[key], int | float) and not isinstance(stats[key], bool)
         ]
         if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
+            self._store(lambda: self.client.log_batch(self.run_id, metrics=metrics), at=float(stats["kimg"]))
 
     def on_snapshot(self, resolution: int, kimg: float, grid: Any, path: Path | None = None) -> None:
         # Every snapshot (including the one at each stage end) from the fixed train.grid_seeds.
         name = f"grids/snapshots/{resolution:04d}x{resolution:04d}-kimg{kimg:09.3f}.png"
-        self.client.log_image(self.run_id, grid, name)
+        self._store(self.client.log_image, self.run_id, grid, name, at=kimg)
 
     def on_stage_end(self, result: Any) -> None:
         step = round(float(result.kimg) * 1000)
-        self.client.log_metric(self.run_id, "stage_seconds", float(result.seconds), step=step)
-        self.client.set_tag(self.run_id, f"stage.{result.resolution}.checkpoint", str(result.checkpoint))
+        self._store(lambda: self.client.log_metric(self.run_id, "stage_seconds", float(result.seconds), step=step),
+                    at=float(result.kimg))
+        self._store(self.client.set_tag, self.run_id, f"stage.{result.resolution}.checkpoint", str(result.checkpoint),
+                    at=float(result.kimg))
 
 
 # ----------------------------------------------------------------------------- model logging

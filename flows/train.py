@@ -17,6 +17,7 @@ callbacks (tick CSV, MLflow, progress bar and artifact) as in a single process.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -236,38 +237,57 @@ def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
 @task(name="export-and-register", cache_policy=NO_CACHE)
 def export_and_register(job: dict[str, Any], final_resolution: int) -> dict[str, Any]:
     """Export G_ema pickle-free, log it as an MLflow model, register it with the candidate alias."""
+    return publish(job, final_resolution, get_run_logger().info)
+
+
+def export_generator_dir(trainer: Any, out: Path, metadata: dict[str, Any]) -> str:
+    """Export ``trainer``'s G_ema into ``out`` (a swap: never deleted first); returns the weights' sha256.
+
+    ``out`` must be missing, empty or an earlier export (``stylegan.io.replace_dir``).
+    """
+    from stylegan.checkpoint import WEIGHTS_NAME
+    from stylegan.io import replace_dir
+
+    replace_dir(out, lambda tmp: trainer.export(tmp, metadata=metadata), what=f"generator export {out}")
+    return hashlib.sha256((out / WEIGHTS_NAME).read_bytes()).hexdigest()
+
+
+def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dict[str, Any]:
+    """Export, register and write ``models/registered.json``, in an order a kill at any point survives.
+
+    The export is swapped in whole; the registry is searched by the weights' sha256 first, so a
+    re-run after a kill re-uses the version it registered (and just moves the alias) instead of
+    registering the same weights twice; ``registered.json`` is written last, atomically, and the
+    evaluate flow refuses to promote when it and the export disagree (``check_export_matches``).
+    """
     from stylegan.training import Trainer
 
-    logger = get_run_logger()
     trainer = Trainer(job["model_cfg"], job["train_cfg"], job["data_root"], job["run_dir"], device="cpu")
     out = job["export_dir"]
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     # The highest fully trained stage; metadata ties the file back to its MLflow run.
-    trainer.export(tmp, metadata={"mlflow_run_id": job["mlflow_run_id"], "run_key": job["key"]})
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    sha = hashlib.sha256((out / "generator.safetensors").read_bytes()).hexdigest()
+    sha = export_generator_dir(trainer, out, {"mlflow_run_id": job["mlflow_run_id"], "run_key": job["key"]})
 
     client: tracking.MlflowClient = job["client"]
     reg = job["registry"]
     existing = _version_with_sha(client, reg.name, sha)
     if existing is not None:
-        # Same weights as an already registered version (e.g. a forced re-run): reuse it.
+        # Same weights as an already registered version (a forced re-run, or one killed before
+        # its alias was set): reuse it.
         version, model_uri = existing.version, existing.source
         client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
-        logger.info("generator unchanged; %s v%s is %s again", reg.name, version, reg.candidate_alias)
+        log(f"generator unchanged; {reg.name} v{version} is {reg.candidate_alias} again")
     else:
         info = tracking.log_generator_model(job["mlflow_run_id"], out)
         model_uri = info.model_uri
         version = tracking.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
                                     tags={"generator.sha256": sha, "resolution": str(final_resolution),
                                           "kimg": f"{trainer.kimg:.3f}", "run_key": job["key"]})
-        logger.info("registered %s v%s (%s) from run %s", reg.name, version, reg.candidate_alias, job["mlflow_run_id"])
-    return {"name": reg.name, "version": str(version), "alias": reg.candidate_alias, "model_uri": model_uri,
-            "run_id": job["mlflow_run_id"], "generator_sha256": sha, "resolution": final_resolution,
-            "kimg": float(trainer.kimg), "tracking_uri": client.tracking_uri}
+        log(f"registered {reg.name} v{version} ({reg.candidate_alias}) from run {job['mlflow_run_id']}")
+    registered = {"name": reg.name, "version": str(version), "alias": reg.candidate_alias, "model_uri": model_uri,
+                  "run_id": job["mlflow_run_id"], "generator_sha256": sha, "resolution": final_resolution,
+                  "kimg": float(trainer.kimg), "tracking_uri": client.tracking_uri}
+    write_json(job["registered_path"], registered)
+    return registered
 
 
 def _version_with_sha(client: Any, name: str, sha: str) -> Any | None:
@@ -354,13 +374,15 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     job = {"model_cfg": model_cfg, "train_cfg": train_cfg, "data_root": data_root, "run_dir": run_dir, "root": root_p,
            "key": key, "progress": progress, "callbacks": [tracking.MlflowTrainingCallback(client, run_id)],
            "client": client, "mlflow_run_id": run_id, "registry": reg, "export_dir": export_dir,
-           "params_file": params_file}
+           "params_file": params_file, "registered_path": root_p / REGISTERED}
     results = []
     try:
         for st in plan:
             results.append(train_stage(st.resolution, job))
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        # Best effort: when the store itself is down this fails too, and must not hide the reason.
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, status="FAILED")
         raise
     finally:
         progress.close()
@@ -377,7 +399,6 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
                "stages": {str(r["resolution"]): {k: r[k] for k in ("start_kimg", "kimg", "seconds", "skipped")}
                           for r in results}}
     write_json(metrics_dir / "train.json", summary)
-    write_json(root_p / REGISTERED, registered)
     client.set_terminated(run_id, status="FINISHED")
     rows = "\n".join(f"| {r['resolution']} | {'skipped' if r['skipped'] else 'trained'} | {r['kimg']:.1f} | "
                      f"{r['seconds']:.1f} |" for r in results)

@@ -13,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,13 +22,14 @@ import numpy as np
 import torch
 
 from stylegan.config import ModelConfig, TrainConfig, from_dict, to_dict
+from stylegan.io import atomic_write, remove_stale_temp_files
+
+__all__ = ["atomic_write", "remove_stale_temp_files"]  # re-exported: callers import them from here
 
 CHECKPOINT_FORMAT = "pokegan-checkpoint"
 GENERATOR_FORMAT = "pokegan-generator"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "generator.safetensors"
-_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
-os.umask(_UMASK)
 CONFIG_NAME = "generator.json"
 
 # Train settings that change how a run is executed or reported, not what it computes:
@@ -54,52 +52,6 @@ _BOOKKEEPING_KEYS = (
 
 class CheckpointError(ValueError):
     """A checkpoint or exported generator is missing, corrupt or incompatible."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
-    """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, then rename.
-
-    The temp file is flushed and fsynced before ``os.replace``, so a crash at any point leaves
-    either the old file or the complete new one, and no temp file behind on a Python error.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes 0600 files; give the result the permissions a plain open() would, so a
-        # tracker, a server or a teammate can read checkpoints, exports and images.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable (best effort; not every filesystem allows it).
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return path
-
-
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete temp files a killed process left behind (``.<name>.*.tmp``)."""
-    removed = []
-    for p in Path(folder).glob(".*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            removed.append(p)
-    return removed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,12 +277,69 @@ def read_generator_info(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return weights, info
 
 
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its JSON header
+_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+
+
+def _check_weights_fit(weights: Path, cfg: ModelConfig) -> None:
+    """Compare the safetensors header (names, dtypes, shapes, offsets, file size) with the network
+    ``cfg`` describes, built on the meta device (no memory), before anything real is allocated.
+
+    A generator.json edited to ask for a bigger network than its weights (or weights that claim
+    more bytes than the file holds) fails here with a clear error instead of exhausting memory.
+    """
+    size = weights.stat().st_size
+    with weights.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{weights} is corrupt or not safetensors (bad header length); re-export it")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{weights} has a corrupt safetensors header ({exc}); re-export it") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{weights} has a corrupt safetensors header; re-export the generator")
+    header.pop("__metadata__", None)
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in _generator_class()(cfg).state_dict().items()}
+    if set(header) != set(wanted):
+        extra, missing = sorted(set(header) - set(wanted)), sorted(set(wanted) - set(header))
+        raise CheckpointError(
+            f"{weights} does not match its {CONFIG_NAME}: {len(missing)} tensors missing {missing[:3]}, "
+            f"{len(extra)} unexpected {extra[:3]}; re-export the generator (never edit {CONFIG_NAME} by hand)")
+    end = 0
+    for k, shape in wanted.items():
+        entry = header[k]
+        got = tuple(entry.get("shape", ())) if isinstance(entry, dict) else None
+        if got != shape:
+            raise CheckpointError(f"{weights}: {k} has shape {got}, its {CONFIG_NAME} needs {shape}; re-export the "
+                                  f"generator (never edit {CONFIG_NAME} by hand)")
+        width = _DTYPE_BYTES.get(entry.get("dtype"))
+        lo, hi = (entry.get("data_offsets") or [0, -1])[:2]
+        if width is None or hi - lo != width * int(np.prod(shape, dtype=np.int64)):
+            raise CheckpointError(f"{weights}: {k} has dtype {entry.get('dtype')} and offsets {lo}..{hi}, which do "
+                                  f"not hold shape {shape}; re-export the generator")
+        end = max(end, hi)
+    if 8 + n + end != size:
+        raise CheckpointError(f"{weights} is {size} bytes but its header describes {8 + n + end}; it is truncated "
+                              "or corrupt: re-export the generator")
+
+
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load an exported generator (folder or .safetensors) in eval mode, no grads, no pickle."""
+    """Load an exported generator (folder or .safetensors) in eval mode, no grads, no pickle.
+
+    The config is validated (``stylegan.config.MODEL_LIMITS``) and the weights' header checked
+    against it before the network is built, so a tampered generator.json cannot exhaust memory.
+    """
     from safetensors.torch import load_file
 
     weights, info = read_generator_info(path)
-    cfg = from_dict(ModelConfig, info["model_config"], "model")
+    try:
+        cfg = from_dict(ModelConfig, info.get("model_config"), "model")
+    except ValueError as exc:
+        raise CheckpointError(f"{weights.with_name(CONFIG_NAME)} has an invalid model_config: {exc}") from exc
+    _check_weights_fit(weights, cfg)
     try:
         tensors = load_file(str(weights), device="cpu")
     except Exception as exc:

@@ -213,7 +213,7 @@ def _load_model(spec: str, device: object) -> object:
 
 def _sample(args: argparse.Namespace) -> int:
     from stylegan.device import resolve_device
-    from stylegan.sampling import generate, image_grid, parse_seeds, save_png
+    from stylegan.sampling import GRID_MAX, image_grid, iter_generate, parse_seeds, save_png
 
     seeds = parse_seeds(args.seeds)
     if not 0.0 <= args.psi <= 1.0:  # also rejects nan
@@ -230,16 +230,18 @@ def _sample(args: argparse.Namespace) -> int:
     num_ws = int(G.num_ws)
     if args.cutoff is not None and not 1 <= args.cutoff <= num_ws:
         raise ValueError(f"--cutoff must be in 1..{num_ws} (this generator's style layers), got {args.cutoff}")
-    images = generate(
-        G, seeds=seeds, truncation_psi=args.psi, truncation_cutoff=args.cutoff, noise_mode=args.noise_mode
-    )
     out = Path(args.out)
-    for seed, img in zip(seeds, images, strict=True):
-        save_png(img, out / f"seed{seed:06d}.png")
-    print(f"wrote {len(images)} images to {out}", flush=True)
+    shown: list = []  # the grid's images (the first GRID_MAX); the others are written and dropped
+    for part, images in iter_generate(G, seeds, 64, truncation_psi=args.psi, truncation_cutoff=args.cutoff,
+                                      noise_mode=args.noise_mode):
+        for seed, img in zip(part, images, strict=True):
+            save_png(img, out / f"seed{seed:06d}.png")
+        if args.grid:
+            shown.extend(images[: max(0, GRID_MAX - len(shown))])
+    print(f"wrote {len(seeds)} images to {out}", flush=True)
     if args.grid:
-        save_png(image_grid(images), args.grid)
-        print(f"wrote grid {args.grid}", flush=True)
+        save_png(image_grid(shown), args.grid)
+        print(f"wrote grid {args.grid} (the first {len(shown)} seeds)", flush=True)
     return 0
 
 

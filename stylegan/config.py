@@ -114,6 +114,23 @@ def _is_pow2(x: int) -> bool:
     return x >= 1 and (x & (x - 1)) == 0
 
 
+# Upper bounds of ModelConfig (docs/interfaces.md): a config, e.g. a tampered generator.json,
+# cannot ask for a network bigger than these. The paper's 1024x1024 model is within them.
+MODEL_LIMITS: dict[str, int] = {
+    "max_resolution": 1024,
+    "img_channels": 4,
+    "z_dim": 2048,
+    "w_dim": 2048,
+    "mapping_width": 2048,
+    "mapping_layers": 32,
+    "fmap_base": 65536,
+    "fmap_max": 2048,
+    "fmap_min": 2048,
+    "mbstd_group_size": 64,
+    "mbstd_num_features": 16,
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of G and D. Defaults are the paper's (1024x1024, 26.2M parameters in G)."""
@@ -146,6 +163,10 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.style_mixing_prob <= 1.0:
             raise ConfigError(f"model.style_mixing_prob must be in [0, 1], got {self.style_mixing_prob}")
+        for name, limit in MODEL_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ConfigError(f"model.{name} must be <= {limit} (pokegan's bound on model size), got {value}")
         if not isinstance(self.fused_scale, bool) and self.fused_scale != "auto":
             raise ConfigError(f"model.fused_scale must be auto, true or false, got {self.fused_scale!r}")
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from stylegan import sampling
-from stylegan.metrics.reference import atomic_write_bytes
+from stylegan.io import atomic_write_bytes
 from stylegan.sampling import save_png
 
 TRUNCATION_PSIS = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)

@@ -9,27 +9,35 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from stylegan.checkpoint import atomic_write
+from stylegan.io import atomic_write
 
 StyleRange = str | tuple[int, int] | range
 
 
-MAX_SEEDS = 1_000_000  # one call's seeds; a typo'd range must fail, not fill memory
+MAX_SEEDS = 1_000_000  # one call's seeds (ranges and lists); a typo'd range must fail, not fill memory
+GRID_MAX = 256  # grids of a sampling run show the first GRID_MAX seeds (memory and readability)
 
 
 def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
     """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (ranges inclusive); ints and lists pass through."""
     if isinstance(text, int):
-        return [text]
+        return parse_seeds([text])
     if not isinstance(text, str):
-        return [int(s) for s in text]
+        seeds = []
+        for s in text:  # a generator of a billion seeds stops at the bound, not at the memory limit
+            if len(seeds) >= MAX_SEEDS:
+                raise ValueError(f"over {MAX_SEEDS:,} seeds in one call; pass fewer (or sample in several calls)")
+            seeds.append(int(s))
+        if any(s < 0 or s >= 2**32 for s in seeds):
+            raise ValueError(f"seeds must be in [0, 2**32), got {min(seeds)}..{max(seeds)}")
+        return seeds
     seeds: list[int] = []
     for part in text.replace(" ", "").split(","):
         if not part:
@@ -103,6 +111,21 @@ def generate(
         )
         out.append(to_uint8(img))
     return np.concatenate(out)
+
+
+def iter_generate(
+    G: torch.nn.Module,
+    seeds: Sequence[int] | str,
+    chunk_size: int = 64,  # images held at once: memory is bounded by this, not by len(seeds)
+    **kwargs: object,  # passed to generate (truncation_psi, truncation_cutoff, noise_mode, device)
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """``(seeds, uint8 images)`` chunk by chunk, for writers that must not hold every image."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    all_seeds = parse_seeds(seeds)
+    for i in range(0, len(all_seeds), chunk_size):
+        part = all_seeds[i : i + chunk_size]
+        yield part, generate(G, seeds=part, batch_size=min(chunk_size, 32), **kwargs)  # type: ignore[arg-type]
 
 
 def _style_range(styles: StyleRange, num_ws: int) -> range:

@@ -14,6 +14,7 @@ import torch
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ["DO_NOT_TRACK"] = "1"
 
 # Tiny models run fastest single-threaded (and far faster on a shared, busy machine).
 torch.set_num_threads(1)

@@ -63,11 +63,14 @@ def pipeline_repo(tmp_path: Path, mlflow_empty_db: Path, prefect_harness: None) 
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "1",
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
     }
     _run(["git", "init", "-q"], repo, env)
     _run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
+    # No update check (DVC has no environment switch for it, only this config key).
+    (repo / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "pipeline"], repo, env)
     return repo, env

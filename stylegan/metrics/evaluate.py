@@ -27,10 +27,11 @@ import torch
 
 from stylegan import sampling
 from stylegan.config import EvaluateConfig
+from stylegan.io import atomic_write_json
 from stylegan.metrics import novelty, stats
 from stylegan.metrics.effnet import FeatureExtractor, MissingWeightsError
 from stylegan.metrics.inception import InceptionFeatureExtractor
-from stylegan.metrics.reference import ReferenceSet, atomic_write_json
+from stylegan.metrics.reference import ReferenceSet
 from stylegan.metrics.swd import swd
 from stylegan.reports import write_reports
 from stylegan.sampling import save_png

@@ -21,23 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from stylegan.checkpoint import atomic_write
 from stylegan.data.dataset import PackedDataset, array_path
+from stylegan.io import atomic_write_bytes, atomic_write_json
 from stylegan.metrics.stats import seeded_rows
 
 _HASH_CHUNK = 16 << 20
 # Bump whenever a feature network, its weights handling or its preprocessing (resize,
 # scaling, batch-norm folding) changes: the cache key carries it, so old caches are ignored.
 FEATURE_CACHE_VERSION = 2
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename, usual permissions)."""
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_json(path: str | Path, obj: object) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def file_hash(path: str | Path, memo_dir: str | Path | None = None) -> str:

@@ -1,0 +1,221 @@
+"""Atomic writes for the whole library: files (temp + fsync + rename) and whole output folders.
+
+Rules (docs/interfaces.md, "Output files and folders"):
+
+- A file is written to a temp file in the same folder, flushed and fsynced, then renamed over
+  the target and the folder fsynced: a crash leaves the old file or the complete new one.
+- An output folder is replaced only when it is recognisably the project's own (it holds the
+  marker file ``OUTPUT_MARKER``, written when the project creates it) or is empty. The new
+  content goes into a temp sibling first; the swap is two renames; the old content is removed
+  after the swap. A crash leaves the old folder, the new one, or (between the two renames) a
+  ``.NAME.old-PID-*`` sibling that the next ``replace_dir`` puts back before anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+OUTPUT_MARKER = ".pokegan-output"  # present in every folder the project creates and may replace
+_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
+class OutputDirError(ValueError):
+    """An output folder that the project must not replace (not its own, or a file)."""
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make renames inside ``folder`` durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _Writes:
+    """A file that remembers the OSError of a failed write: serialisers such as torch.save turn it
+    into an opaque RuntimeError ("unexpected pos"), and a full disk must read as ENOSPC."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
+    """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, then rename.
+
+    The temp file is flushed and fsynced before ``os.replace``, so a crash at any point leaves
+    either the old file or the complete new one, and no temp file behind on a Python error
+    (a full disk included: the ``OSError`` propagates, the old file is untouched).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes 0600 files; give the result the permissions a plain open() would, so a
+        # tracker, a server or a teammate can read checkpoints, exports and images.
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            out = _Writes(f)
+            try:
+                write(out)
+            except Exception as exc:
+                if out.error is not None and out.error is not exc:
+                    raise out.error from exc
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # "[Errno 28] No space left on device: '<the file>'", not a bare errno
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Indented, key-sorted JSON (``default=str`` for paths and the like), written atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    return atomic_write_bytes(path, text.encode())
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete temp files a killed process left behind (``.<name>.*.tmp``)."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folders
+
+
+def is_own_dir(folder: str | Path) -> bool:
+    return (Path(folder) / OUTPUT_MARKER).is_file()
+
+
+def check_replaceable(dest: str | Path, what: str = "output folder") -> None:
+    """Raise ``OutputDirError`` unless ``dest`` is missing, empty, or marked as the project's own.
+
+    Never the filesystem root, the home folder or a folder holding the working directory,
+    whatever they contain.
+    """
+    dest = Path(dest).expanduser()
+    full = dest.resolve()
+    fix = f"pick a new or empty folder for the {what}"
+    if dest.exists() and not dest.is_dir():
+        raise OutputDirError(f"{what} {dest} is a file, not a folder; {fix}")
+    if dest.is_symlink():
+        raise OutputDirError(f"{what} {dest} is a symbolic link; {fix}")
+    cwd = Path.cwd().resolve()
+    if full == Path(full.anchor) or full == Path.home().resolve() or full == cwd or full in cwd.parents:
+        raise OutputDirError(f"{what} {dest} is the root, home or working folder; it is never replaced: {fix}")
+    if dest.is_dir() and any(dest.iterdir()) and not is_own_dir(dest):
+        raise OutputDirError(
+            f"{what} {dest} is a non-empty folder that pokegan did not create (no {OUTPUT_MARKER} in it); "
+            f"it is never replaced or deleted: {fix}, or empty it yourself"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def recover_dir(dest: str | Path) -> list[Path]:
+    """Clean up after a ``replace_dir`` that was killed; returns the folders removed or restored.
+
+    Temp siblings (``.NAME.tmp-PID-*``) of dead writers are deleted; an old copy
+    (``.NAME.old-PID-*``) whose writer died between the swap's two renames is put back when
+    ``dest`` is missing, else deleted. Folders of live writers (another process) are left alone;
+    our own pid's are leftovers too (in a container every run may get the same pid).
+    """
+    dest = Path(dest)
+    done = []
+    if not dest.parent.is_dir():
+        return done
+    for kind in ("old", "tmp"):  # restore first, so a missing dest gets its old copy back
+        for folder in sorted(dest.parent.glob(f".{dest.name}.{kind}-*")):
+            parts = folder.name.rsplit("-", 2)
+            pid = parts[-2] if len(parts) == 3 else ""
+            if not pid.isdigit() or (int(pid) != os.getpid() and _pid_alive(int(pid))):
+                continue
+            if kind == "old" and not dest.exists() and is_own_dir(folder):
+                os.replace(folder, dest)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+            done.append(folder)
+    if done:
+        fsync_dir(dest.parent)
+    return done
+
+
+def replace_dir(dest: str | Path, fill: Callable[[Path], Any], what: str = "output folder") -> Any:
+    """Build a new ``dest`` with ``fill(tmp_folder)``, then swap it in; returns what ``fill`` returned.
+
+    ``dest`` must be missing, empty or marked (``check_replaceable``; checked before ``fill``
+    runs, so a refused folder costs nothing). ``fill`` writes into a fresh temp sibling; the
+    marker is added last, so only complete folders carry it. Nothing is deleted before the swap.
+    """
+    dest = Path(dest).expanduser()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(dest)
+    check_replaceable(dest, what)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    try:
+        result = fill(tmp)
+        atomic_write_json(tmp / OUTPUT_MARKER, {"created_by": "pokegan", "what": what})
+        fsync_dir(tmp)
+        check_replaceable(dest, what)  # again: something may have appeared while fill ran
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-{os.getpid()}-", dir=dest.parent))
+            os.replace(dest, old)  # an empty dir is replaced by a rename onto it
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old is not None and not dest.exists():
+                os.replace(old, dest)
+            raise
+        fsync_dir(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return result

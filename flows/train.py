@@ -129,8 +129,6 @@ class Progress:
             update_progress_artifact(self.artifact_id, progress=min(100.0, 100.0 * kimg / self.total))
 
     def close(self) -> None:
-        if self.artifact_id is not None:
-            update_progress_artifact(self.artifact_id, progress=100.0)
         self.bar.close()
 
 
@@ -193,7 +191,11 @@ def _worker_env() -> dict[str, str]:
 @task(name="train-stage", task_run_name="stage-{resolution}px", retries=1, retry_delay_seconds=1,
       cache_policy=NO_CACHE)
 def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
-    """Train one progressive stage; resumes from the newest checkpoint, skips a finished stage."""
+    """Train one progressive stage; resumes from the newest checkpoint, skips a finished stage.
+
+    ``job`` holds only paths, configs and ids (no clients, bars or open files), so the task's
+    inputs serialise and the MLflow client and progress bar are made here, in the task.
+    """
     from stylegan.training import StageResult, Trainer
 
     logger = get_run_logger()
@@ -211,23 +213,29 @@ def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
     logger.info("stage %dx%d: starting at kimg %.3f (from %s)", resolution, resolution, start_kimg,
                 trainer.resumed_from or "scratch")
     ticks = TickLog(Path(job["run_dir"]) / "ticks.csv", trainer.kimg)
-    progress: Progress = job["progress"]
-    callbacks = [*job["callbacks"], ticks, progress]
-    if multi:
-        del trainer
-        events = Path(job["run_dir"]) / f"events-{resolution}.jsonl"
-        cmd = torchrun_stage_command(resolution, job, events)
-        logger.info("stage %dx%d on %d processes: %s", resolution, resolution, train_cfg.nproc_per_node, " ".join(cmd))
-        ends: list[dict[str, Any]] = []
-        follow_process(cmd, events, callbacks, env=_worker_env(),
-                       on_event=lambda e: ends.append(e) if e.get("event") == "stage_end" else None)
-        end = next((e for e in reversed(ends) if e["resolution"] == resolution), None)
-        if end is None:
-            raise RuntimeError(f"the training processes exited without finishing the {resolution}x{resolution} stage")
-        result = StageResult(resolution, float(end["kimg"]), Path(end["checkpoint"]), float(end["seconds"]))
-    else:
-        trainer.callbacks = callbacks
-        result = trainer.run_stage(resolution)
+    client = tracking.MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
+    progress = Progress(job["total_kimg"], trainer.kimg, job["progress_artifact"])
+    callbacks = [tracking.MlflowTrainingCallback(client, job["mlflow_run_id"]), ticks, progress]
+    try:
+        if multi:
+            del trainer
+            events = Path(job["run_dir"]) / f"events-{resolution}.jsonl"
+            cmd = torchrun_stage_command(resolution, job, events)
+            logger.info("stage %dx%d on %d processes: %s", resolution, resolution, train_cfg.nproc_per_node,
+                        " ".join(cmd))
+            ends: list[dict[str, Any]] = []
+            follow_process(cmd, events, callbacks, env=_worker_env(),
+                           on_event=lambda e: ends.append(e) if e.get("event") == "stage_end" else None)
+            end = next((e for e in reversed(ends) if e["resolution"] == resolution), None)
+            if end is None:
+                raise RuntimeError(
+                    f"the training processes exited without finishing the {resolution}x{resolution} stage")
+            result = StageResult(resolution, float(end["kimg"]), Path(end["checkpoint"]), float(end["seconds"]))
+        else:
+            trainer.callbacks = callbacks
+            result = trainer.run_stage(resolution)
+    finally:
+        progress.close()
     logger.info("stage %dx%d done: kimg %.3f in %.1f s -> %s", resolution, resolution, result.kimg,
                 result.seconds, result.checkpoint)
     return {"resolution": resolution, "skipped": False, "start_kimg": start_kimg, "kimg": float(result.kimg),
@@ -267,7 +275,7 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
     # The highest fully trained stage; metadata ties the file back to its MLflow run.
     sha = export_generator_dir(trainer, out, {"mlflow_run_id": job["mlflow_run_id"], "run_key": job["key"]})
 
-    client: tracking.MlflowClient = job["client"]
+    client = tracking.MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
     reg = job["registry"]
     existing = _version_with_sha(client, reg.name, sha)
     if existing is not None:
@@ -303,6 +311,20 @@ def _version_with_sha(client: Any, name: str, sha: str) -> Any | None:
     return None
 
 
+def _end_mlflow_run(status: str, reason: str) -> Any:
+    """A flow-run state hook: terminate the MLflow run(s) this flow run opened with ``status``."""
+
+    def hook(flow: Any, flow_run: Any, state: Any) -> None:
+        root = Path(str((flow_run.parameters or {}).get("root", "."))).resolve()
+        ended = tracking.end_runs_of_flow_run(tracking.default_tracking_uri(root), str(flow_run.id), status,
+                                              f"{reason}: {state.message or state.name}")
+        if ended:
+            print(f"MLflow run(s) {', '.join(ended)} marked {status} ({reason})", file=sys.stderr)
+
+    hook.__name__ = f"mark_mlflow_run_{status.lower()}"
+    return hook
+
+
 def _open_mlflow_run(client: Any, run_dir: Path, key: str, root: Path) -> str:
     """The MLflow run of this run directory: resumed when it exists in this store, else created."""
     marker = run_dir / "mlflow_run.json"
@@ -322,7 +344,11 @@ def _open_mlflow_run(client: Any, run_dir: Path, key: str, root: Path) -> str:
     return run.info.run_id
 
 
-@flow(name="pokegan-train", log_prints=True)
+@flow(name="pokegan-train", log_prints=True,
+      # A crash (the process or its infrastructure died) or a cancellation still closes the
+      # MLflow run; a SIGKILL runs no hook, so the next training reaps such runs (reap_dead_runs).
+      on_crashed=[_end_mlflow_run("FAILED", "the flow run crashed")],
+      on_cancellation=[_end_mlflow_run("KILLED", "the flow run was cancelled")])
 def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".") -> dict[str, Any]:
     """Train every progressive stage up to train.max_resolution, export G_ema, register the candidate."""
     from stylegan.schedule import stages
@@ -356,36 +382,37 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     logger.info("run directory %s (params + data key %s)", run_dir, key)
 
     client = tracking.setup(root_p)
+    for dead in tracking.reap_dead_runs(client):
+        logger.warning("MLflow run %s was left RUNNING by a killed process; marked KILLED", dead)
     run_id = _open_mlflow_run(client, run_dir, key, root_p)
+    from prefect.runtime import flow_run
+
+    tracking.claim_run(client, run_id, flow_run.id)
     tracking.log_params(client, run_id, params)
     for k, v in tracking.source_tags(root_p, data_cfg.out_dir).items():
         client.set_tag(run_id, k, v)
     client.set_tag(run_id, "data.fingerprint", fingerprint)
+    tracking.log_dataset(client, run_id, tracking.prepared_dataset(root_p, data_cfg), "training")
 
     plan = stages(train_cfg, model_cfg)
     total_kimg = float(plan[-1].end_kimg)
     artifact_id = create_progress_artifact(progress=0.0, key="train-progress",
                                            description=f"kimg trained of {total_kimg:g} ({len(plan)} stages)")
-    from stylegan.training import Trainer
-
-    start_kimg = Trainer(model_cfg, train_cfg, data_root, run_dir, device="cpu").kimg if any(
-        (run_dir / "checkpoints").glob("*.pt")) else 0.0
-    progress = Progress(total_kimg, start_kimg, artifact_id)
     job = {"model_cfg": model_cfg, "train_cfg": train_cfg, "data_root": data_root, "run_dir": run_dir, "root": root_p,
-           "key": key, "progress": progress, "callbacks": [tracking.MlflowTrainingCallback(client, run_id)],
-           "client": client, "mlflow_run_id": run_id, "registry": reg, "export_dir": export_dir,
+           "key": key, "total_kimg": total_kimg, "progress_artifact": artifact_id,
+           "tracking_uri": client.tracking_uri, "mlflow_run_id": run_id, "registry": reg, "export_dir": export_dir,
            "params_file": params_file, "registered_path": root_p / REGISTERED}
     results = []
     try:
-        for st in plan:
-            results.append(train_stage(st.resolution, job))
+        with tracking.system_metrics(run_id, client.tracking_uri):
+            for st in plan:
+                results.append(train_stage(st.resolution, job))
     except BaseException:
         # Best effort: when the store itself is down this fails too, and must not hide the reason.
         with contextlib.suppress(Exception):
             client.set_terminated(run_id, status="FAILED")
         raise
-    finally:
-        progress.close()
+    update_progress_artifact(artifact_id, progress=100.0)
     final_res = plan[-1].resolution
     registered = export_and_register(job, final_res)
 

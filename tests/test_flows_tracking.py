@@ -66,8 +66,13 @@ def test_params_callback_and_tags(mlflow_store: str, tmp_path: Path) -> None:
     cb.on_snapshot(8, 1.25, Image.new("RGB", (16, 16), "white"), tmp_path / "x.png")
     cb.on_stage_end(SimpleNamespace(resolution=8, kimg=1.25, seconds=3.0, checkpoint=tmp_path / "stage-8.pt"))
     assert client.get_metric_history(run_id, "stage_seconds")[0].step == 1250
-    files = [f.path for f in client.list_artifacts(run_id, "grids/snapshots")]
-    assert len(files) == 1 and files[0].endswith(".png")
+    # A resumed callback does not log the same snapshot step again; a new step is logged.
+    again = tracking.MlflowTrainingCallback(client, run_id)
+    again.on_snapshot(8, 1.25, Image.new("RGB", (16, 16), "white"), tmp_path / "x.png")
+    again.on_snapshot(8, 2.0, Image.new("RGB", (16, 16), "white"), tmp_path / "x.png")
+    files = sorted(f.path for f in client.list_artifacts(run_id, "images") if f.path.endswith(".png"))
+    assert [f.split("/")[-1].split("+timestamp")[0] for f in files] == ["snapshot+step+1250", "snapshot+step+2000"]
+    assert client.get_run(run_id).data.tags.get("mlflow.loggedImages") == "True"
 
 
 def test_source_tags_name_commit_and_data_hash(tmp_path: Path) -> None:

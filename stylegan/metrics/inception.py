@@ -7,7 +7,12 @@ the torch hub cache; without either the caller skips FID with one line.
 
 The architecture is torchvision's Inception3 with the FID graph's differences: average
 pools that exclude padding, max pooling in the last block's pool branch, 1008 classes.
-Input: uint8 images, bilinear resize to 299, scaled to [-1, 1]; output: the 2048-d pool.
+Input: uint8 images, resized to 299 with TF1's ``tf.image.resize_bilinear`` (reproduced
+exactly by ``tf1_resize_bilinear``: the FID graph's own ``ResizeBilinear`` node), then
+``(x - 128) / 128`` as the graph's ``Sub``/``Mul`` nodes do; output: the 2048-d pool. This is
+the protocol of the reference TTUR FID code that StyleGAN and published Pokémon FIDs use.
+``F.interpolate(..., align_corners=False)`` samples at half-pixel centres, which TF1 did not,
+so its FIDs differ from the reference by a few tenths to whole points.
 """
 
 from __future__ import annotations
@@ -42,6 +47,41 @@ def find_weights(explicit: str | os.PathLike | None = None) -> Path:
             f"no Inception weights ({WEIGHTS_GLOB}) in {hub} and evaluate.inception_weights is unset"
         )
     return found[0]
+
+
+def tf1_resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TF1 ``tf.image.resize_bilinear(align_corners=False)`` (half_pixel_centers=False), in float32.
+
+    TF1's legacy sampling: output pixel ``i`` reads source coordinate ``i * in / out`` (no
+    half-pixel offset, no antialias), between ``floor`` and ``min(ceil, in - 1)``; the lerp
+    order (top, bottom, then between them) is TF's, so results agree to float32 rounding.
+    """
+    assert x.ndim == 4, f"expected (N, C, H, W), got {tuple(x.shape)}"
+    x = x.float()
+    out_h, out_w = size
+
+    def weights(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
+        src = torch.arange(out_size, dtype=torch.float32, device=x.device) * scale.to(x.device)
+        floor = torch.floor(src)
+        lower = floor.long().clamp(min=0)
+        upper = torch.ceil(src).long().clamp(max=in_size - 1)
+        return lower, upper, src - floor
+
+    y0, y1, y_lerp = weights(x.shape[2], out_h)
+    x0, x1, x_lerp = weights(x.shape[3], out_w)
+    top_rows, bottom_rows = x[:, :, y0], x[:, :, y1]
+    top_left, top_right = top_rows[..., x0], top_rows[..., x1]
+    bottom_left, bottom_right = bottom_rows[..., x0], bottom_rows[..., x1]
+    top = top_left + (top_right - top_left) * x_lerp
+    bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
+    return top + (bottom - top) * y_lerp[:, None]
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> the FID graph's input: TF1 bilinear to 299, then ``(x - 128) / 128``."""
+    x = tf1_resize_bilinear(images.float(), (INPUT_SIZE, INPUT_SIZE))
+    return (x - 128.0) / 128.0
 
 
 class BasicConv2d(nn.Module):
@@ -219,7 +259,6 @@ class InceptionFeatureExtractor:
         imgs = to_nchw_uint8(images)
         out = []
         for i in range(0, imgs.shape[0], self.batch_size):
-            x = imgs[i : i + self.batch_size].to(self.device).float() / 255.0
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-            out.append(self.net.features(2.0 * x - 1.0).double().cpu())
+            x = preprocess(imgs[i : i + self.batch_size].to(self.device))
+            out.append(self.net.features(x).double().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, FEATURE_DIM))

@@ -179,7 +179,7 @@ def publish_job(spec: dict[str, Any]) -> dict[str, Any]:
     return {"model_cfg": section(params, "model"), "train_cfg": section(params, "train"),
             "data_root": Path(spec["data_root"]), "run_dir": Path(spec["run_dir"]),
             "export_dir": Path(spec["export_dir"]), "registered_path": Path(spec["registered"]),
-            "client": tracking.setup(spec["root"]), "registry": section(params, "registry"),
+            "tracking_uri": tracking.setup(spec["root"]).tracking_uri, "registry": section(params, "registry"),
             "mlflow_run_id": spec["run_id"], "key": spec["key"]}
 
 

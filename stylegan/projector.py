@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from stylegan.checkpoint import atomic_write
 
@@ -62,7 +62,8 @@ def load_target(
             im.load()
             arr = _to_array(im)
     except Exception as exc:
-        raise ValueError(f"{name}: not a readable image ({type(exc).__name__}: {exc}); pass a PNG, JPEG, GIF or WebP")
+        why = "unrecognised format" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{name}: not a readable image ({why}); pass a PNG, JPEG, GIF or WebP") from None
     if margin is not None:
         cfg = DataConfig(background=list(background), margin=margin)
         try:
@@ -228,7 +229,8 @@ def project(
     res = int(G.img_resolution)
     target = np.asarray(target)
     if target.shape != (res, res, 3) or target.dtype != np.uint8:
-        raise ValueError(f"target must be uint8 ({res}, {res}, 3) for this generator, got {target.dtype} {target.shape}")
+        raise ValueError(f"target must be uint8 ({res}, {res}, 3) for this generator, got {target.dtype} "
+                         f"{target.shape}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     dev = next(G.parameters()).device
@@ -238,7 +240,7 @@ def project(
     num_ws = int(G.num_ws)
 
     # uint8 u was drawn as x * 127.5 + 128 (sampling.to_uint8): invert exactly that.
-    target_t = (torch.from_numpy(target).permute(2, 0, 1)[None].float().to(dev) - 128) / 127.5
+    target_t = (torch.from_numpy(target.copy()).permute(2, 0, 1)[None].float().to(dev) - 128) / 127.5
     target_t = target_t.clamp(-1, 1)
     target_feats = perceptual.features(target_t) if perceptual is not None else None
 
@@ -343,7 +345,9 @@ def save_projection(result: Projection, outdir: str | Path, fps: float = 10.0) -
     return files
 
 
-def load_projected_w(path: str | Path, G: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def load_projected_w(
+    path: str | Path, G: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(N, num_ws, w_dim)`` ws and the noise maps stored by ``save_projection`` (or NVIDIA's
     projector). With ``G``, checks that they fit it (ValueError naming both shapes)."""
     path = Path(path)

@@ -289,10 +289,11 @@ def build_app(source: ModelSource, limits: StudioLimits, perceptual: bool = True
     async def project(
         request: Request,
         version: Annotated[str | None, Query(max_length=32)] = None,
-        steps: Annotated[int, Query(ge=1)] = 200,
+        steps: Annotated[int | None, Query(ge=1)] = None,  # None = 200, or the limit if lower
         w_plus: bool = False,
     ) -> dict[str, Any]:
         """Body: the picture's bytes (any image type Pillow reads)."""
+        steps = steps if steps is not None else min(200, limits.max_project_steps)
         if steps > limits.max_project_steps:
             raise HTTPException(413, f"steps {steps} is over this studio's limit of {limits.max_project_steps}")
         declared = request.headers.get("content-length")

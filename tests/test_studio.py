@@ -168,3 +168,22 @@ def test_switching_registered_versions(export: Path, tmp_path: Path) -> None:
     assert reg.loads == ["2", "1"]  # loaded once each, then cached
     r = c.post("/api/render", json={"items": [{"seed": 1}], "version": "7"})
     assert r.status_code == 404 and "no version 7" in r.json()["detail"]
+
+
+def test_pokegan_studio_serves_on_loopback_by_default(export: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    from stylegan.cli import main
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    assert main(["studio", "--model", str(export), "--port", "8123", "--max-images", "4"]) == 0
+    (call,) = calls
+    assert call["host"] == "127.0.0.1" and call["port"] == 8123
+    assert call["app"].state.studio.limits.max_images == 4
+    assert "http://127.0.0.1:8123/" in capsys.readouterr().err
+    assert main(["studio", "--model", str(export), "--host", "0.0.0.0"]) == 0
+    assert "anyone who can reach this address" in capsys.readouterr().err
+    assert main(["studio", "--model", str(export.parent / "missing")]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -291,6 +291,7 @@ def build_app(source: ModelSource, limits: StudioLimits, perceptual: bool = True
         version: Annotated[str | None, Query(max_length=32)] = None,
         steps: Annotated[int | None, Query(ge=1)] = None,  # None = 200, or the limit if lower
         w_plus: bool = False,
+        crop: bool = True,  # frame the picture as prepare frames training images (crop to content + margin)
     ) -> dict[str, Any]:
         """Body: the picture's bytes (any image type Pillow reads)."""
         steps = steps if steps is not None else min(200, limits.max_project_steps)
@@ -309,20 +310,22 @@ def build_app(source: ModelSource, limits: StudioLimits, perceptual: bool = True
         if not studio.projecting.acquire(blocking=False):
             raise HTTPException(429, "a projection is already running; try again when it has finished")
         try:
-            return await run_in_threadpool(_project_sync, studio, bytes(body), version, steps, w_plus)
+            return await run_in_threadpool(_project_sync, studio, bytes(body), version, steps, w_plus, crop)
         finally:
             studio.projecting.release()
 
     return app
 
 
-def _project_sync(studio: Studio, data: bytes, version: str | None, steps: int, w_plus: bool) -> dict[str, Any]:
+def _project_sync(
+    studio: Studio, data: bytes, version: str | None, steps: int, w_plus: bool, crop: bool
+) -> dict[str, Any]:
     from stylegan.projector import load_target, project
 
     with studio.job():
         G = studio.generator(version)
         try:
-            target = load_target(data, int(G.img_resolution))
+            target = load_target(data, int(G.img_resolution), margin=0.08 if crop else None)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
         perceptual = studio.perceptual(next(G.parameters()).device)

@@ -124,7 +124,12 @@ async function mix() {
     const cell = (url, cls, alt) => {
       const td = document.createElement("td");
       td.className = cls;
-      if (url) { const img = document.createElement("img"); img.src = url; img.alt = alt; td.appendChild(img); }
+      if (url) {
+        const img = document.createElement("img");
+        img.src = url; img.alt = alt; img.title = "click to download as PNG";
+        img.onclick = () => download(url, `mix-${styles}.png`);
+        td.appendChild(img);
+      }
       return td;
     };
     const head = document.createElement("tr");
@@ -167,7 +172,7 @@ async function projectUpload() {
   const limit = state.info.limits.max_upload_bytes;
   if (file.size > limit) { status(`the picture is ${file.size} bytes; at most ${limit}`, true); return; }
   const steps = parseInt($("project-steps").value, 10) || 200;
-  const q = new URLSearchParams({ steps, w_plus: $("w-plus").checked });
+  const q = new URLSearchParams({ steps, w_plus: $("w-plus").checked, crop: $("crop").checked });
   if (state.version) q.set("version", state.version);
   status(`projecting (${steps} steps)…`);
   $("project").disabled = true;
@@ -187,7 +192,7 @@ async function projectUpload() {
     const err = document.createElement("p");
     err.id = "projection-error";
     err.textContent = `mean |error| ${data.pixel_error.toFixed(2)}/255 (from ${data.start_error.toFixed(2)} at the average w)` +
-      (data.perceptual ? "" : "; pixel loss only (no EfficientNet weights)");
+      (data.perceptual ? "" : "; pixel loss only");
     box.append(side, err);
     pin({ projection: data.id });
     status(`projected as ${data.id}; pinned`);
@@ -259,6 +264,7 @@ function init() {
   $("mix").onclick = mix;
   $("play").onclick = play;
   $("stop").onclick = stopAnim;
+  $("anim").onclick = () => download($("anim").src, "frame.png");
   $("project").onclick = projectUpload;
   (async () => {
     try { await loadVersions(); await loadInfo(); await renderGrid(); } catch (e) { status(e.message, true); }

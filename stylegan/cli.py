@@ -186,6 +186,18 @@ def _psi_options(p: argparse.ArgumentParser, default: float = 0.7) -> None:
                    help="noise inputs: the stored maps, fresh draws, or none")
 
 
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="torch CPU threads (default: one per core; 1 is far faster on a busy machine)")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _check_psi(psi: float) -> None:
     if not 0.0 <= psi <= 1.0:  # also rejects nan
         raise ValueError(f"--psi/--trunc must be in [0, 1] (1 = no truncation, 0 = the average w), got {psi}")
@@ -394,6 +406,7 @@ def _project(args: argparse.Namespace) -> int:
     if not Path(args.target).is_file():
         raise FileNotFoundError(f"--target {args.target} does not exist; pass an image file (PNG, JPEG, GIF, WebP)")
     _check_dir_arg(args.out, "--outdir")
+    _set_threads(args)
     G = _open_model(args)
     target = load_target(args.target, int(G.img_resolution), margin=None if args.no_crop else args.margin)
 
@@ -442,6 +455,7 @@ def _add_project(sub: argparse._SubParsersAction) -> None:
                    help="crop to the content and pad by this fraction, as prepare frames the training images")
     p.add_argument("--no-crop", action="store_true", help="keep the whole picture (padded to a square)")
     p.add_argument("--seed", type=int, default=303, help="seed of the w noise and initial noise maps")
+    _threads_option(p)
     p.set_defaults(func=_project)
 
 
@@ -516,6 +530,7 @@ def _studio(args: argparse.Namespace) -> int:
         max_project_steps=args.max_project_steps,
     )
     model = args.model or _default_model_uri(args.params)
+    _set_threads(args)
     try:
         return serve(model, host=args.host, port=args.port, device=args.device, limits=limits,
                      log=lambda msg: print(f"pokegan studio: {msg}", file=sys.stderr, flush=True))
@@ -537,6 +552,7 @@ def _add_studio(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest picture accepted for projection")
     p.add_argument("--jobs", type=_int_at_least(1), default=2, help="requests rendering at once (more wait)")
     p.add_argument("--max-project-steps", type=_int_at_least(1), default=1000, help="steps one projection may run")
+    _threads_option(p)
     p.set_defaults(func=_studio)
 
 

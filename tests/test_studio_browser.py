@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium): browser test skipped", allow_module_level=True)
-pytest.importorskip("playwright.sync_api", reason="playwright not installed: browser test skipped")
-pytest.importorskip("uvicorn")
-
 from stylegan.checkpoint import export_generator
 from stylegan.config import ModelConfig
 from stylegan.networks import Generator
 from stylegan.sampling import generate, save_png
 from stylegan.studio import ModelSource, StudioLimits, create_app
+
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium): browser test skipped", allow_module_level=True)
+pytest.importorskip("playwright.sync_api", reason="playwright not installed: browser test skipped")
+pytest.importorskip("uvicorn")
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -81,8 +81,9 @@ def test_studio_in_chromium(studio: tuple[str, Path], tmp_path: Path) -> None:
             page.locator("#psi").focus()
             page.keyboard.press("Home")
             expect(page.locator("#psi-value")).to_have_text("0.00")
-            page.wait_for_function("() => { const s = [...document.querySelectorAll('#grid .cell img')].map(e => e.src);"
-                                   " return s.length === 16 && new Set(s).size === 1; }", timeout=30_000)
+            page.wait_for_function("() => { const s = [...document.querySelectorAll('#grid .cell img')]"
+                                   ".map(e => e.src); return s.length === 16 && new Set(s).size === 1; }",
+                                   timeout=30_000)
             assert srcs()[0] != first[0]
             page.screenshot(path=str(tmp_path / "psi0.png"))
             page.keyboard.press("End")  # psi 1
@@ -104,7 +105,8 @@ def test_studio_in_chromium(studio: tuple[str, Path], tmp_path: Path) -> None:
             dst0, dst1 = grid[1][0], grid[2][0]  # destinations down the left
             assert grid[0][0] is None and src0 == dst0 and src1 == dst1  # both axes are the pinned pair
             assert grid[1][1] == dst0 and grid[2][2] == dst1  # an image mixed with itself is itself
-            assert grid[1][2] not in (dst0, src1) and grid[2][1] not in (dst1, src0)  # coarse from one, rest from the other
+            # Coarse styles from one parent, the rest from the other: unlike both.
+            assert grid[1][2] not in (dst0, src1) and grid[2][1] not in (dst1, src0)
 
             # Interpolation plays as an animation.
             page.locator("#steps").fill("6")

@@ -24,8 +24,14 @@ out_dir="$(python -c 'from stylegan.config import load_params, section; print(se
 echo
 dvc metrics show || true
 echo
+model="${uri%%|*}" store="${uri#*|}" bin="$PWD/.venv/bin"
 echo "Done in $(( $(date +%s) - start )) s."
-echo "Champion model:  ${uri%%|*}   (MLflow store: ${uri#*|})"
+echo "Champion model:  $model   (MLflow store: $store)"
 echo "Sample grid:     $PWD/$out_dir/grid.png"
 echo "Decision:        $(python -c 'import json; print(json.load(open("metrics/promotion.json"))["reason"])' 2>/dev/null || echo see metrics/promotion.json)"
-echo "MLflow UI:       mlflow ui --backend-store-uri ${uri#*|}"
+echo
+echo "Next, paste any of these (absolute paths: they work from any folder):"
+echo "  source $bin/activate    # pokegan, mlflow, dvc, prefect on PATH for the README's commands"
+echo "  MLFLOW_DISABLE_TELEMETRY=true $bin/mlflow ui --backend-store-uri $store"
+echo "  MLFLOW_TRACKING_URI=$store $bin/pokegan studio --model $model"
+echo "  PATH=$bin:\$PATH MLFLOW_TRACKING_URI=$store MLFLOW_DISABLE_TELEMETRY=true mlflow models serve -m $model --env-manager local -p 5001"

@@ -9,7 +9,7 @@ if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   # torch==2.13.0 is pinned in pyproject.toml: that exact version is the local CPU wheel.
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install --quiet -e ".[pipeline,metrics,svg,team,dev]"
+  .venv/bin/python -m pip install --quiet -e ".[pipeline,metrics,svg,team,studio,video,dev]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -1,4 +1,4 @@
-"""``pokegan``: thin commands over the library (and, lazily, the flows).
+"""pokegan: thin commands over the library (and, lazily, the flows).
 
 Each command lives in its own ``_add_<name>`` function; the library's commands work with
 only the library's dependencies installed.
@@ -18,12 +18,35 @@ if TYPE_CHECKING:
     from stylegan.config import ModelConfig, TrainConfig
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Plain help that shows each option's default (when it has a meaningful one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text
+            and "(default" not in text
+            and action.option_strings
+            and default not in (None, False, [], argparse.SUPPRESS)
+            and not isinstance(action, argparse._VersionAction)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pokegan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pokegan", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"pokegan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_ADDERS):
         add(sub)
+    for name, p in sub.choices.items():
+        p.formatter_class = _HelpFormatter
+        if p.description is None:  # `pokegan X --help` starts with what X does
+            p.description = next((a.help for a in sub._choices_actions if a.dest == name), None)
     return parser
 
 
@@ -211,51 +234,296 @@ def _load_model(spec: str, device: object) -> object:
     return load_generator(spec, device=device)
 
 
-def _sample(args: argparse.Namespace) -> int:
+def _model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", "--network", dest="model", required=required,
+                   help="export folder, generator.safetensors, models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto (CUDA when present)")
+
+
+def _psi_options(p: argparse.ArgumentParser, default: float = 0.7) -> None:
+    p.add_argument("--psi", "--trunc", dest="psi", type=float, default=default,
+                   help="truncation psi (1 = none, 0 = the average w)")
+    p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const",
+                   help="noise inputs: the stored maps, fresh draws, or none")
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="torch CPU threads (default: one per core; 1 is far faster on a busy machine)")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _check_psi(psi: float) -> None:
+    if not 0.0 <= psi <= 1.0:  # also rejects nan
+        raise ValueError(f"--psi/--trunc must be in [0, 1] (1 = no truncation, 0 = the average w), got {psi}")
+
+
+def _open_model(args: argparse.Namespace) -> object:
+    """The generator for --model on --device (a _PipelineMissing for a registry URI without mlflow)."""
     from stylegan.device import resolve_device
+
+    device = resolve_device(args.device)  # clear error for cuda on a machine without it
+    return _load_model(args.model, device)
+
+
+def seed_filename(seed: int) -> str:
+    """NVIDIA's naming: seed0007.png (more digits only when the seed needs them)."""
+    return f"seed{seed:04d}.png"
+
+
+def _sample(args: argparse.Namespace) -> int:
     from stylegan.sampling import GRID_MAX, image_grid, iter_generate, parse_seeds, save_png
 
     seeds = parse_seeds(args.seeds)
-    if not 0.0 <= args.psi <= 1.0:  # also rejects nan
-        raise ValueError(f"--psi must be in [0, 1] (1 = no truncation, 0 = the average w), got {args.psi}")
-    _check_dir_arg(args.out, "--out")
+    _check_psi(args.psi)
+    _check_dir_arg(args.out, "--out/--outdir")
     if args.grid:
         _check_file_arg(args.grid, "--grid", "grid.png")
-    device = resolve_device(args.device)  # clear error for cuda on a machine without it
-    try:
-        G = _load_model(args.model, device)
-    except _PipelineMissing as exc:
-        print(f"pokegan sample: error: {exc}", file=sys.stderr)
-        return 2
-    num_ws = int(G.num_ws)
-    if args.cutoff is not None and not 1 <= args.cutoff <= num_ws:
-        raise ValueError(f"--cutoff must be in 1..{num_ws} (this generator's style layers), got {args.cutoff}")
+    G = _open_model(args)
     out = Path(args.out)
     shown: list = []  # the grid's images (the first GRID_MAX); the others are written and dropped
-    for part, images in iter_generate(G, seeds, 64, truncation_psi=args.psi, truncation_cutoff=args.cutoff,
-                                      noise_mode=args.noise_mode):
-        for seed, img in zip(part, images, strict=True):
-            save_png(img, out / f"seed{seed:06d}.png")
-        if args.grid:
-            shown.extend(images[: max(0, GRID_MAX - len(shown))])
-    print(f"wrote {len(seeds)} images to {out}", flush=True)
+    if args.projected_w:
+        from stylegan.projector import load_projected_w, render_ws
+
+        ws, noise = load_projected_w(args.projected_w, G)
+        images = render_ws(G, ws, noise=noise, noise_mode=args.noise_mode)
+        for i, img in enumerate(images):
+            save_png(img, out / f"proj{i:02d}.png")
+        shown = list(images[:GRID_MAX])
+        count = len(images)
+    else:
+        num_ws = int(G.num_ws)
+        if args.cutoff is not None and not 1 <= args.cutoff <= num_ws:
+            raise ValueError(f"--cutoff must be in 1..{num_ws} (this generator's style layers), got {args.cutoff}")
+        # Chunks of 64: memory stays bounded however many seeds are asked for.
+        for part, images in iter_generate(G, seeds, 64, truncation_psi=args.psi, truncation_cutoff=args.cutoff,
+                                          noise_mode=args.noise_mode):
+            for seed, img in zip(part, images, strict=True):
+                save_png(img, out / seed_filename(seed))
+            if args.grid:
+                shown.extend(images[: max(0, GRID_MAX - len(shown))])
+        count = len(seeds)
+    print(f"wrote {count} images to {out}", flush=True)
     if args.grid:
         save_png(image_grid(shown), args.grid)
-        print(f"wrote grid {args.grid} (the first {len(shown)} seeds)", flush=True)
+        print(f"wrote grid {args.grid} (the first {len(shown)} images)", flush=True)
     return 0
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate images from an exported generator (or a models:/ URI)")
-    p.add_argument("--model", required=True, help="export folder, generator.safetensors, or models:/name@alias")
+    _model_options(p)
     p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9-12")
-    p.add_argument("--psi", type=float, default=0.7, help="truncation psi (1 = none, 0 = the average face)")
+    _psi_options(p)
     p.add_argument("--cutoff", type=int, default=None, help="truncate only the first CUTOFF style layers")
-    p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
-    p.add_argument("--out", default="samples", help="folder for one PNG per seed")
+    p.add_argument("--projected-w", default=None, metavar="FILE",
+                   help="render the ws of this projected_w.npz (from pokegan project) instead of seeds: "
+                        "proj00.png, ...")
+    p.add_argument("--out", "--outdir", dest="out", default="samples", help="folder for one seedNNNN.png per seed")
     p.add_argument("--grid", default=None, metavar="FILE", help="also write all samples as one PNG grid")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto (CUDA when present)")
     p.set_defaults(func=_sample)
+
+
+# ---------------------------------------------------------------------------------------------
+# pokegan mix: the paper's style-mixing figure
+
+
+def parse_styles(text: str, num_ws: int) -> range:
+    """coarse | middle | fine, or NVIDIA's inclusive layer range such as 0-6 (or one layer, 3)."""
+    from stylegan.networks import style_layer_range
+
+    text = text.strip()
+    if text in ("coarse", "middle", "fine"):
+        r = style_layer_range(text, num_ws)
+        r = r if isinstance(r, range) else range(*r)
+        if len(r) == 0:
+            raise ValueError(f"--styles {text}: this {num_ws}-layer generator has no {text} styles; "
+                             f"use a layer range such as 0-{num_ws - 1}")
+        return r
+    try:
+        lo, hi = (int(v) for v in text.split("-", 1)) if "-" in text else (int(text), int(text))
+    except ValueError:
+        raise ValueError(f"--styles {text!r}: use coarse, middle, fine or a layer range such as 0-6") from None
+    if not 0 <= lo <= hi < num_ws:
+        raise ValueError(f"--styles {text}: layers must lie in 0-{num_ws - 1} "
+                         f"(this generator has {num_ws} style layers)")
+    return range(lo, hi + 1)
+
+
+def _mix(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from stylegan.sampling import image_grid, mix_styles, parse_seeds, save_png
+
+    rows, cols = parse_seeds(args.rows), parse_seeds(args.cols)
+    if len(rows) * len(cols) > 1024:
+        raise ValueError(f"--rows x --cols asks for {len(rows) * len(cols)} mixes; at most 1024 per call")
+    _check_psi(args.psi)
+    _check_dir_arg(args.out, "--outdir")
+    G = _open_model(args)
+    styles = parse_styles(args.styles, int(G.num_ws))
+    # NVIDIA's figure: row seeds down the left take the col seeds' styles in `styles`.
+    m = mix_styles(G, row_seeds=cols, col_seeds=rows, styles=(styles.start, styles.stop),
+                   truncation_psi=args.psi, noise_mode=args.noise_mode)
+    out = Path(args.out)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            save_png(m["mixed"][i, j], out / f"{r}-{c}.png")
+    h, w = m["sources"].shape[1:3]
+    tiles = [np.full((1, h, w, 3), 255, np.uint8), m["sources"]]
+    for i in range(len(rows)):
+        tiles += [m["destinations"][i : i + 1], m["mixed"][i]]
+    save_png(image_grid(np.concatenate(tiles), cols=len(cols) + 1), out / "grid.png")
+    print(f"wrote {len(rows) * len(cols)} mixes (styles {styles.start}-{styles.stop - 1} from the columns) "
+          f"and grid.png to {out}", flush=True)
+    return 0
+
+
+def _add_mix(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mix", help="style-mixing figure: row seeds take the column seeds' styles (the paper's figure)")
+    _model_options(p)
+    p.add_argument("--rows", required=True, help="destination seeds, down the left, e.g. 85,100,75")
+    p.add_argument("--cols", required=True, help="source seeds, across the top, whose styles are copied in")
+    p.add_argument("--styles", default="coarse",
+                   help="style layers taken from the columns: coarse (4-8 px), middle (16-32), fine (64+), "
+                        "or an inclusive layer range as NVIDIA's 0-6")
+    _psi_options(p, default=1.0)
+    p.add_argument("--outdir", "--out", dest="out", default="out", help="ROW-COL.png per mix, and grid.png")
+    p.set_defaults(func=_mix)
+
+
+# ---------------------------------------------------------------------------------------------
+# pokegan video: an interpolation animation
+
+
+def _video(args: argparse.Namespace) -> int:
+    import torch
+
+    from stylegan.sampling import interpolate_ws, parse_seeds, save_animation, seeds_to_z, slerp
+
+    seeds = parse_seeds(args.seeds)
+    if len(seeds) < 2:
+        raise ValueError(f"--seeds needs at least two seeds to move between, got {args.seeds!r}")
+    total = args.frames * (len(seeds) if args.loop else len(seeds) - 1)
+    if total > 10_000:
+        raise ValueError(f"{total} frames asked for; at most 10,000 (fewer --seeds or --frames)")
+    _check_psi(args.psi)
+    _check_file_arg(args.output, "--output", "video.gif")
+    if Path(args.output).suffix.lower() not in (".gif", ".mp4"):
+        raise ValueError(f"--output {args.output}: use a .gif or .mp4 file name")
+    if Path(args.output).suffix.lower() == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise ValueError("--output .mp4 needs imageio-ffmpeg: pip install 'pokegan[video]' (or write a .gif)") \
+                from None
+    G = _open_model(args)
+    dev = next(G.parameters()).device
+    with torch.no_grad():
+        z = seeds_to_z(seeds, G.z_dim).to(dev)
+        if args.space == "z":  # slerp in Z, then map every frame
+            keys = torch.cat([z, z[:1]]) if args.loop else z
+            ts = [i / args.frames for i in range(args.frames)]
+            zs = [slerp(keys[k : k + 1], keys[k + 1 : k + 2], t) for k in range(len(keys) - 1) for t in ts]
+            zs = torch.cat(zs if args.loop else [*zs, keys[-1:]])
+            from stylegan.projector import render_ws
+
+            frames = render_ws(G, G.mapping(zs, truncation_psi=args.psi), noise_mode=args.noise_mode)
+        else:
+            ws = G.mapping(z, truncation_psi=args.psi)
+            frames = interpolate_ws(G, ws, steps=args.frames, noise_mode=args.noise_mode, loop=args.loop)
+    path = save_animation(frames, args.output, fps=args.fps, scale=args.scale)
+    print(f"wrote {len(frames)} frames ({args.space} {'slerp' if args.space == 'z' else 'lerp'}) to {path}", flush=True)
+    return 0
+
+
+def _add_video(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("video", help="interpolation animation through seeds (GIF; MP4 with the video extra)")
+    _model_options(p)
+    p.add_argument("--seeds", required=True, help="keyframe seeds in order, e.g. 0-3 or 5,9,2")
+    p.add_argument("--frames", "--w-frames", dest="frames", type=_int_at_least(1), default=30,
+                   help="frames per transition between two seeds")
+    p.add_argument("--space", choices=["w", "z"], default="w", help="lerp in W or slerp in Z")
+    p.add_argument("--loop", action=argparse.BooleanOptionalAction, default=True,
+                   help="return to the first seed (a seamless loop)")
+    _psi_options(p, default=1.0)
+    p.add_argument("--fps", type=float, default=24.0, help="frames per second")
+    p.add_argument("--scale", type=_int_at_least(1), default=1, help="nearest-neighbour upscale of each frame")
+    p.add_argument("--output", default="video.gif", help="a .gif, or .mp4 (needs imageio-ffmpeg)")
+    p.set_defaults(func=_video)
+
+
+# ---------------------------------------------------------------------------------------------
+# pokegan project: a real image -> w
+
+
+def _project(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from stylegan.projector import load_perceptual, load_target, project, save_projection
+
+    if not Path(args.target).is_file():
+        raise FileNotFoundError(f"--target {args.target} does not exist; pass an image file (PNG, JPEG, GIF, WebP)")
+    _check_dir_arg(args.out, "--outdir")
+    _set_threads(args)
+    G = _open_model(args)
+    target = load_target(args.target, int(G.img_resolution), margin=None if args.no_crop else args.margin)
+
+    def log(msg: str) -> None:
+        print(f"pokegan project: {msg}", file=sys.stderr, flush=True)
+
+    perceptual = None
+    if args.perceptual_weight > 0:
+        perceptual = load_perceptual(size=args.perceptual_size, log=log)
+        if perceptual is not None:
+            perceptual = perceptual.to(next(G.parameters()).device)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    result = project(
+        G, target, steps=args.steps, w_plus=args.w_plus, optimize_noise=args.noise, perceptual=perceptual,
+        pixel_weight=args.pixel_weight, perceptual_weight=args.perceptual_weight, seed=args.seed, log=log,
+        log_every=max(1, args.steps // 10),
+    )
+    files = save_projection(result, args.out)
+    print(f"projected {args.target} in {args.steps} steps ({time.perf_counter() - start:.1f} s): "
+          f"mean |error| {result.pixel_error:.2f}/255 (from {result.start_error:.2f} at the average w), "
+          f"PSNR {result.psnr:.2f} dB", flush=True)
+    for name in ("w", "side_by_side", "gif"):
+        if name in files:
+            print(f"wrote {files[name]}", flush=True)
+    return 0
+
+
+def _add_project(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("project", help="fit w (or w+ and noise maps) to a real image; writes projected_w.npz")
+    _model_options(p)
+    p.add_argument("--target", required=True, metavar="IMAGE", help="the picture to project")
+    p.add_argument("--steps", "--num-steps", dest="steps", type=_int_at_least(1), default=500,
+                   help="optimisation steps")
+    p.add_argument("--outdir", "--out", dest="out", default="out",
+                   help="projected_w.npz, target.png, proj.png, target_proj.png, proj.gif")
+    p.add_argument("--w-plus", action="store_true", help="fit one w per style layer (W+) instead of one w")
+    p.add_argument("--noise", action="store_true",
+                   help="fit the noise maps too, with the official projector's noise regularisation")
+    p.add_argument("--pixel-weight", type=float, default=1.0, help="weight of the pixel MSE")
+    p.add_argument("--perceptual-weight", type=float, default=1.0,
+                   help="weight of the EfficientNet-Lite0 feature distance (0 = pixels only)")
+    p.add_argument("--perceptual-size", type=_int_at_least(32), default=128,
+                   help="side the images are resized to for the feature network")
+    p.add_argument("--margin", type=float, default=0.08,
+                   help="crop to the content and pad by this fraction, as prepare frames the training images")
+    p.add_argument("--no-crop", action="store_true", help="keep the whole picture (padded to a square)")
+    p.add_argument("--seed", type=int, default=303, help="seed of the w noise and initial noise maps")
+    _threads_option(p)
+    p.set_defaults(func=_project)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +531,6 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from stylegan.checkpoint import load_generator
     from stylegan.config import load_params, section, set_override
     from stylegan.metrics import evaluate_generator
 
@@ -282,7 +549,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.ticks is not None and not Path(args.ticks).is_file():
         raise FileNotFoundError(f"--ticks {args.ticks} does not exist; pass the trainer's train_ticks.csv or omit it")
     device = resolve_device(args.device)  # clear error for an unknown device or missing CUDA
-    G = load_generator(args.model, device=device)
+    G = _load_model(args.model, device)
     metrics = evaluate_generator(
         G, data_root, cfg, out.parent, args.reports if args.reports is not None else cfg.reports_dir,
         metrics_file=out.name, ticks=args.ticks, device=device,
@@ -297,8 +564,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics (SWD, FD-effnet, KID, precision/recall, FID if weights exist, "
-                       "memorization) and visual reports of an exported generator")
-    p.add_argument("--model", required=True, help="export folder or generator.safetensors")
+                       "memorization) and visual reports of an exported or registered generator")
+    _model_options(p)
     p.add_argument("--params", default="params.yaml", help="params file with the evaluate (and data) sections")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a param (repeatable), e.g. --set evaluate.num_samples=200")
@@ -307,7 +574,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reports", default=None, help="folder for the figures (default: evaluate.reports_dir)")
     p.add_argument("--ticks", default=None,
                    help="training tick log (CSV) for loss curves (default: train_ticks.csv next to --out, if any)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto (CUDA when present)")
     p.set_defaults(func=_evaluate)
 
 
@@ -320,12 +586,58 @@ def _rank_prefix() -> str:
     return ""
 
 
+# ---------------------------------------------------------------------------------------------
+# pokegan studio
+
+
+def _default_model_uri(params_path: str) -> str:
+    """models:/<registry.name>@<champion alias> from the params file (the defaults without one)."""
+    from stylegan.config import RegistryConfig, load_params, section
+
+    reg = section(load_params(params_path), "registry") if Path(params_path).is_file() else RegistryConfig()
+    return f"models:/{reg.name}@{reg.champion_alias}"
+
+
+def _studio(args: argparse.Namespace) -> int:
+    from stylegan.studio import StudioLimits, serve
+
+    limits = StudioLimits(
+        max_images=args.max_images, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), jobs=args.jobs,
+        max_project_steps=args.max_project_steps,
+    )
+    model = args.model or _default_model_uri(args.params)
+    _set_threads(args)
+    try:
+        return serve(model, host=args.host, port=args.port, device=args.device, limits=limits,
+                     log=lambda msg: print(f"pokegan studio: {msg}", file=sys.stderr, flush=True))
+    except _PipelineMissing as exc:
+        print(f"pokegan studio: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_studio(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("studio", help="a local web page to explore a model: seeds, truncation, mixing, "
+                       "interpolation, projection, registered versions")
+    _model_options(p, required=False)
+    p._option_string_actions["--model"].help += " (default: the registry's champion, from --params)"
+    p.add_argument("--params", default="params.yaml",
+                   help="where the default model's name and alias come from (the registry section)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback exposes the model)")
+    p.add_argument("--port", type=_int_at_least(0), default=7860, help="port (0 = any free one)")
+    p.add_argument("--max-images", type=_int_at_least(1), default=64, help="images one request may ask for")
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest picture accepted for projection")
+    p.add_argument("--jobs", type=_int_at_least(1), default=2, help="requests rendering at once (more wait)")
+    p.add_argument("--max-project-steps", type=_int_at_least(1), default=1000, help="steps one projection may run")
+    _threads_option(p)
+    p.set_defaults(func=_studio)
+
+
 # Each _add_<name>(sub) registers one subcommand with set_defaults(func=handler).
-_ADDERS: list = [_add_train, _add_sample, _add_evaluate]
+_ADDERS: list = [_add_train, _add_sample, _add_evaluate, _add_mix, _add_video, _add_project, _add_studio]
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default=None, help="params file (its `data` section); default ./params.yaml if present")
+    p.add_argument("--params", default=None, help="params file (its data section); default ./params.yaml if present")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a data param, e.g. max_resolution=32")
     p.add_argument("--root", default=".", help="project root that relative data paths hang off")
 
@@ -384,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda message, category, *_, **__: f"pokegan {args.command}: warning: {message}\n"
     try:
         return int(args.func(args) or 0)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, _PipelineMissing) as exc:
         # Bad input (OSError: a path that is a file, a full disk, no permission) gets one clear line, not a traceback.
         print(f"pokegan {args.command}: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return 2

@@ -250,6 +250,87 @@ def interpolate(
     return np.concatenate(frames)
 
 
+@torch.no_grad()
+def interpolate_ws(
+    G: torch.nn.Module,
+    ws: torch.Tensor,  # (K, num_ws, w_dim) keyframes, K >= 2 (seeds' ws, projections, ...)
+    steps: int = 8,  # frames per transition
+    noise_mode: str = "const",
+    loop: bool = False,  # also walk from the last keyframe back to the first (a seamless animation)
+) -> np.ndarray:
+    """uint8 frames lerping in W through ``ws`` in order (the studio's pinned images and projections).
+
+    ``(K - 1) * steps + 1`` frames, or ``K * steps`` with ``loop`` (the first frame is not repeated).
+    """
+    assert ws.ndim == 3 and ws.shape[1:] == (G.num_ws, G.w_dim), f"ws must be (K, {G.num_ws}, {G.w_dim})"
+    if len(ws) < 2 or steps < 1:
+        raise ValueError("interpolation needs at least two keyframes and steps >= 1")
+    keys = torch.cat([ws, ws[:1]]) if loop else ws
+    ts = [i / steps for i in range(steps)]
+    path = [torch.lerp(keys[k : k + 1], keys[k + 1 : k + 2], t) for k in range(len(keys) - 1) for t in ts]
+    frames = torch.cat(path if loop else [*path, keys[-1:]])
+    out = [to_uint8(G.synthesis(frames[i : i + 32], noise_mode=noise_mode)) for i in range(0, len(frames), 32)]
+    return np.concatenate(out)
+
+
+def save_animation(
+    frames: np.ndarray | Sequence[np.ndarray],  # uint8 (N, H, W, 3)
+    path: str | Path,  # .gif (Pillow) or .mp4 (needs the `video` extra: imageio-ffmpeg)
+    fps: float = 24.0,
+    scale: int = 1,  # nearest-neighbour upscale (sprites are small; codecs blur tiny frames)
+) -> Path:
+    """Write frames as a looping GIF or an H.264 MP4, atomically."""
+    arr = np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or len(arr) == 0:
+        raise ValueError(f"frames must be uint8 (N, H, W, 3) with N >= 1, got {arr.dtype} {arr.shape}")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if scale > 1:
+        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        images = [Image.fromarray(f) for f in arr]
+        buf = io.BytesIO()
+        duration = max(20, round(1000 / fps))  # browsers clamp shorter GIF delays
+        images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+        return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    if suffix != ".mp4":
+        raise ValueError(f"{path}: the animation format comes from the suffix; use .gif or .mp4")
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise ValueError(
+            f"{path}: MP4 needs imageio-ffmpeg: pip install 'pokegan[video]' (or write a .gif)"
+        ) from None
+    # H.264 with yuv420p wants even sides; pad with white rather than let ffmpeg rescale.
+    h, w = arr.shape[1:3]
+    ph, pw = (16 - h % 16) % 16, (16 - w % 16) % 16
+    if ph or pw:
+        arr = np.pad(arr, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=255)
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".mp4", dir=path.parent)
+    os.close(fd)
+    try:
+        writer = imageio_ffmpeg.write_frames(
+            tmp, (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+            quality=8, macro_block_size=16, ffmpeg_log_level="error",
+        )
+        writer.send(None)
+        for f in arr:
+            writer.send(np.ascontiguousarray(f))
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def image_grid(
     images: np.ndarray | Sequence[np.ndarray],
     cols: int | None = None,  # None = as square as possible

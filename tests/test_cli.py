@@ -56,8 +56,8 @@ def test_train_then_sample(project: Path, capsys: pytest.CaptureFixture[str]) ->
                str(project / "samples"), "--grid", str(project / "grid.png")])
     assert rc == 0
     files = sorted(p.name for p in (project / "samples").iterdir())
-    assert files == ["seed000000.png", "seed000001.png", "seed000002.png", "seed000007.png"]
-    img = np.asarray(Image.open(project / "samples" / "seed000007.png"))
+    assert files == ["seed0000.png", "seed0001.png", "seed0002.png", "seed0007.png"]
+    img = np.asarray(Image.open(project / "samples" / "seed0007.png"))
     assert np.array_equal(img, generate(G, seeds=[7], truncation_psi=0.5)[0])
     assert Image.open(project / "grid.png").size == (16, 16)  # 4 images of 8x8 in a 2x2 grid
 

@@ -1,0 +1,340 @@
+"""The studio's HTTP API and page (FastAPI; every route is a thin call into stylegan.sampling / projector).
+
+Images travel as PNG data URLs inside JSON; latents never leave the server except as a
+``.npz`` download: an image is named by ``{"seed": N}`` or ``{"projection": "p3"}`` (a w the
+server fitted and keeps), and psi / cutoff / noise apply to both, so a projected picture is
+edited like any seed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from stylegan.studio.source import ModelSource, StudioLimits
+
+STATIC = Path(__file__).with_name("static")
+NoiseMode = Literal["const", "random", "none"]
+
+
+class Item(BaseModel):
+    """One image: a seed, or a projection the server holds."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int | None = Field(default=None, ge=0, lt=2**32)
+    projection: str | None = Field(default=None, max_length=32)
+
+    @model_validator(mode="after")
+    def _one(self) -> Item:
+        if (self.seed is None) == (self.projection is None):
+            raise ValueError("an item is {'seed': N} or {'projection': ID}")
+        return self
+
+
+class Look(BaseModel):
+    """What every rendering request shares: the version and the truncation / noise settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str | None = Field(default=None, max_length=32)
+    psi: float = Field(default=0.7, ge=0.0, le=1.0)
+    cutoff: int | None = Field(default=None, ge=1)
+    noise_mode: NoiseMode = "const"
+
+
+class RenderRequest(Look):
+    items: list[Item] = Field(min_length=1)
+
+
+class MixRequest(Look):
+    rows: list[Item] = Field(min_length=1)  # destinations, down the left
+    cols: list[Item] = Field(min_length=1)  # sources across the top: their `styles` layers are copied in
+    styles: Literal["coarse", "middle", "fine"] | tuple[int, int] = "coarse"  # or an inclusive layer range
+
+
+class InterpolateRequest(Look):
+    items: list[Item] = Field(min_length=2)
+    steps: int = Field(default=16, ge=1)
+    space: Literal["w", "z"] = "w"
+    loop: bool = True
+
+
+class WRequest(Look):
+    item: Item
+
+
+def png_data_url(img: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class Studio:
+    """State behind the routes: the model source, the projections, the job slots."""
+
+    def __init__(self, source: ModelSource, limits: StudioLimits, perceptual: bool = True) -> None:
+        self.source = source
+        self.use_perceptual = perceptual
+        self.limits = limits
+        self.jobs = threading.BoundedSemaphore(limits.jobs)
+        self.projecting = threading.BoundedSemaphore(limits.projections)
+        self.projections: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def job(self) -> Iterator[None]:
+        if not self.jobs.acquire(timeout=self.limits.wait_seconds):
+            raise HTTPException(503, f"the studio is busy ({self.limits.jobs} requests rendering); try again")
+        try:
+            yield
+        finally:
+            self.jobs.release()
+
+    def generator(self, version: str | None) -> torch.nn.Module:
+        try:
+            return self.source.get(version)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc).splitlines()[0]) from None
+
+    def ws(self, G: torch.nn.Module, items: list[Item], look: Look) -> torch.Tensor:
+        """(N, num_ws, w_dim) for the items, truncated as ``look`` says."""
+        from stylegan.sampling import seeds_to_z
+
+        if look.cutoff is not None and look.cutoff > G.num_ws:
+            raise HTTPException(422, f"cutoff must be in 1..{G.num_ws} (this generator's style layers)")
+        dev = next(G.parameters()).device
+        out = []
+        for it in items:
+            if it.seed is not None:
+                w = G.mapping(seeds_to_z([it.seed], G.z_dim).to(dev), truncation_psi=look.psi,
+                              truncation_cutoff=look.cutoff)
+            else:
+                with self._lock:
+                    p = self.projections.get(it.projection)
+                if p is None:
+                    raise HTTPException(404, f"no projection {it.projection!r} (the studio keeps the last "
+                                             f"{self.limits.kept_projections}); project the picture again")
+                if p["ws"].shape != (G.num_ws, G.w_dim):
+                    raise HTTPException(422, f"projection {it.projection} was fitted to v{p['version']}, whose ws "
+                                             "do not fit this version; project it again here")
+                w = G.mapping.truncate(p["ws"][None].to(dev), look.psi, look.cutoff)
+            out.append(w)
+        return torch.cat(out)
+
+    def perceptual(self, device: torch.device) -> Any:
+        """The EfficientNet perceptual distance, loaded once (None without the metrics extra)."""
+        from stylegan.projector import load_perceptual
+
+        with self._lock:
+            if not hasattr(self, "_perceptual"):
+                self._perceptual = load_perceptual(log=None) if self.use_perceptual else None
+            return self._perceptual.to(device) if self._perceptual is not None else None
+
+    def check_count(self, n: int, what: str, limit: int | None = None) -> None:
+        limit = limit or self.limits.max_images
+        if n > limit:
+            raise HTTPException(413, f"{n} {what} asked for; at most {limit} per request")
+
+    def info(self, version: str | None) -> dict[str, Any]:
+        from stylegan.networks import style_layer_range
+
+        G = self.generator(version)
+        styles = {}
+        for name in ("coarse", "middle", "fine"):
+            r = style_layer_range(name, G.num_ws)
+            r = r if isinstance(r, range) else range(*r)
+            if len(r):
+                styles[name] = [r.start, r.stop - 1]
+        lim = self.limits
+        return {
+            "model": self.source.spec, "registry": self.source.registry, "name": self.source.name,
+            "version": version or self.source.default_version, "default_version": self.source.default_version,
+            "resolution": int(G.img_resolution), "num_ws": int(G.num_ws), "w_dim": int(G.w_dim), "styles": styles,
+            "limits": {"max_images": lim.max_images, "max_frames": lim.max_frames,
+                       "max_upload_bytes": lim.max_upload_bytes, "max_project_steps": lim.max_project_steps,
+                       "jobs": lim.jobs, "projections": lim.projections},
+        }
+
+
+def _styles_range(styles: str | tuple[int, int], num_ws: int) -> tuple[int, int]:
+    from stylegan.networks import style_layer_range
+
+    if isinstance(styles, str):
+        r = style_layer_range(styles, num_ws)
+        r = r if isinstance(r, range) else range(*r)
+        if len(r) == 0:
+            raise HTTPException(422, f"this {num_ws}-layer generator has no {styles} styles")
+        return r.start, r.stop
+    lo, hi = styles
+    if not 0 <= lo <= hi < num_ws:
+        raise HTTPException(422, f"style layers must lie in 0..{num_ws - 1}, got {lo}-{hi}")
+    return lo, hi + 1
+
+
+def build_app(source: ModelSource, limits: StudioLimits, perceptual: bool = True) -> FastAPI:
+    """``perceptual=False``: projections fit pixels only (faster; the tests use it)."""
+    studio = Studio(source, limits, perceptual)
+    app = FastAPI(title="pokegan studio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.studio = studio
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # One readable line ("psi: Input should be less than or equal to 1") instead of a nested list.
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/info")
+    def info(version: Annotated[str | None, Query(max_length=32)] = None) -> dict[str, Any]:
+        return studio.info(version)
+
+    @app.get("/api/versions")
+    def versions() -> dict[str, Any]:
+        try:
+            return {"registry": source.registry, "name": source.name, "default_version": source.default_version,
+                    "versions": source.versions()}
+        except Exception as exc:  # the store went away: say so, keep serving the loaded model
+            raise HTTPException(502, f"could not read the registry: {type(exc).__name__}: {exc}") from None
+
+    @app.post("/api/render")
+    def render(req: RenderRequest) -> dict[str, Any]:
+        from stylegan.projector import render_ws
+
+        studio.check_count(len(req.items), "images")
+        with studio.job(), torch.no_grad():
+            G = studio.generator(req.version)
+            images = render_ws(G, studio.ws(G, req.items, req), noise_mode=req.noise_mode)
+        return {"images": [png_data_url(im) for im in images]}
+
+    @app.post("/api/mix")
+    def mix(req: MixRequest) -> dict[str, Any]:
+        from stylegan.projector import render_ws
+
+        studio.check_count(len(req.rows) * len(req.cols) + len(req.rows) + len(req.cols), "images (mixes + parents)")
+        with studio.job(), torch.no_grad():
+            G = studio.generator(req.version)
+            lo, hi = _styles_range(req.styles, int(G.num_ws))
+            dst, src = studio.ws(G, req.rows, req), studio.ws(G, req.cols, req)
+            mixed = dst[:, None].repeat(1, len(src), 1, 1)
+            mixed[:, :, lo:hi] = src[None, :, lo:hi]
+            imgs = render_ws(G, torch.cat([src, dst, mixed.flatten(0, 1)]), noise_mode=req.noise_mode)
+        urls = [png_data_url(im) for im in imgs]
+        n_src, n_dst = len(src), len(dst)
+        cells = urls[n_src + n_dst :]
+        return {"sources": urls[:n_src], "destinations": urls[n_src : n_src + n_dst],
+                "mixed": [cells[i * n_src : (i + 1) * n_src] for i in range(n_dst)], "layers": [lo, hi - 1]}
+
+    @app.post("/api/interpolate")
+    def interpolate(req: InterpolateRequest) -> dict[str, Any]:
+        from stylegan.projector import render_ws
+        from stylegan.sampling import interpolate_ws, seeds_to_z, slerp
+
+        n_frames = req.steps * (len(req.items) if req.loop else len(req.items) - 1) + (0 if req.loop else 1)
+        studio.check_count(n_frames, "frames", limits.max_frames)
+        with studio.job(), torch.no_grad():
+            G = studio.generator(req.version)
+            if req.space == "z":
+                if any(it.seed is None for it in req.items):
+                    raise HTTPException(422, "z slerp needs seeds (a projection has no z); use w lerp")
+                dev = next(G.parameters()).device
+                z = seeds_to_z([it.seed for it in req.items], G.z_dim).to(dev)
+                keys = torch.cat([z, z[:1]]) if req.loop else z
+                ts = [i / req.steps for i in range(req.steps)]
+                zs = [slerp(keys[k : k + 1], keys[k + 1 : k + 2], t) for k in range(len(keys) - 1) for t in ts]
+                zs = torch.cat(zs if req.loop else [*zs, keys[-1:]])
+                ws = G.mapping(zs, truncation_psi=req.psi, truncation_cutoff=req.cutoff)
+                frames = render_ws(G, ws, noise_mode=req.noise_mode)
+            else:
+                frames = interpolate_ws(G, studio.ws(G, req.items, req), steps=req.steps,
+                                        noise_mode=req.noise_mode, loop=req.loop)
+        return {"frames": [png_data_url(im) for im in frames]}
+
+    @app.post("/api/w")
+    def download_w(req: WRequest) -> Response:
+        from stylegan.projector import npz_bytes
+
+        with studio.job(), torch.no_grad():
+            G = studio.generator(req.version)
+            ws = studio.ws(G, [req.item], req)
+        name = f"seed{req.item.seed:04d}" if req.item.seed is not None else f"projection-{req.item.projection}"
+        return Response(npz_bytes(ws), media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{name}_w.npz"'})
+
+    @app.post("/api/project")
+    async def project(
+        request: Request,
+        version: Annotated[str | None, Query(max_length=32)] = None,
+        steps: Annotated[int | None, Query(ge=1)] = None,  # None = 200, or the limit if lower
+        w_plus: bool = False,
+        crop: bool = True,  # frame the picture as prepare frames training images (crop to content + margin)
+    ) -> dict[str, Any]:
+        """Body: the picture's bytes (any image type Pillow reads)."""
+        steps = steps if steps is not None else min(200, limits.max_project_steps)
+        if steps > limits.max_project_steps:
+            raise HTTPException(413, f"steps {steps} is over this studio's limit of {limits.max_project_steps}")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes:
+            raise HTTPException(413, f"the picture is {int(declared):,} bytes; at most {limits.max_upload_bytes:,}")
+        body = bytearray()
+        async for chunk in request.stream():  # counted as it arrives: a missing or false length cannot bypass it
+            body += chunk
+            if len(body) > limits.max_upload_bytes:
+                raise HTTPException(413, f"the picture is over {limits.max_upload_bytes:,} bytes")
+        if not body:
+            raise HTTPException(400, "no picture in the request body; send the image file's bytes")
+        if not studio.projecting.acquire(blocking=False):
+            raise HTTPException(429, "a projection is already running; try again when it has finished")
+        try:
+            return await run_in_threadpool(_project_sync, studio, bytes(body), version, steps, w_plus, crop)
+        finally:
+            studio.projecting.release()
+
+    return app
+
+
+def _project_sync(
+    studio: Studio, data: bytes, version: str | None, steps: int, w_plus: bool, crop: bool
+) -> dict[str, Any]:
+    from stylegan.projector import load_target, project
+
+    with studio.job():
+        G = studio.generator(version)
+        try:
+            target = load_target(data, int(G.img_resolution), margin=0.08 if crop else None)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        perceptual = studio.perceptual(next(G.parameters()).device)
+        result = project(G, target, steps=steps, w_plus=w_plus, perceptual=perceptual, num_frames=0)
+    pid = f"p{next(studio._ids)}"
+    with studio._lock:
+        studio.projections[pid] = {"ws": result.ws, "version": version or studio.source.default_version}
+        while len(studio.projections) > studio.limits.kept_projections:
+            studio.projections.popitem(last=False)
+    return {"id": pid, "image": png_data_url(result.image), "target": png_data_url(result.target),
+            "pixel_error": round(result.pixel_error, 3), "start_error": round(result.start_error, 3),
+            "steps": steps, "w_plus": w_plus, "perceptual": perceptual is not None}

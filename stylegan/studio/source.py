@@ -1,0 +1,92 @@
+"""Where the studio's generators come from, and the limits on what one request may ask."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class StudioLimits:
+    max_images: int = 64  # images one request may render (grid page, mix grid cells, frames / 4)
+    max_frames: int = 256  # frames of one interpolation
+    max_upload_bytes: int = 8 * 1024 * 1024  # largest picture accepted for projection
+    max_project_steps: int = 1000  # steps one projection may run
+    jobs: int = 2  # requests rendering at once; the others wait up to wait_seconds, then get 503
+    wait_seconds: float = 60.0
+    projections: int = 1  # projections at once; another one gets 429 meanwhile
+    kept_projections: int = 64  # projected ws kept in memory (oldest dropped)
+    cached_models: int = 2  # registered versions kept loaded
+
+
+class ModelSource:
+    """An export folder (one model) or a registered model (all its versions, loaded on demand)."""
+
+    def __init__(
+        self,
+        spec: str,  # export folder, .safetensors, or models:/NAME@ALIAS / models:/NAME/VERSION
+        *,
+        device: str | torch.device = "cpu",
+        cached_models: int = 2,
+        registry: Any = None,  # an object with resolve/list_versions/load (tests); None = flows.studio_registry
+    ) -> None:
+        from stylegan.training import resolve_device
+
+        self.spec = spec
+        self.device = resolve_device(str(device))
+        self.registry = spec.startswith("models:/")
+        self._cache: OrderedDict[str | None, torch.nn.Module] = OrderedDict()
+        self._cache_size = max(1, cached_models)
+        self._lock = threading.Lock()
+        if self.registry:
+            if registry is None:
+                try:
+                    from flows import studio_registry as registry
+                except ImportError as exc:
+                    from stylegan.cli import _PipelineMissing
+
+                    raise _PipelineMissing(
+                        f"{spec} needs the pipeline extra (mlflow and the flows package): pip install "
+                        f"'pokegan[pipeline]' ({exc}); or pass an export folder to --model"
+                    ) from exc
+            self._registry = registry
+            self.name, self.default_version = registry.resolve(spec)
+        else:
+            from stylegan.checkpoint import read_generator_info
+
+            read_generator_info(spec)  # a missing or foreign folder fails here, before serving
+            self.name, self.default_version = Path(spec).name, None
+        self.get(self.default_version)  # load now: a broken model fails at start, not on the first click
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Registered versions with aliases, eval metrics and the promotion decision ([] for a folder)."""
+        return self._registry.list_versions(self.name) if self.registry else []
+
+    def get(self, version: str | None = None) -> torch.nn.Module:
+        """The generator of ``version`` (None = the one the studio started with); LookupError if unknown."""
+        if not self.registry:
+            if version not in (None, ""):
+                raise LookupError(f"{self.spec} is an export folder with no versions; omit the version")
+            version = None
+        else:
+            version = str(version) if version not in (None, "") else self.default_version
+        with self._lock:
+            if version in self._cache:
+                self._cache.move_to_end(version)
+                return self._cache[version]
+        if self.registry:
+            G = self._registry.load(self.name, version, device=self.device)
+        else:
+            from stylegan.checkpoint import load_generator
+
+            G = load_generator(self.spec, device=self.device)
+        with self._lock:
+            self._cache[version] = G
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return G

@@ -1,0 +1,192 @@
+"""Studio API (no browser): rendering, mixing, interpolation, projection, downloads, limits, versions."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+from stylegan.checkpoint import export_generator, load_generator
+from stylegan.config import ModelConfig
+from stylegan.networks import Generator
+from stylegan.projector import load_projected_w, render_ws
+from stylegan.sampling import generate, mix_styles, save_png
+from stylegan.studio import ModelSource, StudioLimits, create_app
+
+
+def decode(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    G = Generator(ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=8))
+    out = tmp_path_factory.mktemp("studio") / "export"
+    export_generator(G.eval(), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(export: Path) -> TestClient:
+    limits = StudioLimits(max_images=8, max_upload_bytes=20_000, max_project_steps=50)
+    return TestClient(create_app(ModelSource(str(export)), limits, perceptual=False))
+
+
+def test_render_matches_the_library_and_psi_changes_it(client: TestClient, export: Path) -> None:
+    G = load_generator(export)
+    r = client.post("/api/render", json={"items": [{"seed": 3}, {"seed": 4}], "psi": 0.5})
+    assert r.status_code == 200
+    imgs = [decode(u) for u in r.json()["images"]]
+    np.testing.assert_array_equal(imgs[0], generate(G, seeds=[3], truncation_psi=0.5)[0])
+    r0 = client.post("/api/render", json={"items": [{"seed": 3}, {"seed": 4}], "psi": 0})
+    zero = [decode(u) for u in r0.json()["images"]]
+    np.testing.assert_array_equal(zero[0], zero[1])  # psi 0: every seed is the average w
+    cut = client.post("/api/render", json={"items": [{"seed": 3}], "psi": 0.0, "cutoff": 2}).json()["images"][0]
+    np.testing.assert_array_equal(decode(cut), generate(G, seeds=[3], truncation_psi=0.0, truncation_cutoff=2)[0])
+    info = client.get("/api/info").json()
+    assert info["resolution"] == 8 and info["num_ws"] == 4 and info["styles"] == {"coarse": [0, 3]}
+    assert client.get("/").text.startswith("<!doctype html>") and "cdn" not in client.get("/").text.lower()
+
+
+def test_mix_is_the_paper_figure(client: TestClient, export: Path) -> None:
+    G = load_generator(export)
+    r = client.post("/api/mix", json={"rows": [{"seed": 1}, {"seed": 2}], "cols": [{"seed": 5}],
+                                      "styles": [0, 1], "psi": 1.0}).json()
+    m = mix_styles(G, row_seeds=[5], col_seeds=[1, 2], styles=(0, 2))
+    assert len(r["sources"]) == 1 and len(r["destinations"]) == 2 and len(r["mixed"]) == 2
+    np.testing.assert_array_equal(decode(r["mixed"][1][0]), m["mixed"][1, 0])
+    np.testing.assert_array_equal(decode(r["destinations"][0]), m["destinations"][0])
+
+
+def test_interpolation_w_and_z(client: TestClient, export: Path) -> None:
+    G = load_generator(export)
+    frames = client.post("/api/interpolate", json={"items": [{"seed": 1}, {"seed": 2}], "steps": 3, "loop": False,
+                                                   "psi": 1.0}).json()["frames"]
+    assert len(frames) == 4
+    np.testing.assert_array_equal(decode(frames[-1]), generate(G, seeds=[2])[0])
+    z = client.post("/api/interpolate", json={"items": [{"seed": 1}, {"seed": 2}], "steps": 3, "space": "z"}).json()
+    assert len(z["frames"]) == 6  # looped: 2 transitions x 3
+
+
+def test_projection_upload_edit_and_download(client: TestClient, export: Path, tmp_path: Path) -> None:
+    G = load_generator(export)
+    save_png(generate(G, seeds=[6], truncation_psi=0.7)[0], tmp_path / "t.png")
+    r = client.post("/api/project?steps=20", content=(tmp_path / "t.png").read_bytes())
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert p["id"].startswith("p") and p["pixel_error"] < p["start_error"] and not p["perceptual"]
+    # Edited like any seed: psi 0 gives the average, and the npz renders the same picture.
+    avg = decode(client.post("/api/render", json={"items": [{"seed": 0}], "psi": 0}).json()["images"][0])
+    edited = client.post("/api/render", json={"items": [{"projection": p["id"]}], "psi": 0}).json()["images"][0]
+    np.testing.assert_array_equal(decode(edited), avg)
+    shown = decode(client.post("/api/render", json={"items": [{"projection": p["id"]}], "psi": 1}).json()["images"][0])
+    np.testing.assert_array_equal(shown, decode(p["image"]))
+    npz = client.post("/api/w", json={"item": {"projection": p["id"]}, "psi": 1})
+    assert npz.status_code == 200 and "attachment" in npz.headers["content-disposition"]
+    (tmp_path / "w.npz").write_bytes(npz.content)
+    ws, _ = load_projected_w(tmp_path / "w.npz", G)
+    np.testing.assert_array_equal(render_ws(G, ws)[0], shown)
+
+
+def test_limits_and_bad_input_are_4xx_with_a_message(client: TestClient) -> None:
+    def detail(r: object, code: int) -> str:
+        assert r.status_code == code, (r.status_code, r.text)
+        return r.json()["detail"]
+
+    assert "at most 8" in detail(client.post("/api/render", json={"items": [{"seed": i} for i in range(9)]}), 413)
+    assert "psi" in detail(client.post("/api/render", json={"items": [{"seed": 1}], "psi": 2}), 422)
+    bad_cutoff = client.post("/api/render", json={"items": [{"seed": 1}], "cutoff": 9})
+    assert "cutoff must be in 1..4" in detail(bad_cutoff, 422)
+    assert "seed" in detail(client.post("/api/render", json={"items": [{"seed": -1}]}), 422)
+    assert "no projection" in detail(client.post("/api/render", json={"items": [{"projection": "p999"}]}), 404)
+    assert "no versions" in detail(client.get("/api/info?version=3"), 404)
+    assert "z slerp needs seeds" in detail(client.post("/api/interpolate", json={
+        "items": [{"seed": 1}, {"projection": "p1"}], "space": "z"}), 422)
+    assert "at most 256" in detail(client.post("/api/interpolate", json={
+        "items": [{"seed": 1}, {"seed": 2}], "steps": 200}), 413)
+    assert "at most 20,000" in detail(client.post("/api/project", content=b"x" * 20_001), 413)
+    assert "limit of 50" in detail(client.post("/api/project?steps=51", content=b"x"), 413)
+    assert "not a readable image" in detail(client.post("/api/project", content=b"garbage"), 400)
+    assert "no picture" in detail(client.post("/api/project", content=b""), 400)
+
+
+def test_one_projection_at_a_time(client: TestClient) -> None:
+    studio = client.app.state.studio
+    assert studio.projecting.acquire(blocking=False)  # as if one were running
+    try:
+        r = client.post("/api/project", content=b"anything")
+        assert r.status_code == 429 and "already running" in r.json()["detail"]
+    finally:
+        studio.projecting.release()
+
+
+class FakeRegistry:
+    """Two versions of different generators, as flows.studio_registry reports them."""
+
+    def __init__(self, exports: dict[str, Path]) -> None:
+        self.exports = exports
+        self.loads: list[str] = []
+
+    def resolve(self, uri: str) -> tuple[str, str]:
+        assert uri == "models:/poke@champion"
+        return "poke", "2"
+
+    def list_versions(self, name: str) -> list[dict]:
+        return [{"version": "2", "aliases": ["champion"], "metrics": {"fd_effnet": 10.0}, "decision": "promoted",
+                 "reason": "fd_effnet 10 < 20 of v1"},
+                {"version": "1", "aliases": [], "metrics": {"fd_effnet": 20.0}, "decision": "promoted",
+                 "reason": "no champion yet"}]
+
+    def load(self, name: str, version: str, device: object = "cpu") -> Generator:
+        if version not in self.exports:
+            raise LookupError(f"registered model 'poke' has no version {version}")
+        self.loads.append(version)
+        return load_generator(self.exports[version])
+
+
+def test_switching_registered_versions(export: Path, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    other = Generator(ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=8))
+    export_generator(other.eval(), tmp_path / "v1")
+    reg = FakeRegistry({"1": tmp_path / "v1", "2": export})
+    c = TestClient(create_app(ModelSource("models:/poke@champion", registry=reg), perceptual=False))
+    v = c.get("/api/versions").json()
+    assert v["registry"] and v["default_version"] == "2" and [x["version"] for x in v["versions"]] == ["2", "1"]
+    a = c.post("/api/render", json={"items": [{"seed": 1}]}).json()["images"][0]
+    b = c.post("/api/render", json={"items": [{"seed": 1}], "version": "1"}).json()["images"][0]
+    assert a != b
+    v1 = load_generator(tmp_path / "v1")
+    np.testing.assert_array_equal(decode(b), generate(v1, seeds=[1], truncation_psi=0.7)[0])
+    c.post("/api/render", json={"items": [{"seed": 2}], "version": "1"})
+    assert reg.loads == ["2", "1"]  # loaded once each, then cached
+    r = c.post("/api/render", json={"items": [{"seed": 1}], "version": "7"})
+    assert r.status_code == 404 and "no version 7" in r.json()["detail"]
+
+
+def test_pokegan_studio_serves_on_loopback_by_default(export: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    from stylegan.cli import main
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    assert main(["studio", "--model", str(export), "--port", "8123", "--max-images", "4"]) == 0
+    (call,) = calls
+    assert call["host"] == "127.0.0.1" and call["port"] == 8123
+    assert call["app"].state.studio.limits.max_images == 4
+    assert "http://127.0.0.1:8123/" in capsys.readouterr().err
+    assert main(["studio", "--model", str(export), "--host", "0.0.0.0"]) == 0
+    assert "anyone who can reach this address" in capsys.readouterr().err
+    assert main(["studio", "--model", str(export.parent / "missing")]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -263,10 +263,11 @@ def G_fused_at(cfg: ModelConfig) -> list[int]:
 
 @pytest.mark.parametrize("blur", [True, False])
 def test_fused_scale_gives_the_unfused_outputs_for_the_same_weights(blur: bool) -> None:
+    torch.manual_seed(0)
     base = replace(TINY, blur=blur, max_resolution=32)
     plain, fused = replace(base, fused_scale=False), replace(base, fused_scale=True)
-    G0, D0 = Generator(plain).double(), Discriminator(plain).double()
-    G1, D1 = Generator(fused).double(), Discriminator(fused).double()
+    G0, D0 = Generator(plain), Discriminator(plain)
+    G1, D1 = Generator(fused), Discriminator(fused)
     with torch.no_grad():  # non-zero noise strengths and biases, so every term of the block counts
         for name, p in G0.named_parameters():
             if "noise" in name or "bias" in name:
@@ -278,13 +279,15 @@ def test_fused_scale_gives_the_unfused_outputs_for_the_same_weights(blur: bool) 
     D1.load_state_dict(D0.state_dict())
     assert G1.synthesis.b8.conv0.fused_scale and not G0.synthesis.b8.conv0.fused_scale
     assert D1.b8.conv1.fused_scale and not D0.b8.conv1.fused_scale
-    z = torch.randn(3, 16, dtype=torch.float64)
+    # float32 (the networks' fp32 islands cast to float32): the fused kernels only change the
+    # order of the sums, so the paths agree to rounding; a misplaced tap or blur is off by O(1).
+    z = torch.randn(3, 16)
     for res, alpha in ((8, 1.0), (16, 0.3), (32, 1.0)):
         img0 = G0(z, resolution=res, alpha=alpha, noise_mode="const")
         img1 = G1(z, resolution=res, alpha=alpha, noise_mode="const")
-        torch.testing.assert_close(img1, img0, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(img1, img0, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(D1(img0, resolution=res, alpha=alpha), D0(img0, resolution=res, alpha=alpha),
-                                   rtol=1e-9, atol=1e-9)
+                                   rtol=1e-5, atol=1e-5)
     # Gradients agree too (what training sees).
     for G in (G0, G1):
         G.zero_grad()
@@ -292,8 +295,9 @@ def test_fused_scale_gives_the_unfused_outputs_for_the_same_weights(blur: bool) 
     g0 = {k: p.grad for k, p in G0.named_parameters() if p.grad is not None}
     g1 = {k: p.grad for k, p in G1.named_parameters() if p.grad is not None}
     assert g0.keys() == g1.keys() and "synthesis.b32.conv0.weight" in g0
-    for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], rtol=1e-8, atol=1e-9)
+    for k in g0:  # relative to each gradient's norm: sums that cancel make single entries noisy in float32
+        err = torch.linalg.vector_norm(g1[k] - g0[k]) / torch.linalg.vector_norm(g0[k]).clamp_min(1e-12)
+        assert err < 1e-4, f"{k}: relative gradient difference {err:.2e}"
 
 
 def test_fused_scale_auto_follows_the_official_128_threshold() -> None:

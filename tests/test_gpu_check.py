@@ -59,7 +59,7 @@ def test_cpu_quick_mode_writes_every_figure_and_survives_failing_configs(tmp_pat
     else:
         assert t["fd_effnet"] is None and "efficientnet" in t["fd_error"]
     printed = proc.stdout
-    assert "r16" not in printed and "16     4  bf16     off" in printed and "fd_effnet" in printed
+    assert "  16     4  bf16     off" in printed and "fd_effnet" in printed and "wrote" in printed
 
 
 def test_missing_training_data_is_named(tmp_path: Path) -> None:

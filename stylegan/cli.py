@@ -158,6 +158,14 @@ def _train(args: argparse.Namespace) -> int:
     nproc = args.nproc_per_node if args.nproc_per_node is not None else train_cfg.nproc_per_node
     if nproc > 1 and not distributed.launched_by_torchrun():
         return _launch_torchrun(args, nproc, model_cfg, train_cfg)
+    import os
+    import warnings
+
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    if (args.nproc_per_node is not None and local_world is not None and os.environ.get("RANK") == "0"
+            and int(local_world) != args.nproc_per_node):
+        warnings.warn(f"--nproc-per-node {args.nproc_per_node} ignored: already one of torchrun's "
+                      f"{local_world} processes on this machine", stacklevel=1)
 
     # A single process, or one of torchrun's workers (RANK / WORLD_SIZE / LOCAL_RANK set).
     info = distributed.init_from_env(resolve_device(train_cfg.device))

@@ -42,3 +42,25 @@ def test_prepare_flow_matches_library_and_reports(tmp_path: Path, prefect_harnes
 
     artifact = Artifact.get("prepare-summary")
     assert artifact is not None and "duplicate" in str(artifact.data) and "ok" in str(artifact.data)
+
+
+def test_a_chunk_task_survives_a_crashing_decoder_and_the_pool_stays_usable(tmp_path: Path) -> None:
+    # The flow's chunk tasks share one supervised pool: a decoder crash is that file's row, and
+    # the next task (where a retry used to resubmit to a broken ProcessPoolExecutor) still runs.
+    from flows.prepare import prepare_chunk_task
+    from stylegan.config import section
+    from stylegan.data.sources import list_inputs
+    from stylegan.data.workers import DecodePool
+    from tests.faults import hooks
+
+    src = sprite_folder(tmp_path / "sprites", n=4)
+    (src / "2.png").write_bytes((src / "2.png").read_bytes() + hooks.CRASH)
+    cfg = section(tiny_params(data={"source": str(src), "workers": 1}), "data")
+    items = list_inputs(cfg)
+    with DecodePool(cfg, workers=1, initializer=hooks.faulty_decoder) as pool:
+        first = [r.row for r in prepare_chunk_task.fn(0, items, pool)]
+        second = [r.row for r in prepare_chunk_task.fn(1, items, pool)]
+    assert [(r["source"], r["reason"]) for r in first] == [
+        ("1.png", ""), ("2.png", "crashed_decoder"), ("3.png", ""), ("4.png", "")
+    ]
+    assert first == second

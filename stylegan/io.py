@@ -88,7 +88,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
             exc.filename = str(path)  # "[Errno 28] No space left on device: '<the file>'", not a bare errno
         raise
     fsync_dir(path.parent)

@@ -68,7 +68,7 @@ def server(tmp_path: Path) -> Any:
     mlflow.pyfunc.save_model(  # the model the train flow logs (tracking.log_generator_model), saved locally
         str(model), python_model=str(tracking.PYFUNC_CODE), artifacts={"generator": str(tmp_path / "export")},
         code_paths=[str(Path(tracking.stylegan.__file__).parent)], signature=tracking.model_signature(),
-        input_example=tracking.input_example(), pip_requirements=tracking.PIP_REQUIREMENTS)
+        pip_requirements=tracking.PIP_REQUIREMENTS)  # no input example: its validation loads the model (seconds)
     port = _free_port()
     bindir = Path(sys.executable).parent  # mlflow serve starts uvicorn from PATH
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -28,7 +28,7 @@ from stylegan.metrics.stats import seeded_rows
 _HASH_CHUNK = 16 << 20
 # Bump whenever a feature network, its weights handling or its preprocessing (resize,
 # scaling, batch-norm folding) changes: the cache key carries it, so old caches are ignored.
-FEATURE_CACHE_VERSION = 2
+FEATURE_CACHE_VERSION = 3  # 3: Inception input by the TF1-exact resize and (x - 128) / 128
 
 
 def file_hash(path: str | Path, memo_dir: str | Path | None = None) -> str:

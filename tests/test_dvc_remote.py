@@ -1,0 +1,113 @@
+"""DVC as a team uses it: a local-folder remote, image plots across revisions.
+
+In one clone: `dvc repro` (tiny synthetic data and model), commit, `dvc push` to a folder
+remote. In a fresh `git clone`: `dvc pull` restores data/prepared, the exported generator and
+the registration record, and `dvc status` / `dvc repro` have nothing to do. Back in the first
+clone, a changed sample param re-samples, and `dvc plots diff` lists the sample grid and the
+truncation sweep as images of both revisions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("dvc")
+pytest.importorskip("prefect")
+pytest.importorskip("mlflow")
+
+from tests.flows_helpers import REPO, sprite_folder, tiny_params, write_params
+
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
+
+COPY = ["stylegan", "flows", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def test_push_pull_fresh_clone_is_up_to_date_and_image_plots_diff(
+    tmp_path: Path, mlflow_empty_db: Path, prefect_harness: None
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    repo = tmp_path / "a"
+    repo.mkdir()
+    for name in COPY:
+        src, dst = REPO / name, repo / name
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dst)
+    images = sprite_folder(tmp_path / "sprites", n=16)
+    write_params(repo / "params.yaml", tiny_params(data={"source": str(images)},
+                                                   train={"fade_kimg": 0.032, "stab_kimg": 0.032}))
+    (repo / "mlruns").mkdir()
+    shutil.copyfile(mlflow_empty_db, repo / "mlruns" / "mlflow.db")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
+        "MLFLOW_REGISTRY_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    dvc = [sys.executable, "-m", "dvc"]
+    remote = tmp_path / "remote"
+    _run(["git", "init", "-q"], repo, env)
+    _run([*dvc, "init", "-q"], repo, env)
+    shutil.copy2(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # the project's: no analytics, no update check
+    _run([*dvc, "remote", "add", "-d", "shared", str(remote)], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "project"], repo, env)
+
+    _run([*dvc, "repro"], repo, env, timeout=900)
+    _run(["git", "add", "-A"], repo, env)  # dvc.lock, metrics/, the .gitignore files DVC wrote
+    _run(["git", "commit", "-qm", "trained"], repo, env)
+    _run([*dvc, "push"], repo, env)
+    assert any(remote.rglob("*")), "dvc push wrote nothing to the remote"
+
+    # A teammate: a fresh clone, `dvc pull`, and the pipeline is up to date.
+    clone = tmp_path / "b"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    assert not (clone / "data" / "prepared").exists()
+    _run([*dvc, "pull"], clone, env)
+    for path in ("data/prepared/manifest.csv", "models/generator/generator.safetensors", "models/registered.json",
+                 "samples/grid.png", "reports/truncation_sweep.png"):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+    status = json.loads(_run([*dvc, "status", "--json"], clone, env))
+    assert status == {}, status
+    out = _run([*dvc, "repro"], clone, env)
+    assert "up to date" in out and "Running stage" not in out, out
+
+    from stylegan.checkpoint import load_generator
+
+    assert load_generator(clone / "models" / "generator").img_resolution == 16
+
+    # Image plots across revisions: a changed sample param reruns only sample; diff shows both grids.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sample"]["truncation_psi"] = 0.3
+    write_params(repo / "params.yaml", params)
+    out = _run([*dvc, "repro"], repo, env)
+    assert "Running stage 'sample'" in out and "Running stage 'train'" not in out
+    diff = json.loads(_run([*dvc, "plots", "diff", "HEAD", "--json"], repo, env))
+    for image in ("samples/grid.png", "reports/truncation_sweep.png"):
+        entries = diff[image]
+        assert {e["type"] for e in entries} == {"image"}, entries
+        assert {e["revisions"][0] for e in entries} == {"HEAD", "workspace"}, entries
+    grids = {e["revisions"][0]: e["url"] for e in diff["samples/grid.png"]}
+    assert Path(grids["HEAD"]).read_bytes() != Path(grids["workspace"]).read_bytes()  # psi 0.7 vs 0.3

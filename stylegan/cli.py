@@ -200,7 +200,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def _check_psi(psi: float) -> None:
     if not 0.0 <= psi <= 1.0:  # also rejects nan
-        raise ValueError(f"--psi/--trunc must be in [0, 1] (1 = no truncation, 0 = the average w), got {psi}")
+        raise ValueError(f"--psi must be in [0, 1] (1 = no truncation, 0 = the average w), got {psi}")
 
 
 def _open_model(args: argparse.Namespace) -> object:
@@ -221,7 +221,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds)
     _check_psi(args.psi)
-    _check_dir_arg(args.out, "--out/--outdir")
+    _check_dir_arg(args.out, "--out")
     if args.grid:
         _check_file_arg(args.grid, "--grid", "grid.png")
     G = _open_model(args)
@@ -534,7 +534,7 @@ def _studio(args: argparse.Namespace) -> int:
     try:
         return serve(model, host=args.host, port=args.port, device=args.device, limits=limits,
                      log=lambda msg: print(f"pokegan studio: {msg}", file=sys.stderr, flush=True))
-    except _PipelineMissing as exc:
+    except ImportError as exc:  # no fastapi/uvicorn: the message names the extra
         print(f"pokegan studio: error: {exc}", file=sys.stderr)
         return 2
 
@@ -618,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda message, category, *_, **__: f"pokegan {args.command}: warning: {message}\n"
     try:
         return int(args.func(args) or 0)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, _PipelineMissing) as exc:
         # Bad input (OSError: a path that is a file, a full disk, no permission) gets one clear line, not a traceback.
         print(f"pokegan {args.command}: error: {exc}", file=sys.stderr)
         return 2

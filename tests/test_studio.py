@@ -190,3 +190,13 @@ def test_pokegan_studio_serves_on_loopback_by_default(export: Path, monkeypatch:
     assert "anyone who can reach this address" in capsys.readouterr().err
     assert main(["studio", "--model", str(export.parent / "missing")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_studio_package_imports_no_web_or_tracking_stack() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, stylegan.studio, stylegan.projector; "
+            "bad = [m for m in ('mlflow', 'fastapi', 'uvicorn', 'prefect', 'flows') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -254,7 +254,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     _model_options(p)
     p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9-12")
     _psi_options(p)
-    p.add_argument("--cutoff", type=int, default=None, help="truncate only the first CUTOFF style layers")
+    p.add_argument("--cutoff", "--trunc-cutoff", type=int, default=None,
+                   help="truncate only the first CUTOFF style layers (official StyleGAN: 8; default: all)")
     p.add_argument("--projected-w", default=None, metavar="FILE",
                    help="render the ws of this projected_w.npz (from pokegan project) instead of seeds: "
                         "proj00.png, ...")

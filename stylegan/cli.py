@@ -269,7 +269,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def _check_psi(psi: float) -> None:
     if not 0.0 <= psi <= 1.0:  # also rejects nan
-        raise ValueError(f"--psi/--trunc must be in [0, 1] (1 = no truncation, 0 = the average w), got {psi}")
+        raise ValueError(f"--psi must be in [0, 1] (1 = no truncation, 0 = the average w), got {psi}")
 
 
 def _open_model(args: argparse.Namespace) -> object:
@@ -290,7 +290,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds)
     _check_psi(args.psi)
-    _check_dir_arg(args.out, "--out/--outdir")
+    _check_dir_arg(args.out, "--out")
     if args.grid:
         _check_file_arg(args.grid, "--grid", "grid.png")
     G = _open_model(args)
@@ -329,7 +329,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     _model_options(p)
     p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9-12")
     _psi_options(p)
-    p.add_argument("--cutoff", type=int, default=None, help="truncate only the first CUTOFF style layers")
+    p.add_argument("--cutoff", "--trunc-cutoff", type=int, default=None,
+                   help="truncate only the first CUTOFF style layers (official StyleGAN: 8; default: all)")
     p.add_argument("--projected-w", default=None, metavar="FILE",
                    help="render the ws of this projected_w.npz (from pokegan project) instead of seeds: "
                         "proj00.png, ...")
@@ -618,7 +619,7 @@ def _studio(args: argparse.Namespace) -> int:
     try:
         return serve(model, host=args.host, port=args.port, device=args.device, limits=limits,
                      log=lambda msg: print(f"pokegan studio: {msg}", file=sys.stderr, flush=True))
-    except _PipelineMissing as exc:
+    except ImportError as exc:  # no fastapi/uvicorn: the message names the extra
         print(f"pokegan studio: error: {exc}", file=sys.stderr)
         return 2
 

@@ -223,7 +223,6 @@ def project(
     num_frames: int = 40,  # drawings kept for the optimisation GIF (evenly spaced; 0 = none)
     log: Callable[[str], None] | None = None,
     log_every: int = 100,
-    should_stop: Callable[[], bool] | None = None,  # polled each step (a studio client gone away)
 ) -> Projection:
     """Fit w (or w+, and noise maps) so that ``G.synthesis`` reproduces ``target``."""
     res = int(G.img_resolution)
@@ -268,8 +267,6 @@ def project(
     frames: list[np.ndarray] = []
     losses: list[float] = []
     for step in range(steps):
-        if should_stop is not None and should_stop():
-            raise InterruptedError("projection cancelled")
         t = step / steps
         w_noise_scale = w_std * initial_noise_factor * max(0.0, 1.0 - t / noise_ramp_length) ** 2
         lr_ramp = min(1.0, (1.0 - t) / lr_rampdown_length)

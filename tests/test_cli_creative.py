@@ -52,7 +52,8 @@ def test_sample_accepts_nvidia_names_and_writes_seed04d(export: Path, tmp_path: 
                  "--outdir", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["seed0003.png", "seed12345.png"]
     img = np.asarray(Image.open(tmp_path / "out" / "seed0003.png"))
-    np.testing.assert_array_equal(img, generate(_G(export), seeds=[3], truncation_psi=0.5)[0])
+    # The same batch as the CLI drew (conv results may depend on the batch size in the last bits).
+    np.testing.assert_array_equal(img, generate(_G(export), seeds=[3, 12345], truncation_psi=0.5)[0])
 
 
 def test_mix_writes_the_style_mixing_figure(export: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -67,8 +68,9 @@ def test_mix_writes_the_style_mixing_figure(export: Path, tmp_path: Path, capsys
     grid = np.asarray(Image.open(out / "grid.png"))
     assert grid.shape == (4 * 8, 3 * 8, 3)  # header row + 3 rows; blank corner + 2 columns
     assert (grid[:8, :8] == 255).all()  # blank corner
-    np.testing.assert_array_equal(grid[:8, 8:16], generate(G, seeds=[7], truncation_psi=1.0)[0])  # a source
-    np.testing.assert_array_equal(grid[8:16, :8], generate(G, seeds=[1], truncation_psi=1.0)[0])  # a destination
+    np.testing.assert_array_equal(grid[:8, 8:16], m["sources"][0])  # seed 7 across the top
+    np.testing.assert_array_equal(grid[8:16, :8], m["destinations"][0])  # seed 1 down the left
+    assert np.abs(grid[:8, 8:16].astype(int) - generate(G, seeds=[7])[0]).max() <= 1
     np.testing.assert_array_equal(grid[24:32, 16:24], m["mixed"][2, 1])
     # Named ranges work; out-of-range layers are one clear line.
     assert main(["mix", "--model", str(export), "--rows", "1", "--cols", "2", "--styles", "coarse",

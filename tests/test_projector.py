@@ -35,6 +35,7 @@ def G() -> Generator:
     return G
 
 
+@pytest.mark.slow
 def test_a_known_w_is_recovered(G: Generator) -> None:
     target = generate(G, seeds=[1], truncation_psi=0.7)[0]
     result = project(G, target, steps=150, w_avg_samples=2000, num_frames=5)

@@ -47,7 +47,7 @@ def test_render_matches_the_library_and_psi_changes_it(client: TestClient, expor
     r = client.post("/api/render", json={"items": [{"seed": 3}, {"seed": 4}], "psi": 0.5})
     assert r.status_code == 200
     imgs = [decode(u) for u in r.json()["images"]]
-    np.testing.assert_array_equal(imgs[0], generate(G, seeds=[3], truncation_psi=0.5)[0])
+    np.testing.assert_array_equal(imgs[0], generate(G, seeds=[3, 4], truncation_psi=0.5)[0])  # one batch, as drawn
     r0 = client.post("/api/render", json={"items": [{"seed": 3}, {"seed": 4}], "psi": 0})
     zero = [decode(u) for u in r0.json()["images"]]
     np.testing.assert_array_equal(zero[0], zero[1])  # psi 0: every seed is the average w
@@ -64,8 +64,10 @@ def test_mix_is_the_paper_figure(client: TestClient, export: Path) -> None:
                                       "styles": [0, 1], "psi": 1.0}).json()
     m = mix_styles(G, row_seeds=[5], col_seeds=[1, 2], styles=(0, 2))
     assert len(r["sources"]) == 1 and len(r["destinations"]) == 2 and len(r["mixed"]) == 2
-    np.testing.assert_array_equal(decode(r["mixed"][1][0]), m["mixed"][1, 0])
-    np.testing.assert_array_equal(decode(r["destinations"][0]), m["destinations"][0])
+    # The studio draws parents and mixes as one batch: equal up to the last bit of a conv.
+    assert np.abs(decode(r["mixed"][1][0]).astype(int) - m["mixed"][1, 0]).max() <= 1
+    assert np.abs(decode(r["destinations"][0]).astype(int) - m["destinations"][0]).max() <= 1
+    assert not np.array_equal(m["mixed"][1, 0], m["destinations"][1])  # the mix changed something
 
 
 def test_interpolation_w_and_z(client: TestClient, export: Path) -> None:
@@ -73,7 +75,7 @@ def test_interpolation_w_and_z(client: TestClient, export: Path) -> None:
     frames = client.post("/api/interpolate", json={"items": [{"seed": 1}, {"seed": 2}], "steps": 3, "loop": False,
                                                    "psi": 1.0}).json()["frames"]
     assert len(frames) == 4
-    np.testing.assert_array_equal(decode(frames[-1]), generate(G, seeds=[2])[0])
+    assert np.abs(decode(frames[-1]).astype(int) - generate(G, seeds=[2])[0]).max() <= 1  # ends at seed 2
     z = client.post("/api/interpolate", json={"items": [{"seed": 1}, {"seed": 2}], "steps": 3, "space": "z"}).json()
     assert len(z["frames"]) == 6  # looped: 2 transitions x 3
 
@@ -190,3 +192,22 @@ def test_pokegan_studio_serves_on_loopback_by_default(export: Path, monkeypatch:
     assert "anyone who can reach this address" in capsys.readouterr().err
     assert main(["studio", "--model", str(export.parent / "missing")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_studio_and_projector_import_no_web_or_tracking_stack_at_module_level() -> None:
+    """Top-level imports of the new library modules: only the library's own dependencies (app.py,
+    which create_app imports lazily behind a clear error, is the one place FastAPI is named)."""
+    import ast
+    import sys
+
+    root = Path(__file__).resolve().parents[1] / "stylegan"
+    allowed = {"torch", "numpy", "PIL", "pandas", "safetensors", "yaml", "stylegan", "__future__"}
+    for path in [root / "projector.py", *sorted((root / "studio").glob("*.py"))]:
+        if path.name == "app.py":
+            continue
+        for node in ast.parse(path.read_text()).body:  # module level only; functions import lazily
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top in allowed or top in sys.stdlib_module_names, f"{path.name} imports {name} at module level"

@@ -7,7 +7,6 @@ full-page one is also written there (that is how the README's picture is made).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -133,7 +132,10 @@ def test_studio_in_chromium(studio: tuple[str, Path], tmp_path: Path) -> None:
             shot = tmp_path / "studio.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
-            if os.environ.get("POKEGAN_STUDIO_SCREENSHOT"):
-                shutil.copyfile(shot, os.environ["POKEGAN_STUDIO_SCREENSHOT"])
+            if os.environ.get("POKEGAN_STUDIO_SCREENSHOT"):  # 256 colours: a small PNG for the README
+                from PIL import Image
+
+                Image.open(shot).convert("RGB").quantize(256).save(os.environ["POKEGAN_STUDIO_SCREENSHOT"],
+                                                                    optimize=True)
         finally:
             browser.close()

@@ -35,7 +35,7 @@ class ModelSource:
         cached_models: int = 2,
         registry: Any = None,  # an object with resolve/list_versions/load (tests); None = flows.studio_registry
     ) -> None:
-        from stylegan.training import resolve_device
+        from stylegan.device import resolve_device
 
         self.spec = spec
         self.device = resolve_device(str(device))

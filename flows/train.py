@@ -186,7 +186,7 @@ def export_and_register(job: dict[str, Any], final_resolution: int) -> dict[str,
         client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
         logger.info("generator unchanged; %s v%s is %s again", reg.name, version, reg.candidate_alias)
     else:
-        info = tracking.log_generator_model(job["mlflow_run_id"], out)
+        info = tracking.log_generator_model(job["mlflow_run_id"], out, step=round(trainer.kimg * 1000))
         model_uri = info.model_uri
         version = tracking.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
                                     tags={"generator.sha256": sha, "resolution": str(final_resolution),

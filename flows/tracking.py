@@ -465,8 +465,12 @@ def input_example() -> Any:
     return pd.DataFrame({"seed": [0, 1], "truncation_psi": [0.7, 0.7], "noise_mode": ["const", "const"]})
 
 
-def log_generator_model(run_id: str, export_dir: str | Path) -> Any:
+def log_generator_model(run_id: str, export_dir: str | Path, step: int = 0) -> Any:
     """Log the exported G_ema (safetensors + JSON) as a pyfunc model in ``run_id``; returns ModelInfo.
+
+    ``step`` is the images shown when it was exported: MLflow links the run's metrics at that
+    step (the last tick's losses) to the LoggedModel, and only those (the default, 0, would
+    link the first system-metrics sample instead).
 
     The model is defined by code (flows/pyfunc_model.py), not a pickle; ``stylegan/`` travels
     with it as code_paths so it loads in any process that has the pinned requirements.
@@ -487,6 +491,7 @@ def log_generator_model(run_id: str, export_dir: str | Path) -> Any:
                     signature=model_signature(),
                     input_example=input_example(),
                     pip_requirements=PIP_REQUIREMENTS,
+                    step=step,
                 )
             finally:
                 # Validating the input example loads the model, which makes it MLflow's "active

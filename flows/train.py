@@ -285,7 +285,7 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
         client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
         log(f"generator unchanged; {reg.name} v{version} is {reg.candidate_alias} again")
     else:
-        info = tracking.log_generator_model(job["mlflow_run_id"], out)
+        info = tracking.log_generator_model(job["mlflow_run_id"], out, step=round(trainer.kimg * 1000))
         model_uri = info.model_uri
         version = tracking.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
                                     tags={"generator.sha256": sha, "resolution": str(final_resolution),

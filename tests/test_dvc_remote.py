@@ -104,7 +104,7 @@ def test_push_pull_fresh_clone_is_up_to_date_and_image_plots_diff(
     write_params(repo / "params.yaml", params)
     out = _run([*dvc, "repro"], repo, env)
     assert "Running stage 'sample'" in out and "Running stage 'train'" not in out
-    diff = json.loads(_run([*dvc, "plots", "diff", "HEAD", "--json"], repo, env))
+    diff = json.loads(_run([*dvc, "plots", "diff", "HEAD", "--json"], repo, env))["data"]
     for image in ("samples/grid.png", "reports/truncation_sweep.png"):
         entries = diff[image]
         assert {e["type"] for e in entries} == {"image"}, entries

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import warnings
@@ -165,6 +166,7 @@ class MlflowTrainingCallback:
     already logged; those are skipped, so each step appears once in the run's history.
     """
 
+    # The usual keys; every other numeric tick stat (augment_p, ada_rt, ...) is logged as well.
     TICK_KEYS = ("loss_G", "loss_D", "r1", "images_per_sec", "sec_per_tick", "kimg", "resolution", "alpha", "lr",
                  "batch_size", "stage")
 
@@ -181,10 +183,12 @@ class MlflowTrainingCallback:
             return
         self.logged_step = step
         ts = int(time.time() * 1000)
+        keys = [*self.TICK_KEYS, *sorted(set(stats) - set(self.TICK_KEYS))]
         metrics = [
             Metric(key, float(stats[key]), ts, step)
-            for key in self.TICK_KEYS
+            for key in keys
             if key in stats and isinstance(stats[key], int | float) and not isinstance(stats[key], bool)
+            and math.isfinite(stats[key])  # ada_rt is NaN before ADA's first adjustment
         ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)

@@ -32,7 +32,7 @@ from flows.common import METRICS_DIR, MODEL_DIR, REGISTERED, RUNS_DIR, base_pars
 from stylegan.config import ModelConfig, TrainConfig, section
 
 TICK_COLUMNS = ("kimg", "stage", "resolution", "alpha", "lr", "batch_size", "loss_G", "loss_D", "r1",
-                "images_per_sec", "sec_per_tick")
+                "images_per_sec", "sec_per_tick", "augment_p", "ada_rt")
 
 
 def data_fingerprint(data_root: Path) -> str:

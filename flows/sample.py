@@ -47,11 +47,12 @@ def load_registered_generator(uri: str, device: str = "cpu", root: str | Path = 
     return G
 
 
-def _write_samples(G: Any, seeds: list[int], psi: float, noise_mode: str, out_dir: Path) -> dict[str, Any]:
+def _write_samples(G: Any, seeds: list[int], psi: float, noise_mode: str, out_dir: Path,
+                   cutoff: int | None = None) -> dict[str, Any]:
     """PNGs ``seed<NNNN>.png`` + ``grid.png``, swapped into ``out_dir`` only once all are written."""
     from stylegan.sampling import generate, image_grid, save_images
 
-    images = generate(G, seeds=seeds, truncation_psi=psi, noise_mode=noise_mode)
+    images = generate(G, seeds=seeds, truncation_psi=psi, truncation_cutoff=cutoff, noise_mode=noise_mode)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -68,11 +69,13 @@ def _write_samples(G: Any, seeds: list[int], psi: float, noise_mode: str, out_di
 
 
 @task(name="sample-images", cache_policy=NO_CACHE)
-def sample_task(uri: str, seeds: list[int], psi: float, noise_mode: str, out_dir: str, root: str) -> dict[str, Any]:
+def sample_task(uri: str, seeds: list[int], psi: float, noise_mode: str, out_dir: str, root: str,
+                cutoff: int | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     G = load_registered_generator(uri, root=root)
-    info = _write_samples(G, seeds, psi, noise_mode, Path(out_dir))
-    info.update(model_uri=uri, version=G.registry_version, truncation_psi=psi, noise_mode=noise_mode)
+    info = _write_samples(G, seeds, psi, noise_mode, Path(out_dir), cutoff)
+    info.update(model_uri=uri, version=G.registry_version, truncation_psi=psi, truncation_cutoff=cutoff,
+                noise_mode=noise_mode)
     logger.info("wrote %d images (%dx%d) from %s (v%s) to %s", info["count"], info["resolution"],
                 info["resolution"], uri, info["version"], out_dir)
     return info
@@ -90,7 +93,8 @@ def sample_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
     reg = section(params, "registry")
     uri = model_uri or f"models:/{reg.name}@{reg.champion_alias}"
     out_dir = resolve(root_p, cfg.out_dir)
-    info = sample_task(uri, parse_seeds(cfg.seeds), cfg.truncation_psi, cfg.noise_mode, str(out_dir), str(root_p))
+    info = sample_task(uri, parse_seeds(cfg.seeds), cfg.truncation_psi, cfg.noise_mode, str(out_dir), str(root_p),
+                       cfg.truncation_cutoff)
     write_json(out_dir / "sample.json", info)
     return info
 

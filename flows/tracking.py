@@ -216,6 +216,7 @@ def model_signature() -> Any:
         [
             ColSpec("long", "seed"),
             ColSpec("double", "truncation_psi", required=False),
+            ColSpec("long", "truncation_cutoff", required=False),
             ColSpec("string", "noise_mode", required=False),
         ]
     )

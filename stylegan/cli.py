@@ -187,7 +187,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="export folder, generator.safetensors, or models:/name@alias")
     p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9-12")
     p.add_argument("--psi", type=float, default=0.7, help="truncation psi (1 = none, 0 = the average face)")
-    p.add_argument("--cutoff", type=int, default=None, help="truncate only the first CUTOFF style layers")
+    p.add_argument("--cutoff", "--trunc-cutoff", type=int, default=None,
+                   help="truncate only the first CUTOFF style layers (official StyleGAN: 8; default: all)")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
     p.add_argument("--out", default="samples", help="folder for one PNG per seed")
     p.add_argument("--grid", default=None, metavar="FILE", help="also write all samples as one PNG grid")

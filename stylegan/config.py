@@ -311,7 +311,7 @@ class EvaluateConfig:
 class SampleConfig:
     seeds: str = "0-63"  # "0-63", "1,5,9" or a mix
     truncation_psi: float = 0.7
-    truncation_cutoff: int | None = None  # truncate only the first N style layers (official: 8); None = all
+    truncation_cutoff: int | None = 8  # truncate only the first N style layers (StyleGAN's default 8); None = all
     noise_mode: Literal["const", "random", "none"] = "const"
     out_dir: str = "samples"
 

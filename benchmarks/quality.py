@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stylegan.config import EvaluateConfig, load_params, section, set_override  # noqa: E402
+from stylegan.config import EvaluateConfig, load_params, section, set_override
 
 # name -> overrides on top of params.yaml (and --set). The noise recipes test why noise inputs
 # paint speckle: noise_lr_mul 0 keeps every strength at its initial 0 (= no noise while training).
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_recipe(name, params, data, work, out, args.tag, eval_cfg)
         rows.append(row)
         print(f"{args.tag} {name}: {json.dumps({k: v for k, v in row.items() if k != 'ada_curve'})}", flush=True)
-    print(f"\n| data | recipe | kimg | fd_effnet | precision | recall | SWD | wall s | load avg | noise |p| at top res |")
+    print("\n| data | recipe | kimg | fd_effnet | precision | recall | SWD | wall s | load avg | noise |w| top res |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ns = r["noise_strength"]

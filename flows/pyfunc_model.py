@@ -58,7 +58,8 @@ class GeneratorModel(PythonModel):
         cutoff = df["truncation_cutoff"] if "truncation_cutoff" in df else pd.Series(DEFAULT_CUTOFF, index=df.index)
         cutoff = cutoff.fillna(DEFAULT_CUTOFF).astype("int64").to_numpy()
         if (cutoff < 0).any():
-            raise ValueError(f"truncation_cutoff must be >= 0 (style layers truncated), got {sorted(set(cutoff.tolist()))}")
+            bad_cutoffs = sorted(set(cutoff.tolist()))
+            raise ValueError(f"truncation_cutoff must be >= 0 (style layers truncated), got {bad_cutoffs}")
         modes = df["noise_mode"] if "noise_mode" in df else pd.Series(DEFAULT_NOISE_MODE, index=df.index)
         modes = modes.fillna(DEFAULT_NOISE_MODE).astype(str).to_numpy()
         bad = sorted(set(modes) - set(NOISE_MODES))

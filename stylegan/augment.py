@@ -21,7 +21,7 @@ parameter objects draw from the global RNG, which the trainer's exact resume can
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -64,6 +64,10 @@ class AugmentPipe(torch.nn.Module):
             raise ValueError(f"unknown augmentation(s) {unknown}; choose from {list(OPS)}")
         self.ops = tuple(o for o in OPS if o in ops)
 
+    # Uniform numbers each op draws per image (one (N, total) draw per call: fewer kernel launches).
+    _DRAWS: ClassVar[dict[str, int]] = {"xflip": 1, "rotate90": 2, "translate": 3, "brightness": 2, "contrast": 2,
+                                        "saturation": 2, "hue": 2, "cutout": 3}
+
     def forward(
         self,
         x: torch.Tensor,  # (N, C, H, W) images in [-1, 1]; square
@@ -74,39 +78,43 @@ class AugmentPipe(torch.nn.Module):
         N, C, H, W = x.shape
         dev = x.device
         p_t = torch.as_tensor(p, dtype=torch.float32, device=dev)
+        total = sum(self._DRAWS[o] for o in self.ops)
+        gdev = generator.device if generator is not None else dev
+        u_all = torch.rand(N, total, generator=generator, device=gdev).to(dev)
+        cols = iter(range(total))
 
-        def draw(*shape: int) -> torch.Tensor:
-            # Uniform [0, 1) numbers on the images' device from the caller's generator.
-            gdev = generator.device if generator is not None else dev
-            return torch.rand(*shape, generator=generator, device=gdev).to(dev)
+        def draw(k: int = 1) -> torch.Tensor:
+            idx = [next(cols) for _ in range(k)]
+            return u_all[:, idx[0]] if k == 1 else u_all[:, idx[0] : idx[-1] + 1]
 
         def chosen(u: torch.Tensor) -> torch.Tensor:
             return u < p_t
 
         if "xflip" in self.ops:
-            u = draw(N)
-            x = torch.where(chosen(u).view(N, 1, 1, 1), x.flip(3), x)
+            x = torch.where(chosen(draw()).view(N, 1, 1, 1), x.flip(3), x)
         if "rotate90" in self.ops:
-            u, k = draw(N), draw(N)
+            u, k = draw(), draw()
             turns = torch.where(chosen(u), 1 + (k * 3).long().clamp(max=2), torch.zeros_like(u, dtype=torch.long))
             out = x
             for t in (1, 2, 3):
                 out = torch.where((turns == t).view(N, 1, 1, 1), torch.rot90(x, t, dims=(2, 3)), out)
             x = out
         if "translate" in self.ops:
-            u, t = draw(N), draw(N, 2)
+            u, t = draw(), draw(2)
             # Integer shifts in [-max, max] pixels, reflect padding (as ADA's xint).
-            shift = torch.round((t * 2 - 1) * TRANSLATE_MAX * torch.tensor([W, H], device=dev)).long()
-            shift = torch.where(chosen(u).view(N, 1), shift, torch.zeros_like(shift))
+            shift = torch.round((t * 2 - 1) * (TRANSLATE_MAX * W)).long()
+            shift = shift * chosen(u).view(N, 1)
             iy = _reflect(torch.arange(H, device=dev).view(1, H) - shift[:, 1:2], H)  # (N, H)
             ix = _reflect(torch.arange(W, device=dev).view(1, W) - shift[:, 0:1], W)  # (N, W)
             x = x.gather(2, iy.view(N, 1, H, 1).expand(N, C, H, W))
             x = x.gather(3, ix.view(N, 1, 1, W).expand(N, C, H, W))
         colour = [o for o in ("brightness", "contrast", "saturation", "hue") if o in self.ops]
-        if colour and C == 3:
-            x = self._colour(x, colour, draw, chosen)
+        if colour:
+            draws = {o: (draw(), draw()) for o in colour}
+            if C == 3:
+                x = self._colour(x, draws, chosen)
         if "cutout" in self.ops:
-            u, c = draw(N), draw(N, 2)
+            u, c = draw(), draw(2)
             cy = torch.where(chosen(u), c[:, 1], torch.full_like(u, -10.0))  # off-image centre = no hole
             cx = c[:, 0]
             gy = (torch.arange(H, device=dev, dtype=torch.float32) + 0.5) / H
@@ -118,33 +126,32 @@ class AugmentPipe(torch.nn.Module):
         return x
 
     @staticmethod
-    def _colour(x: torch.Tensor, ops: list[str], draw: Any, chosen: Any) -> torch.Tensor:
-        """One 3x4 affine colour matrix per image (ADA's formulation), applied in one einsum."""
+    def _colour(x: torch.Tensor, draws: dict[str, tuple[torch.Tensor, torch.Tensor]], chosen: Any) -> torch.Tensor:
+        """One 3x4 affine colour matrix per image (ADA's formulation), applied in one batched matmul."""
         N, dev = x.shape[0], x.device
         eye = torch.eye(4, device=dev).expand(N, 4, 4)
-        M = eye.clone()
+        M = eye
         luma = torch.tensor([1.0, 1.0, 1.0, 0.0], device=dev) / math.sqrt(3)
         luma_outer = torch.outer(luma, luma)  # projection onto the grey axis
-        for op in ops:
-            u, r = draw(N), draw(N)
+        for op, (u, r) in draws.items():
             on = chosen(u).view(N, 1, 1)
             if op == "brightness":
-                b = _normal(r) * BRIGHTNESS_STD
-                T = eye.clone()
-                T[:, :3, 3] = b.view(N, 1)
-            elif op == "contrast":
+                b = (_normal(r) * BRIGHTNESS_STD * on.view(N)).view(N, 1)
+                M = torch.cat([M[:, :3, :3], M[:, :3, 3:] + b.view(N, 1, 1).expand(N, 3, 1)], 2)
+                M = torch.cat([M, eye[:, 3:]], 1)
+                continue
+            if op == "contrast":
                 s = torch.exp2(_normal(r) * CONTRAST_STD)
                 T = torch.diag_embed(torch.stack([s, s, s, torch.ones_like(s)], 1))
             elif op == "hue":
-                theta = (r * 2 - 1) * math.pi * HUE_MAX
-                T = _rotate_around_grey(theta)
+                T = _rotate_around_grey((r * 2 - 1) * math.pi * HUE_MAX)
             else:  # saturation: scale the part of the colour orthogonal to grey
                 s = torch.exp2(_normal(r) * SATURATION_STD).view(N, 1, 1)
-                T = luma_outer + (eye - luma_outer) * s
-                T[:, 3, 3] = 1.0
+                T = luma_outer + (torch.eye(4, device=dev) - luma_outer) * s
+                T = torch.cat([T[:, :3], eye[:, 3:]], 1)
             M = torch.where(on, T, eye) @ M
         flat = x.flatten(2)  # (N, 3, H*W)
-        out = torch.einsum("nij,njk->nik", M[:, :3, :3].to(x.dtype), flat) + M[:, :3, 3:].to(x.dtype)
+        out = torch.baddbmm(M[:, :3, 3:].to(x.dtype), M[:, :3, :3].to(x.dtype), flat)
         return out.view_as(x)
 
 
@@ -153,16 +160,18 @@ def _normal(u: torch.Tensor) -> torch.Tensor:
     return math.sqrt(2) * torch.erfinv(u.clamp(1e-6, 1 - 1e-6) * 2 - 1)
 
 
+_K = 1 / math.sqrt(3)
+_CROSS = ((0.0, -_K, _K), (_K, 0.0, -_K), (-_K, _K, 0.0))  # cross-product matrix of the grey axis
+
+
 def _rotate_around_grey(theta: torch.Tensor) -> torch.Tensor:
     """(N, 4, 4) rotations by ``theta`` around the (1, 1, 1) axis (Rodrigues' formula)."""
     N, dev = theta.shape[0], theta.device
-    k = torch.full((3,), 1 / math.sqrt(3), device=dev)
-    K = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]], device=dev)
+    K = torch.tensor(_CROSS, device=dev)
     c, s = torch.cos(theta).view(N, 1, 1), torch.sin(theta).view(N, 1, 1)
     R = torch.eye(3, device=dev) + s * K + (1 - c) * (K @ K)
-    out = torch.eye(4, device=dev).repeat(N, 1, 1)
-    out[:, :3, :3] = R
-    return out
+    R = torch.cat([R, torch.zeros(N, 3, 1, device=dev)], 2)
+    return torch.cat([R, torch.tensor([[[0.0, 0.0, 0.0, 1.0]]], device=dev).expand(N, 1, 4)], 1)
 
 
 class AdaController:

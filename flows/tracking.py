@@ -106,14 +106,23 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log every param (flattened). Params already logged with the same value are skipped (resume)."""
-    from mlflow.entities import Param
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Log every param (flattened). Params already logged with the same value are skipped (resume).
+
+    A run continued with a changed value (train.final_kimg raised: "train longer") cannot change a
+    logged param in MLflow; such keys are recorded as tags ``continued.<key>`` = ``"old -> new"``
+    and returned as ``{key: (old, new)}``."""
+    from mlflow.entities import Param, RunTag
 
     existing = client.get_run(run_id).data.params
-    items = [Param(k, v) for k, v in flatten(params).items() if existing.get(k) != v]
+    flat = flatten(params)
+    items = [Param(k, v) for k, v in flat.items() if k not in existing]
+    changed = {k: (existing[k], v) for k, v in flat.items() if k in existing and existing[k] != v}
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         client.log_batch(run_id, params=items[i : i + 100])
+    if changed:
+        client.log_batch(run_id, tags=[RunTag(f"continued.{k}", f"{a} -> {b}") for k, (a, b) in changed.items()])
+    return changed
 
 
 def git_commit(root: str | Path = ".") -> tuple[str, bool]:

@@ -5,7 +5,7 @@ runs the previous resolution's ToRGB/FromRGB, a few percent more). The machine l
 printed alongside, since shared machines skew figures.
 
     python benchmarks/train_throughput.py --model-preset cpu --resolutions 8,16,32 --batch-sizes 32
-    python benchmarks/train_throughput.py --device cuda --model-preset paper --amp --channels-last
+    python benchmarks/train_throughput.py --device cuda --model-preset paper --amp bf16 --channels-last --compile
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def measure(
     *,
     device: str,
     channels_last: bool,
-    amp: bool,
+    amp: str,
     compile_: bool,
+    prefetch: bool,
     r1_interval: int,
     warmup: int,
     iters: int,
@@ -64,6 +65,7 @@ def measure(
         channels_last=channels_last,
         amp=amp,
         compile=compile_,
+        prefetch=prefetch,
         device=device,
         r1_interval=r1_interval,
     )
@@ -86,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", type=_ints, default=[32])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; ignored on CPU)")
+    p.add_argument("--amp", nargs="?", const="auto", default="none", choices=["none", "auto", "bf16", "fp16"],
+                   help="train.amp (bare --amp = auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D")
+    p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                   help="gather the next batch in a background thread (train.prefetch)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--fmap-base", type=int, default=None, help="override the preset's fmap_base")
     p.add_argument("--fmap-max", type=int, default=None, help="override the preset's fmap_max")
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"{torch.get_num_threads()} threads, device {args.device}, preset {args.model_preset} "
         f"(z/w {model_cfg.z_dim}, fmap_base {model_cfg.fmap_base}, fmap_max {model_cfg.fmap_max}), "
-        f"channels_last={args.channels_last} amp={args.amp} compile={args.compile} r1_interval={args.r1_interval}"
+        f"channels_last={args.channels_last} amp={args.amp} compile={args.compile} prefetch={args.prefetch} "
+        f"r1_interval={args.r1_interval}"
     )
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'res':>5} {'batch':>6} {'img/s':>9} {'ms/step':>9}")
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             for bs in args.batch_sizes:
                 ips, secs = measure(
                     model_cfg, res, bs, device=args.device, channels_last=args.channels_last, amp=args.amp,
-                    compile_=args.compile, r1_interval=args.r1_interval, warmup=args.warmup, iters=args.iters,
+                    compile_=args.compile, prefetch=args.prefetch, r1_interval=args.r1_interval,
+                    warmup=args.warmup, iters=args.iters,
                     work=Path(tmp),
                 )
                 print(f"{res:>5} {bs:>6} {ips:>9.1f} {secs * 1000:>9.1f}", flush=True)

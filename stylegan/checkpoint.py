@@ -41,6 +41,7 @@ _BOOKKEEPING_KEYS = (
     "amp",
     "channels_last",
     "compile",
+    "prefetch",
     "threads",
     "tick_kimg",
     "snapshot_kimg",

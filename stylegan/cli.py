@@ -151,8 +151,8 @@ def _load_model(spec: str, device: object) -> object:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from stylegan.device import resolve_device
     from stylegan.sampling import generate, image_grid, parse_seeds, save_png
-    from stylegan.training import resolve_device
 
     seeds = parse_seeds(args.seeds)
     if not 0.0 <= args.psi <= 1.0:  # also rejects nan
@@ -208,7 +208,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     for assignment in args.set:
         set_override(params, assignment)
-    from stylegan.training import resolve_device
+    from stylegan.device import resolve_device
 
     cfg = section(params, "evaluate")
     if not 0.0 <= cfg.truncation_psi <= 1.0:  # also rejects nan

@@ -158,6 +158,12 @@ class ModelConfig:
         return 2 * len(self.resolutions)
 
 
+def _compile_backends() -> list[str]:
+    import torch._dynamo  # lazy: only a config that names a backend pays for it
+
+    return sorted(torch._dynamo.list_backends(exclude_tags=()))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Progressive schedule, optimisation and bookkeeping. Schedules count images shown."""
@@ -196,9 +202,13 @@ class TrainConfig:
     init_from: str | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    amp: bool = False  # bf16/fp16 autocast on CUDA; ignored on CPU (fp32)
+    # Mixed precision: none | auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a gradient
+    # scaler). Old spellings: false = none, true = auto. Statistics, losses and R1 stay fp32.
+    amp: Literal["none", "auto", "bf16", "fp16"] | bool = "none"
     channels_last: bool = False
-    compile: bool = False  # torch.compile G and D
+    # torch.compile of the G and D forwards: false, true (= inductor) or a torch.compile backend name.
+    compile: bool | str = False
+    prefetch: bool = True  # gather the next real batch in a background thread (same batches either way)
     threads: int = 0  # torch CPU threads for the train flow; 0 = torch's default (one per core)
     tick_kimg: float = 4.0  # report through on_tick every this many kimg
     snapshot_kimg: float = 50.0  # checkpoint + sample grid every this many kimg (and at stage end)
@@ -206,7 +216,19 @@ class TrainConfig:
     grid_seeds: list[int] = field(default_factory=lambda: list(range(32)))  # snapshot grid
     truncation_psi: float = 1.0  # for snapshot grids
 
+    def __post_init__(self) -> None:
+        # One spelling downstream: the old booleans become their mode names (see normalize_amp).
+        if isinstance(self.amp, bool):
+            object.__setattr__(self, "amp", "auto" if self.amp else "none")
+
     def validate(self) -> None:
+        if self.amp not in ("none", "auto", "bf16", "fp16"):
+            raise ConfigError(f"train.amp must be none, auto, bf16 or fp16 (or true/false), got {self.amp!r}")
+        if isinstance(self.compile, str) and self.compile not in _compile_backends():
+            raise ConfigError(
+                f"train.compile: unknown torch.compile backend {self.compile!r}; use true (inductor), false, "
+                f"or one of {_compile_backends()}"
+            )
         if not _is_pow2(self.start_resolution) or self.start_resolution < 4:
             raise ConfigError(f"train.start_resolution must be a power of two >= 4, got {self.start_resolution}")
         top = self.max_resolution

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylegan.device import fp32_region
+
 SQRT2 = math.sqrt(2.0)
 
 
@@ -193,10 +195,14 @@ class AdaIN(nn.Module):
         assert w.shape == (x.shape[0], self.w_dim), (
             f"expected w of shape ({x.shape[0]}, {self.w_dim}), got {tuple(w.shape)}"
         )
-        scale, bias = self.styles(w)
-        # F.instance_norm: fused kernel (about 1.5x faster than mean/rsqrt on CPU), fp32 under autocast.
-        x = F.instance_norm(x, eps=1e-8)
-        return x * scale[:, :, None, None] + bias[:, :, None, None]
+        # Styles, statistics and modulation in fp32 under autocast (eps 1e-8 and the variance of a
+        # bf16 map are not representable in 8 mantissa bits); without autocast these casts are no-ops.
+        with fp32_region(x):
+            scale, bias = self.styles(w.float())
+            # F.instance_norm: fused kernel (about 1.5x faster than mean/rsqrt on CPU).
+            y = F.instance_norm(x.float(), eps=1e-8)
+            y = y * scale[:, :, None, None] + bias[:, :, None, None]
+        return y.to(x.dtype)
 
 
 class MinibatchStd(nn.Module):
@@ -223,12 +229,12 @@ class MinibatchStd(nn.Module):
         n, c, h, w = x.shape
         g = math.gcd(min(self.group_size, n), n)
         f = self.num_features
-        y = x.reshape(g, n // g, f, c // f, h, w)
+        y = x.float().reshape(g, n // g, f, c // f, h, w)  # the statistic in fp32 under autocast
         y = y - y.mean(dim=0)
         y = (y.square().mean(dim=0) + 1e-8).sqrt()  # (M, F, c, H, W)
         y = y.mean(dim=(2, 3, 4))  # (M, F)
         y = y.reshape(n // g, f, 1, 1).repeat(g, 1, h, w)  # (N, F, H, W)
-        return torch.cat([x, y], dim=1)
+        return torch.cat([x, y.to(x.dtype)], dim=1)
 
 
 class ToRGB(nn.Module):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from stylegan.config import ModelConfig
+from stylegan.device import fp32_region
 from stylegan.layers import (
     AdaIN,
     Blur,
@@ -119,9 +120,12 @@ class MappingNetwork(nn.Module):
         update_w_avg: bool = False,
     ) -> torch.Tensor:
         assert z.ndim == 2 and z.shape[1] == self.z_dim, f"expected z of shape (N, {self.z_dim}), got {tuple(z.shape)}"
-        x = self.norm(z)
-        for i in range(self.num_layers):
-            x = getattr(self, f"fc{i}")(x)
+        # fp32 under autocast, as the official code keeps it: a cheap network whose output w (and
+        # w_avg, the truncation centre) every style depends on.
+        with fp32_region(z):
+            x = self.norm(z.float())
+            for i in range(self.num_layers):
+                x = getattr(self, f"fc{i}")(x)
         if update_w_avg:
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).to(self.w_avg.dtype).lerp(self.w_avg, self.w_avg_beta))

@@ -1,9 +1,14 @@
 """The trainer: progressive growing one stage (resolution) at a time, G_ema, exact resume.
 
 Everything random that training consumes comes from state the checkpoint carries: the
-trainer's own ``torch.Generator`` (batch indices, flips, latents, GP mixing), and the global
-torch RNG (noise inputs and style mixing inside G). A run stopped after any step and resumed
-by a new ``Trainer`` on the same ``run_dir`` therefore continues bit for bit on CPU.
+trainer's host ``torch.Generator`` (batch indices), its generator on the training device
+(flips, latents, GP mixing points), and the global torch RNG (noise inputs and style mixing
+inside G). A run stopped after any step and resumed by a new ``Trainer`` on the same
+``run_dir`` therefore continues bit for bit on CPU.
+
+A step never waits for the device: losses stay device tensors (summed on the device, read
+once per tick), random draws happen on the device, the next real batch is gathered in the
+background (``data/prefetch.py``), and a compiled graph reads alpha from a device tensor.
 
 Trackers are reached only through callbacks; only rank 0 saves files or reports.
 """
@@ -48,6 +53,8 @@ from stylegan.checkpoint import (
 )
 from stylegan.config import ModelConfig, TrainConfig, to_dict
 from stylegan.data import PackedDataset, available_resolutions
+from stylegan.data.prefetch import BatchPrefetcher
+from stylegan.device import amp_dtype, autocast, resolve_device
 from stylegan.layers import downsample2x, upsample2x
 from stylegan.networks import Discriminator, Generator
 from stylegan.sampling import generate, image_grid, save_png
@@ -72,17 +79,13 @@ class TrainerCallback(Protocol):
     def on_stage_end(self, result: StageResult) -> None: ...
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as given (with a clear error)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available; use device 'auto' or 'cpu'")
-    return dev
+__all__ = ["StageResult", "Trainer", "TrainerCallback", "resolve_device"]  # resolve_device: old import path
+
+DEVICE_SEED_OFFSET = 0x5EED  # the device generator starts from train.seed + this
+# Buffers that a training step changes: G_ema copies them from G. Every other buffer (the const
+# noise maps) never changes, so the EMA does not copy it.
+EMA_FOLLOWED_BUFFERS = ("mapping.w_avg",)
+COMPILE_RECOMPILE_LIMIT = 64  # graphs per forward: about 2 per stage (grad mode, update_w_avg)
 
 
 class Trainer:
@@ -126,7 +129,10 @@ class Trainer:
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
-        self.gen = torch.Generator().manual_seed(seed)  # batch indices, flips, latents: the same on every rank
+        self.gen = torch.Generator().manual_seed(seed)  # batch indices (host): the same on every rank
+        # Flips, latents and GP mixing points are drawn where they are used (no host->device copy,
+        # no sync); the same stream on every rank.
+        self.dev_gen = torch.Generator(self.device).manual_seed(seed + DEVICE_SEED_OFFSET)
 
         self.G = Generator(model_cfg).to(self.device)
         self.D = Discriminator(model_cfg).to(self.device)
@@ -141,9 +147,19 @@ class Trainer:
         self.opt_D = self._make_optimizer(self.D)
         # torch.compile wraps the forward passes; state dicts stay those of the plain modules.
         # R1 / GP need double backward, which compiled graphs lack, so those passes use plain D.
-        self._G_fwd = torch.compile(self.G) if train_cfg.compile else self.G
-        self._D_fwd = torch.compile(self.D) if train_cfg.compile else self.D
-        self.amp_dtype = self._amp_dtype()
+        self._G_fwd = self._compiled(self.G)
+        self._D_fwd = self._compiled(self.D)
+        # Compiled graphs read alpha from this tensor (a Python float would be baked into the
+        # graph and recompiled at every value of a fade-in); updated in place, no new host tensor.
+        self._alpha = torch.ones((), device=self.device)
+        self.amp_dtype = amp_dtype(train_cfg.amp, self.device)
+        # fp16 needs loss scaling (one scaler per network: their gradients differ in scale);
+        # disabled scalers (bf16, fp32) pass losses and steps through unchanged.
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler_D = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self._prefetcher = BatchPrefetcher(device=self.device) if train_cfg.prefetch else None
+        self._pending_gen_state: torch.Tensor | None = None  # index stream before the prefetched batch
         # What D sees goes through augment_pipe (reals, fakes and the R1 pass); ada tunes its p.
         self.augment_pipe: AugmentPipe | None = None
         self.ada: AdaController | None = None
@@ -233,26 +249,43 @@ class Trainer:
     def _make_optimizer(self, net: torch.nn.Module) -> torch.optim.Adam:
         # The mapping network's 0.01 learning-rate multiplier lives in its layers (equalized lr);
         # the noise strengths' multiplier (train.noise_lr_mul) rides in their param group as lr_mul.
+        # On CUDA the fused Adam: one kernel, step counters on the device, and GradScaler hands
+        # it the scale without a host read. Elsewhere torch's default (foreach) implementation.
         t = self.train_cfg
+        fused = True if self.device.type == "cuda" else None
         noise = [p for n, p in net.named_parameters() if ".noise" in n and n.endswith(".weight")]
         rest = [p for n, p in net.named_parameters() if not (".noise" in n and n.endswith(".weight"))]
         groups = [{"params": rest, "lr_mul": 1.0}]
         if noise:
             groups.append({"params": noise, "lr_mul": t.noise_lr_mul})
-        return torch.optim.Adam(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps)
+        return torch.optim.Adam(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=fused)
 
-    def _amp_dtype(self) -> torch.dtype | None:
-        if not self.train_cfg.amp or self.device.type != "cuda":
-            return None  # fp32 on CPU: autocast there is slower and changes results
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16  # no loss scaling needed
-        warnings.warn("amp: this GPU lacks bf16; training in fp32", stacklevel=2)
-        return None
+    def _compiled(self, net: torch.nn.Module) -> torch.nn.Module:
+        c = self.train_cfg.compile
+        if c is False:
+            return net
+        import torch._dynamo
+
+        # Each stage (resolution, batch size) and grad mode is its own graph; the default limit (8)
+        # would silently fall back to eager after a few stages.
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, COMPILE_RECOMPILE_LIMIT)
+        # dynamic=False: shapes change only at stage boundaries, where a specialised graph is best.
+        return torch.compile(net, backend="inductor" if c is True else c, dynamic=False)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
+
+    def _r1_autocast(self) -> contextlib.AbstractContextManager:
+        # bf16 keeps fp32's range, so the R1 pass may run in it (the penalty itself is summed in
+        # fp32); in fp16 the unscaled input gradients of the double backward would underflow.
+        return self._autocast() if self.amp_dtype == torch.bfloat16 else contextlib.nullcontext()
+
+    def close(self) -> None:
+        """Stop the prefetch worker (also done when the trainer is garbage collected)."""
+        if self._prefetcher is not None:
+            self._rewind_pending()
+            self._prefetcher.close()
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -275,10 +308,24 @@ class Trainer:
             "cur_resolution": self.cur_resolution or 0,
             "stage": self.phase.stage.index,
             "alpha": self.phase.alpha,
-            "rng": capture_rng_state(self.gen),
-            "augment": {"ada": self.ada.state_dict(), "rng": self.aug_gen.get_state()} if self.ada else {},
+            "rng": self._rng_state(),
+            "rng_device": {"device": self.device.type, "state": self.dev_gen.get_state()},
+            **{f"scaler_{n}": sc.state_dict() for n, sc in self._scalers() if sc.is_enabled()},  # fp16 only
+            "augment": {"ada": self.ada.state_dict(), "rng": self.aug_gen.get_state(), "device": self.device.type}
+            if self.ada else {},
             "torch_version": str(torch.__version__),
         }
+
+    def _scalers(self) -> tuple[tuple[str, torch.amp.GradScaler], ...]:
+        return (("D", self.scaler_D), ("G", self.scaler_G))
+
+    def _rng_state(self) -> dict[str, Any]:
+        state = capture_rng_state(self.gen)
+        if self._pending_gen_state is not None:
+            # Indices already drawn for a prefetched batch are not consumed yet: a resumed run
+            # draws them again, so it neither skips nor repeats a batch.
+            state["generator"] = self._pending_gen_state.clone()
+        return state
 
     def save(self) -> Path | None:
         """Write a rolling checkpoint (rank 0) and prune old ones; returns its path."""
@@ -344,11 +391,29 @@ class Trainer:
         self.cur_nimg = int(state["cur_nimg"])
         self.step = int(state["step"])
         self.cur_resolution = int(state["cur_resolution"]) or None
+        self._rewind_pending()
         restore_rng_state(state["rng"], self.gen)
+        dev = state.get("rng_device")
+        if dev is not None and dev["device"] == self.device.type:
+            self.dev_gen.set_state(dev["state"].cpu())
+        else:
+            # Generator states do not carry across device types: a fresh, seeded stream instead.
+            warnings.warn(
+                f"{path} was written on {dev['device'] if dev else 'an older version'}; flips and latents "
+                f"continue from a fresh seeded stream on {self.device.type} (not bit-exact)",
+                stacklevel=3,
+            )
+            self.dev_gen.manual_seed(self.train_cfg.seed + DEVICE_SEED_OFFSET + self.step)
+        for name, scaler in self._scalers():
+            if scaler.is_enabled() and f"scaler_{name}" in state:
+                scaler.load_state_dict(state[f"scaler_{name}"])
         aug = state.get("augment") or {}
         if self.ada is not None and aug:
             self.ada.load_state_dict(aug["ada"])
-            self.aug_gen.set_state(aug["rng"].cpu())
+            if aug.get("device", self.device.type) == self.device.type:
+                self.aug_gen.set_state(aug["rng"].cpu())
+            else:  # generator states do not carry across device types (as dev_gen above)
+                self.aug_gen.manual_seed(self.train_cfg.seed + 0x5EED + self.rank + self.step)
         end = self.stages[-1].end_kimg
         if self.kimg > end + 1e-9:
             raise CheckpointError(
@@ -420,16 +485,53 @@ class Trainer:
             self.opt_D = self._make_optimizer(self.D)
         self.cur_resolution = phase.resolution
 
+    def _rank_slice(self, n_global: int) -> slice:
+        """This rank's rows of a global batch of ``n_global`` drawn from the shared stream."""
+        b = n_global // self.world_size
+        return slice(self.rank * b, (self.rank + 1) * b)
+
+    def _draw_indices(self, ds: PackedDataset, B: int) -> np.ndarray:
+        """The next global batch of B indices from the seeded host stream; this rank's slice."""
+        return torch.randint(len(ds), (B,), generator=self.gen)[self._rank_slice(B)].numpy()
+
+    def _rewind_pending(self) -> None:
+        """Drop a prefetched batch that will not be used; its indices go back to the stream."""
+        if self._pending_gen_state is not None:
+            self.gen.set_state(self._pending_gen_state)
+            self._pending_gen_state = None
+        if self._prefetcher is not None:
+            self._prefetcher.discard()
+
+    def _prefetch_next(self, phase: Phase) -> None:
+        """Draw the indices the next step will use and gather them in the background.
+
+        The next step is predicted from the schedule; a wrong guess (a new stage, or a caller
+        passing its own phase) is rewound by ``_reals``, so prefetching never changes which
+        batches a run sees."""
+        if self._prefetcher is None:
+            return
+        nxt = phase_at(self.train_cfg, self.model_cfg, (self.cur_nimg + phase.batch_size) / 1000.0)
+        if nxt.resolution != phase.resolution:
+            return  # a new stage opens another array; gathered in line at its first step
+        ds = self._dataset_for(nxt.resolution)
+        self._pending_gen_state = self.gen.get_state()
+        idx = self._draw_indices(ds, nxt.batch_size)
+        self._prefetcher.submit((nxt.resolution, nxt.batch_size, len(ds)), ds, idx)
+
     def _reals(self, phase: Phase) -> torch.Tensor:
         """This rank's slice of the batch, in [-1, 1], flipped and faded like G's output."""
         ds = self._dataset_for(phase.resolution)
-        B, b = phase.batch_size, phase.batch_size // self.world_size
-        mine = slice(self.rank * b, (self.rank + 1) * b)
-        idx = torch.randint(len(ds), (B,), generator=self.gen)[mine]
-        flip = (torch.rand(B, generator=self.gen) < 0.5)[mine]
-        x = ds.get_batch(idx.numpy()).to(self.device, non_blocking=True).float() / 127.5 - 1.0
+        B = phase.batch_size
+        key = (phase.resolution, B, len(ds))
+        x = self._prefetcher.take(key) if self._prefetcher is not None else None
+        if x is None:
+            self._rewind_pending()
+            x = ds.get_batch(self._draw_indices(ds, B)).to(self.device, non_blocking=True)
+        self._pending_gen_state = None  # the drawn indices are consumed now
+        x = x.float() / 127.5 - 1.0
         if self.train_cfg.mirror:
-            x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
+            flip = torch.rand(B, generator=self.dev_gen, device=self.device)[self._rank_slice(B)] < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         if phase.alpha < 1.0:
             # During a fade D must see reals blended the way G's output is (Progressive GAN).
             x = torch.lerp(upsample2x(downsample2x(x)), x, phase.alpha)
@@ -439,8 +541,8 @@ class Trainer:
 
     def _latents(self, n: int) -> torch.Tensor:
         B = n * self.world_size
-        z = torch.randn(B, self.model_cfg.z_dim, generator=self.gen)
-        return z[self.rank * n : (self.rank + 1) * n].to(self.device)
+        z = torch.randn(B, self.model_cfg.z_dim, generator=self.dev_gen, device=self.device)
+        return z[self._rank_slice(B)]
 
     def _sync_grads(self, net: torch.nn.Module) -> None:
         if self.world_size == 1:
@@ -450,9 +552,10 @@ class Trainer:
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= self.world_size
 
-    def train_step(self, phase: Phase | None = None) -> dict[str, float]:
+    def train_step(self, phase: Phase | None = None) -> dict[str, torch.Tensor]:
         """One D update and one G update at ``phase`` (default: the current one); no reporting or
-        checkpointing (``run``/``run_stage`` add those). Returns loss_G, loss_D and r1."""
+        checkpointing (``run``/``run_stage`` add those). Returns loss_G, loss_D and r1 as detached
+        0-dim tensors on the training device: nothing in a step waits for the device."""
         phase = phase or self.phase
         t, m = self.train_cfg, self.model_cfg
         if phase.resolution != self.cur_resolution:
@@ -461,14 +564,15 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = phase.lr * group.get("lr_mul", 1.0)
         res, alpha = phase.resolution, phase.alpha
-        # Compiled graphs get alpha as a tensor: a Python float would be baked in and recompiled
-        # at every new value during a fade-in.
-        alpha_in: float | torch.Tensor = torch.tensor(alpha, device=self.device) if t.compile else alpha
+        alpha_in: float | torch.Tensor = alpha
+        if t.compile is not False:
+            alpha_in = self._alpha.fill_(alpha)  # in place: no new host tensor, no recompile
         b = phase.batch_size // self.world_size
         g_kwargs = {"resolution": res, "alpha": alpha_in, "mixing_prob": m.style_mixing_prob, "noise_mode": "random"}
 
         # --- D step ---
         reals = self._reals(phase)
+        self._prefetch_next(phase)  # gathered while this step computes
         z = self._latents(b)
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
@@ -483,8 +587,9 @@ class Trainer:
             if do_r1:
                 # R1 is the gradient w.r.t. the clean reals, through the augmentation (as ADA).
                 reals_g = reals.detach().requires_grad_(True)
-                real_logits = self.D(self._augment(reals_g), resolution=res, alpha=alpha)
-                r1 = losses.r1_penalty(real_logits, reals_g)
+                with self._r1_autocast():
+                    real_logits = self.D(self._augment(reals_g), resolution=res, alpha=alpha)
+                r1 = losses.r1_penalty(real_logits.float(), reals_g)  # fp32, as reals_g and its gradient
             else:
                 with self._autocast():
                     real_logits = self._D_fwd(self._augment(reals), resolution=res, alpha=alpha_in)
@@ -495,21 +600,21 @@ class Trainer:
                 # Lazy regularisation: applied every r1_interval steps, scaled to keep its strength.
                 loss_D = loss_D + r1 * (r1_gamma * 0.5 * t.r1_interval)
         else:
-            # On CPU the interpolation points come from the trainer's generator (exact resume);
-            # on CUDA from the device RNG, whose state the checkpoint also carries.
-            gp_gen = self.gen if self.device.type == "cpu" else None
+            # WGAN-GP in fp32 (its penalty needs the plain D's double backward); the interpolation
+            # points come from the device generator, whose state the checkpoint carries.
             loss_D, r1 = losses.wgan_gp_d_loss(
                 lambda x: self.D(self._augment(x), resolution=res, alpha=alpha),
                 reals,
                 fakes.float(),
                 wgan_lambda=t.wgan_lambda,
                 wgan_epsilon=t.wgan_epsilon,
-                generator=gp_gen,
+                generator=self.dev_gen,
             )
         self.opt_D.zero_grad(set_to_none=True)
-        loss_D.backward()
+        self.scaler_D.scale(loss_D).backward()
         self._sync_grads(self.D)
-        self.opt_D.step()
+        self.scaler_D.step(self.opt_D)
+        self.scaler_D.update()
 
         # --- G step ---
         z = self._latents(b)
@@ -521,9 +626,10 @@ class Trainer:
         g_loss = losses.logistic_g_loss if t.loss == "logistic" else losses.wgan_g_loss
         loss_G = g_loss(fake_logits.float())
         self.opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
+        self.scaler_G.scale(loss_G).backward()
         self._sync_grads(self.G)
-        self.opt_G.step()
+        self.scaler_G.step(self.opt_G)
+        self.scaler_G.update()
         self.D.requires_grad_(True)
 
         self._update_ema(phase.batch_size)
@@ -532,13 +638,15 @@ class Trainer:
         self.cur_nimg += phase.batch_size
         self.step += 1
         self._r1_applied = do_r1 if t.loss == "logistic" else True  # lazy R1: ticks average r1 over these steps only
-        return {"loss_G": float(loss_G.detach()), "loss_D": float(loss_D.detach()), "r1": float(r1.detach())}
+        return {"loss_G": loss_G.detach(), "loss_D": loss_D.detach(), "r1": r1.detach()}
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """What D sees: ``x`` through the augmentation pipe at the current p (identity when off)."""
         if self.augment_pipe is None or self.ada is None:
             return x
-        return self.augment_pipe(x, self.ada.p, self.aug_gen)
+        # In fp32 whatever the autocast around it: the colour matrices are statistics of a sort.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self.augment_pipe(x.float(), self.ada.p, self.aug_gen)
 
     @torch.no_grad()
     def _update_ema(self, batch_size: int) -> None:
@@ -548,10 +656,12 @@ class Trainer:
             # Early in a run a long half-life would keep G_ema at its random init (StyleGAN2-ADA's ramp-up).
             ema_nimg = min(ema_nimg, self.cur_nimg * t.ema_rampup)
         beta = 0.5 ** (batch_size / ema_nimg) if ema_nimg > 0 else 0.0
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            b_ema.copy_(b)  # w_avg and the const noise follow G directly
+        # p_ema <- p + beta (p_ema - p), as one multi-tensor kernel (lerp's weight >= 0.5 branch makes
+        # beta = 0 an exact copy).
+        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1.0 - beta)
+        # Buffers: only those a step changes (w_avg follows G directly); const noise never changes.
+        ema_bufs, bufs = dict(self.G_ema.named_buffers()), dict(self.G.named_buffers())
+        torch._foreach_copy_([ema_bufs[n] for n in EMA_FOLLOWED_BUFFERS], [bufs[n] for n in EMA_FOLLOWED_BUFFERS])
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -572,17 +682,28 @@ class Trainer:
             "start_nimg": self.cur_nimg,
             "steps": 0,
             "r1_steps": 0,
-            "sums": {"loss_G": 0.0, "loss_D": 0.0, "r1": 0.0},
+            "sums": {},  # stat -> running sum, a device tensor (read once, in _emit_tick)
         }
 
-    def _accumulate(self, stats: dict[str, float]) -> None:
+    def _accumulate(self, stats: dict[str, torch.Tensor | float]) -> None:
         self._tick["steps"] += 1
         self._tick["r1_steps"] += int(self._r1_applied)
+        sums = self._tick["sums"]
         for k, v in stats.items():
-            self._tick["sums"][k] += v
+            sums[k] = v if k not in sums else sums[k] + v  # on the device: no sync
+
+    def _tick_sums(self) -> dict[str, float]:
+        """The tick's sums as floats: one device-to-host read for all of them."""
+        sums = self._tick["sums"]
+        names = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
+        out = {k: float(v) for k, v in sums.items() if k not in names}
+        if names:
+            out.update(zip(names, torch.stack([sums[k].float() for k in names]).tolist(), strict=True))
+        return {"loss_G": 0.0, "loss_D": 0.0, "r1": 0.0, **out}
 
     def _emit_tick(self, phase: Phase) -> None:
         tk = self._tick
+        sums = self._tick_sums()  # waits for the device: the tick's time includes all its steps
         secs = time.perf_counter() - tk["start_time"]
         n = max(tk["steps"], 1)
         stats = {
@@ -591,11 +712,11 @@ class Trainer:
             "alpha": phase.alpha,
             "lr": phase.lr,
             "batch_size": phase.batch_size,
-            "loss_G": tk["sums"]["loss_G"] / n,
-            "loss_D": tk["sums"]["loss_D"] / n,
+            "loss_G": sums["loss_G"] / n,
+            "loss_D": sums["loss_D"] / n,
             # With lazy R1 the penalty exists on every r1_interval-th step; averaging the zeros
             # of the other steps in would report it 1/r1_interval times too small.
-            "r1": tk["sums"]["r1"] / max(tk["r1_steps"], 1),
+            "r1": sums["r1"] / max(tk["r1_steps"], 1),
             "images_per_sec": (self.cur_nimg - tk["start_nimg"]) / max(secs, 1e-9),
             "sec_per_tick": secs,
             "stage": phase.stage.index,

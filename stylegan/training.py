@@ -720,11 +720,10 @@ class Trainer:
             "images_per_sec": (self.cur_nimg - tk["start_nimg"]) / max(secs, 1e-9),
             "sec_per_tick": secs,
             "stage": phase.stage.index,
-            # p and r_t are read from the device here, once per tick.
-            "augment_p": float(self.ada.p) if self.ada is not None else 0.0,
+            "augment_p": 0.0,
         }
-        if self.ada is not None:
-            stats["ada_rt"] = float(self.ada.rt)
+        if self.ada is not None:  # p and r_t live on the device: one read per tick, here
+            stats["augment_p"], stats["ada_rt"] = torch.stack([self.ada.p, self.ada.rt]).tolist()
         self._call("on_tick", stats)
         self._start_tick()
 

@@ -3,8 +3,10 @@
 MLflow copies this file into the logged model and runs it on load; ``stylegan/`` travels with
 the model as code_paths, and the weights are the pickle-free export (safetensors + JSON).
 
-Input: a DataFrame with ``seed`` (int), and optionally ``truncation_psi`` (float, default 0.7)
-and ``noise_mode`` (``const``/``random``/``none``, default ``const``), one row per image.
+Input: a DataFrame with ``seed`` (int), and optionally ``truncation_psi`` (float, default 0.7),
+``truncation_cutoff`` (int: truncate only the first N style layers, default 8 as the official
+StyleGAN; a value above the generator's style layers truncates them all) and ``noise_mode``
+(``const``/``random``/``none``, default ``const``), one row per image.
 Output: a DataFrame with ``seed`` and ``image_png_base64`` (what serves well as JSON), or with
 ``params={"output": "array"}`` a uint8 array ``(N, H, W, 3)``.
 
@@ -27,6 +29,7 @@ from mlflow.pyfunc import PythonModel
 
 DEFAULT_PSI = 0.7
 DEFAULT_NOISE_MODE = "const"
+DEFAULT_CUTOFF = 8  # StyleGAN's truncation_cutoff: the coarse and middle layers
 NOISE_MODES = ("const", "random", "none")
 MAX_ROWS = 256  # rows (images) per request: split bigger jobs (256 PNGs at 256x256 are ~50 MB of uint8)
 CHUNK_ROWS = 32  # images generated at a time (bounds the network's activations per request)
@@ -74,6 +77,11 @@ class GeneratorModel(PythonModel):
         psi = psi.fillna(DEFAULT_PSI).astype("float64").to_numpy()
         if not ((psi >= 0.0) & (psi <= 1.0)).all():  # as `pokegan sample --psi`
             raise _bad_request(f"truncation_psi must be in [0, 1] (1 = no truncation), got {sorted(set(psi.tolist()))}")
+        cutoff = df["truncation_cutoff"] if "truncation_cutoff" in df else pd.Series(DEFAULT_CUTOFF, index=df.index)
+        cutoff = cutoff.fillna(DEFAULT_CUTOFF).astype("int64").to_numpy()
+        if (cutoff < 0).any():
+            bad_cutoffs = sorted(set(cutoff.tolist()))
+            raise _bad_request(f"truncation_cutoff must be >= 0 (style layers truncated), got {bad_cutoffs}")
         modes = df["noise_mode"] if "noise_mode" in df else pd.Series(DEFAULT_NOISE_MODE, index=df.index)
         modes = modes.fillna(DEFAULT_NOISE_MODE).astype(str).to_numpy()
         bad = sorted(set(modes) - set(NOISE_MODES))
@@ -81,13 +89,13 @@ class GeneratorModel(PythonModel):
             raise _bad_request(f"noise_mode must be one of {list(NOISE_MODES)}, got {bad}")
         res = self.G.img_resolution
         images = np.zeros((len(df), res, res, 3), dtype=np.uint8)
-        # One generate() call per distinct (psi, noise_mode) and chunk; rows keep their order.
-        for p, m in sorted({(float(p), str(m)) for p, m in zip(psi, modes, strict=True)}):
-            rows = np.flatnonzero((psi == p) & (modes == m))
+        # One generate() call per distinct (psi, cutoff, noise_mode) and chunk; rows keep their order.
+        for p, c, m in sorted({(float(p), int(c), str(m)) for p, c, m in zip(psi, cutoff, modes, strict=True)}):
+            rows = np.flatnonzero((psi == p) & (cutoff == c) & (modes == m))
             for i in range(0, len(rows), CHUNK_ROWS):
                 part = rows[i : i + CHUNK_ROWS]
-                images[part] = generate(self.G, seeds=[int(s) for s in seeds[part]], truncation_psi=p, noise_mode=m,
-                                        batch_size=CHUNK_ROWS)
+                images[part] = generate(self.G, seeds=[int(s) for s in seeds[part]], truncation_psi=p,
+                                        truncation_cutoff=c, noise_mode=m, batch_size=CHUNK_ROWS)
         if output == "array":
             return images
         return pd.DataFrame({"seed": seeds, "image_png_base64": [_png_base64(img) for img in images]})

@@ -51,7 +51,7 @@ CHUNK = 64  # images generated and written at a time: memory does not grow with 
 
 
 def _write_samples(G: Any, seeds: list[int], psi: float, noise_mode: str, out_dir: Path,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                   extra: dict[str, Any] | None = None, cutoff: int | None = None) -> dict[str, Any]:
     """PNGs ``seed<NNNN>.png``, ``grid.png`` and ``sample.json``, written into a temp sibling of
     ``out_dir`` and swapped in only once complete (``stylegan.io.replace_dir``: ``out_dir`` must be
     missing, empty or an earlier sample output; anything else is refused and left alone)."""
@@ -61,7 +61,8 @@ def _write_samples(G: Any, seeds: list[int], psi: float, noise_mode: str, out_di
     def fill(tmp: Path) -> dict[str, Any]:
         shown: list[Any] = []
         res = 0
-        for part, images in iter_generate(G, seeds, CHUNK, truncation_psi=psi, noise_mode=noise_mode):
+        for part, images in iter_generate(G, seeds, CHUNK, truncation_psi=psi, truncation_cutoff=cutoff,
+                                           noise_mode=noise_mode):
             save_images(images, tmp, [f"seed{s:04d}" for s in part])
             shown.extend(images[: max(0, GRID_MAX - len(shown))])
             res = int(images.shape[1])
@@ -76,11 +77,13 @@ def _write_samples(G: Any, seeds: list[int], psi: float, noise_mode: str, out_di
 
 
 @task(name="sample-images", cache_policy=NO_CACHE)
-def sample_task(uri: str, seeds: list[int], psi: float, noise_mode: str, out_dir: str, root: str) -> dict[str, Any]:
+def sample_task(uri: str, seeds: list[int], psi: float, noise_mode: str, out_dir: str, root: str,
+                cutoff: int | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     G = load_registered_generator(uri, root=root)
-    extra = {"model_uri": uri, "version": G.registry_version, "truncation_psi": psi, "noise_mode": noise_mode}
-    info = _write_samples(G, seeds, psi, noise_mode, Path(out_dir), extra)
+    extra = {"model_uri": uri, "version": G.registry_version, "truncation_psi": psi, "truncation_cutoff": cutoff,
+             "noise_mode": noise_mode}
+    info = _write_samples(G, seeds, psi, noise_mode, Path(out_dir), extra, cutoff)
     logger.info("wrote %d images (%dx%d) from %s (v%s) to %s", info["count"], info["resolution"],
                 info["resolution"], uri, info["version"], out_dir)
     return info
@@ -100,7 +103,8 @@ def sample_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
     uri = model_uri or f"models:/{reg.name}@{reg.champion_alias}"
     out_dir = resolve(root_p, cfg.out_dir)
     check_replaceable(out_dir, "sample.out_dir")  # before the model is pulled: a refused folder costs nothing
-    return sample_task(uri, parse_seeds(cfg.seeds), cfg.truncation_psi, cfg.noise_mode, str(out_dir), str(root_p))
+    return sample_task(uri, parse_seeds(cfg.seeds), cfg.truncation_psi, cfg.noise_mode, str(out_dir), str(root_p),
+                       cfg.truncation_cutoff)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -113,14 +114,23 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log every param (flattened). Params already logged with the same value are skipped (resume)."""
-    from mlflow.entities import Param
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Log every param (flattened). Params already logged with the same value are skipped (resume).
+
+    A run continued with a changed value (train.final_kimg raised: "train longer") cannot change a
+    logged param in MLflow; such keys are recorded as tags ``continued.<key>`` = ``"old -> new"``
+    and returned as ``{key: (old, new)}``."""
+    from mlflow.entities import Param, RunTag
 
     existing = client.get_run(run_id).data.params
-    items = [Param(k, v) for k, v in flatten(params).items() if existing.get(k) != v]
+    flat = flatten(params)
+    items = [Param(k, v) for k, v in flat.items() if k not in existing]
+    changed = {k: (existing[k], v) for k, v in flat.items() if k in existing and existing[k] != v}
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         client.log_batch(run_id, params=items[i : i + 100])
+    if changed:
+        client.log_batch(run_id, tags=[RunTag(f"continued.{k}", f"{a} -> {b}") for k, (a, b) in changed.items()])
+    return changed
 
 
 def git_commit(root: str | Path = ".") -> tuple[str, bool]:
@@ -368,6 +378,7 @@ class MlflowTrainingCallback:
     already logged; those are skipped, so each step appears once in the run's history.
     """
 
+    # The usual keys; every other numeric tick stat (augment_p, ada_rt, ...) is logged as well.
     TICK_KEYS = ("loss_G", "loss_D", "r1", "images_per_sec", "sec_per_tick", "kimg", "resolution", "alpha", "lr",
                  "batch_size", "stage")
 
@@ -414,10 +425,12 @@ class MlflowTrainingCallback:
             return
         self.logged_step = step
         ts = int(time.time() * 1000)
+        keys = [*self.TICK_KEYS, *sorted(set(stats) - set(self.TICK_KEYS))]
         metrics = [
             Metric(key, float(stats[key]), ts, step)
-            for key in self.TICK_KEYS
+            for key in keys
             if key in stats and isinstance(stats[key], int | float) and not isinstance(stats[key], bool)
+            and math.isfinite(stats[key])  # ada_rt is NaN before ADA's first adjustment
         ]
         if metrics:
             self._store(lambda: self.client.log_batch(self.run_id, metrics=metrics), at=float(stats["kimg"]))
@@ -451,6 +464,7 @@ def model_signature() -> Any:
         [
             ColSpec("long", "seed"),
             ColSpec("double", "truncation_psi", required=False),
+            ColSpec("long", "truncation_cutoff", required=False),
             ColSpec("string", "noise_mode", required=False),
         ]
     )

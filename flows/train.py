@@ -40,7 +40,7 @@ from flows.common import METRICS_DIR, MODEL_DIR, REGISTERED, RUNS_DIR, base_pars
 from stylegan.config import ModelConfig, TrainConfig, section
 
 TICK_COLUMNS = ("kimg", "stage", "resolution", "alpha", "lr", "batch_size", "loss_G", "loss_D", "r1",
-                "images_per_sec", "sec_per_tick")
+                "images_per_sec", "sec_per_tick", "augment_p", "ada_rt")
 
 
 def data_fingerprint(data_root: Path) -> str:
@@ -62,12 +62,15 @@ def data_fingerprint(data_root: Path) -> str:
 
 
 def run_key(model_cfg: ModelConfig, train_cfg: TrainConfig, fingerprint: str, code: str | None = None) -> str:
-    """The trainer's params hash (bookkeeping settings such as tick_kimg excluded), the data's
-    fingerprint and the training code's (``code``; default: the installed library's)."""
+    """The trainer's params hash (bookkeeping settings such as tick_kimg, and final_kimg, excluded;
+    a fine-tuning source counted by its weights' hash), the data's fingerprint and the training
+    code's (``code``; default: the installed library's)."""
     from stylegan.checkpoint import code_fingerprint, params_hash
+    from stylegan.transfer import read_init_source
 
     code = code_fingerprint() if code is None else code
-    blob = f"{params_hash(model_cfg, train_cfg)}:{fingerprint}:{code}"
+    init_sha = read_init_source(train_cfg.init_from).sha256 if train_cfg.init_from else None
+    blob = f"{params_hash(model_cfg, train_cfg, init_sha)}:{fingerprint}:{code}"
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -289,7 +292,8 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
         model_uri = info.model_uri
         version = tracking.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
                                     tags={"generator.sha256": sha, "resolution": str(final_resolution),
-                                          "kimg": f"{trainer.kimg:.3f}", "run_key": job["key"]})
+                                          "kimg": f"{trainer.kimg:.3f}", "run_key": job["key"],
+                                          **job.get("lineage", {})})
         log(f"registered {reg.name} v{version} ({reg.candidate_alias}) from run {job['mlflow_run_id']}")
     registered = {"name": reg.name, "version": str(version), "alias": reg.candidate_alias, "model_uri": model_uri,
                   "run_id": job["mlflow_run_id"], "generator_sha256": sha, "resolution": final_resolution,
@@ -344,6 +348,53 @@ def _open_mlflow_run(client: Any, run_dir: Path, key: str, root: Path) -> str:
     return run.info.run_id
 
 
+INIT_DIR = "runs/init"  # registry models downloaded as fine-tuning sources (one folder per version)
+
+
+def resolve_init_from(client: Any, params: dict[str, Any], root: Path, registry_name: str) -> dict[str, str]:
+    """Turn ``train.init_from: models:/NAME@ALIAS`` (or ``/VERSION``) into the downloaded export folder
+    (in ``params``, in place) and return lineage tags naming the parent. A local path stays as it
+    is; its parent version is found by its weights' hash when the registry holds it."""
+    import mlflow
+
+    from stylegan.transfer import read_init_source
+
+    spec = (params.get("train") or {}).get("init_from")
+    if not spec:
+        return {}
+    tags: dict[str, str] = {"parent.init_from": str(spec)}
+    if str(spec).startswith("models:/"):
+        mv = tracking.resolve_version(client, str(spec))
+        target = root / INIT_DIR / f"{mv.name}-v{mv.version}"
+        if not (target / "generator.safetensors").is_file():
+            import tempfile
+
+            (root / INIT_DIR).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".download-", dir=root / INIT_DIR) as tmp:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}",
+                                                                 dst_path=tmp))
+                found = sorted(local.rglob("generator.safetensors"))
+                if not found:
+                    raise tracking.RegistryError(f"{spec} (v{mv.version}) holds no generator.safetensors; "
+                                                 "it was not logged by pokegan's train flow")
+                staged = Path(tmp) / "export"
+                shutil.copytree(found[0].parent, staged)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(staged, target)  # whole folder or nothing
+        params["train"]["init_from"] = str(target)
+        tags.update({"parent.model_uri": str(spec), "parent.version": f"{mv.name}/{mv.version}",
+                     "parent.run_id": str(mv.run_id or "")})
+    source = read_init_source(resolve(root, params["train"]["init_from"]))
+    params["train"]["init_from"] = str(source.path)
+    tags.update({"parent.sha256": source.sha256, "parent.kind": source.kind,
+                 "parent.resolution": str(source.resolution)})
+    if "parent.version" not in tags and source.kind == "export":
+        same = _version_with_sha(client, registry_name, source.sha256)
+        if same is not None:
+            tags["parent.version"] = f"{registry_name}/{same.version}"
+    return tags
+
+
 @flow(name="pokegan-train", log_prints=True,
       # A crash (the process or its infrastructure died) or a cancellation still closes the
       # MLflow run; a SIGKILL runs no hook, so the next training reaps such runs (reap_dead_runs).
@@ -356,10 +407,13 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     logger = get_run_logger()
     root_p = Path(root).resolve()
     params = load_run_params(root_p / params_path, overrides or [])
+    logged_params = json.loads(json.dumps(params))  # as written (a models:/ init_from stays a URI)
+    reg = section(params, "registry")
+    client = tracking.setup(root_p)
+    lineage = resolve_init_from(client, params, root_p, reg.name)
     model_cfg: ModelConfig = section(params, "model")
     train_cfg: TrainConfig = section(params, "train")
     data_cfg = section(params, "data")
-    reg = section(params, "registry")
     data_root = resolve(root_p, data_cfg.out_dir)
     runs_root = root_p / RUNS_DIR
     export_dir = root_p / MODEL_DIR
@@ -381,27 +435,33 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     os.replace(tmp, params_file)
     logger.info("run directory %s (params + data key %s)", run_dir, key)
 
-    client = tracking.setup(root_p)
     for dead in tracking.reap_dead_runs(client):
         logger.warning("MLflow run %s was left RUNNING by a killed process; marked KILLED", dead)
     run_id = _open_mlflow_run(client, run_dir, key, root_p)
     from prefect.runtime import flow_run
 
     tracking.claim_run(client, run_id, flow_run.id)
-    tracking.log_params(client, run_id, params)
+    changed = tracking.log_params(client, run_id, logged_params)
+    if changed:
+        logger.info("continuing run %s with %s", key, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    for k, v in lineage.items():
+        client.set_tag(run_id, k, v)
     for k, v in tracking.source_tags(root_p, data_cfg.out_dir).items():
         client.set_tag(run_id, k, v)
     client.set_tag(run_id, "data.fingerprint", fingerprint)
     tracking.log_dataset(client, run_id, tracking.prepared_dataset(root_p, data_cfg), "training")
 
-    plan = stages(train_cfg, model_cfg)
+    from stylegan.transfer import effective_train_config
+
+    plan = stages(effective_train_config(train_cfg, model_cfg)[0], model_cfg)  # init_from: starts at its resolution
     total_kimg = float(plan[-1].end_kimg)
     artifact_id = create_progress_artifact(progress=0.0, key="train-progress",
                                            description=f"kimg trained of {total_kimg:g} ({len(plan)} stages)")
     job = {"model_cfg": model_cfg, "train_cfg": train_cfg, "data_root": data_root, "run_dir": run_dir, "root": root_p,
            "key": key, "total_kimg": total_kimg, "progress_artifact": artifact_id,
            "tracking_uri": client.tracking_uri, "mlflow_run_id": run_id, "registry": reg, "export_dir": export_dir,
-           "params_file": params_file, "registered_path": root_p / REGISTERED}
+           "params_file": params_file, "registered_path": root_p / REGISTERED,
+           "lineage": lineage}
     results = []
     try:
         with tracking.system_metrics(run_id, client.tracking_uri):

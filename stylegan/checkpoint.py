@@ -50,6 +50,15 @@ _BOOKKEEPING_KEYS = (
 )
 
 
+# Train settings that only lengthen the schedule at its end: a finished run whose value is raised
+# continues from its last checkpoint ("train longer") instead of starting over. Nothing in the
+# trainer depends on the total length (lr is per resolution, the EMA ramp-up counts images
+# shown so far), so training to N and then on to M is bit for bit training straight to M.
+# final_kimg only adds images after the last stage's stabilisation; other schedule keys
+# (fade_kimg, stab_kimg, max_resolution) move stage boundaries the run has already passed.
+SCHEDULE_EXTENSION_KEYS = ("final_kimg",)
+
+
 class CheckpointError(ValueError):
     """A checkpoint or exported generator is missing, corrupt or incompatible."""
 
@@ -58,11 +67,24 @@ class CheckpointError(ValueError):
 # Training checkpoints
 
 
-def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
-    """Hash of everything that defines what a run computes (bookkeeping settings excluded)."""
-    train = {k: v for k, v in to_dict(train_cfg).items() if k not in _BOOKKEEPING_KEYS}
+def hashed_train_params(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha256: str | None = None) -> dict:
+    """The train params that define a run: without bookkeeping and schedule-extension keys, with
+    ``init_from``'s path replaced by the source's content hash (a re-download elsewhere is the same run)."""
+    skip = (*_BOOKKEEPING_KEYS, *SCHEDULE_EXTENSION_KEYS, "init_from")
+    train = {k: v for k, v in to_dict(train_cfg).items() if k not in skip}
     # `null` means the model's resolution: spelling it out must not look like another run.
     train["max_resolution"] = train_cfg.max_resolution or model_cfg.max_resolution
+    if train_cfg.init_from is not None:
+        if init_sha256 is None:
+            raise ValueError("params_hash of a fine-tuning run needs the source's init_sha256")
+        train["init_from_sha256"] = init_sha256
+    return train
+
+
+def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha256: str | None = None) -> str:
+    """Hash of everything that defines what a run computes (bookkeeping settings and ``final_kimg``
+    excluded; a fine-tuning run's source counted by its content hash ``init_sha256``)."""
+    train = hashed_train_params(model_cfg, train_cfg, init_sha256)
     blob = json.dumps({"model": to_dict(model_cfg), "train": train}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -70,7 +92,8 @@ def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
 # The sources whose bytes define what a training run computes. An orchestrator keys its run
 # folders by this too, so editing the model or the trainer retrains instead of resuming (or
 # silently skipping to) checkpoints that older code wrote.
-TRAINING_CODE = ("layers.py", "networks.py", "losses.py", "schedule.py", "training.py", "data/dataset.py")
+TRAINING_CODE = ("layers.py", "networks.py", "losses.py", "schedule.py", "training.py", "augment.py", "transfer.py",
+                 "data/dataset.py")
 
 
 def code_fingerprint() -> str:

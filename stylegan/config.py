@@ -16,6 +16,10 @@ from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
+# Names of stylegan/augment.py's transforms (kept here so the config needs no torch import).
+AugmentOp = Literal["xflip", "rotate90", "translate", "brightness", "contrast", "saturation", "hue", "cutout"]
+AUGMENT_OPS: tuple[str, ...] = typing.get_args(AugmentOp)
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
@@ -214,7 +218,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.0, 0.99)  # Adam
     eps: float = 1e-8
     loss: Literal["logistic", "wgan-gp"] = "logistic"
-    r1_gamma: float = 10.0  # R1 penalty weight on reals (logistic loss)
+    r1_gamma: float | Literal["auto"] = 10.0  # R1 weight on reals (logistic); "auto" = 0.0002 * res**2 / batch (ADA)
+    r1_gammas: dict[int, float] = field(default_factory=dict)  # per-resolution R1 weight (wins over r1_gamma)
     r1_interval: int = 1  # lazy R1: apply every k D steps (scaled by k); 1 = every step
     wgan_lambda: float = 10.0  # gradient penalty weight (wgan-gp)
     wgan_epsilon: float = 0.001  # drift penalty (wgan-gp)
@@ -222,6 +227,17 @@ class TrainConfig:
     ema_rampup: float | None = None  # half-life <= this fraction of images shown (0.05 for short runs); None = off
     reset_optimizer_at_growth: bool = False  # fresh Adam state when a new stage starts
     mirror: bool = True  # random horizontal flips of real images
+    noise_lr_mul: float = 1.0  # learning-rate multiplier of G's noise strengths (1 = StyleGAN's)
+    # Augmentation of everything D sees (stylegan/augment.py): none | fixed (augment_p) | ada (p adapts).
+    augment: Literal["none", "fixed", "ada"] = "none"
+    augment_p: float = 0.0  # fixed: the probability of each transform; ada: where p starts
+    augment_ops: list[AugmentOp] = field(default_factory=lambda: list(AUGMENT_OPS))
+    ada_target: float = 0.6  # r_t = E[sign(D(real))] that ada holds (StyleGAN2-ADA: 0.6)
+    ada_kimg: float = 500.0  # images (thousands) for p to travel 0 -> 1 (ADA: 500; short runs need ~10)
+    ada_interval: int = 4  # D steps between p adjustments (ADA: 4)
+    # Fine-tuning: start from these weights (a training checkpoint .pt or an export folder /
+    # generator.safetensors; flows resolve models:/NAME@ALIAS to a downloaded export). None = random init.
+    init_from: str | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     # Mixed precision: none | auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a gradient
@@ -270,12 +286,34 @@ class TrainConfig:
             raise ConfigError(f"train.r1_interval must be >= 1, got {self.r1_interval}")
         if self.nproc_per_node < 1:
             raise ConfigError(f"train.nproc_per_node must be >= 1 (1 = a single process), got {self.nproc_per_node}")
+        if (self.r1_gamma != "auto" and self.r1_gamma < 0) or any(g < 0 for g in self.r1_gammas.values()):
+            raise ConfigError("train.r1_gamma and train.r1_gammas must be >= 0 (or r1_gamma: auto)")
+        if not 0.0 <= self.augment_p <= 1.0:
+            raise ConfigError(f"train.augment_p must be in [0, 1], got {self.augment_p}")
+        if self.ada_kimg <= 0 or self.ada_interval < 1:
+            raise ConfigError("train.ada_kimg must be > 0 and train.ada_interval >= 1")
+        if self.noise_lr_mul < 0:
+            raise ConfigError(f"train.noise_lr_mul must be >= 0, got {self.noise_lr_mul}")
+        if self.init_from is not None and self.init_from.startswith("models:/"):
+            raise ConfigError(
+                f"train.init_from {self.init_from!r} is a registry URI, which only the train flow resolves "
+                "(python -m flows.train / dvc repro); the library takes a checkpoint or export path"
+            )
 
     def batch_size_at(self, resolution: int) -> int:
         return self.batch_sizes.get(resolution, self.batch_size)
 
     def lr_at(self, resolution: int) -> float:
         return self.lrs.get(resolution, self.lr)
+
+    def r1_gamma_at(self, resolution: int) -> float:
+        """R1 weight at ``resolution``: the table's entry, else r1_gamma ("auto": StyleGAN2-ADA's
+        heuristic 0.0002 * res**2 / batch, which is ~1000x weaker than v1's 10 at 32x32)."""
+        if resolution in self.r1_gammas:
+            return self.r1_gammas[resolution]
+        if self.r1_gamma == "auto":
+            return 0.0002 * resolution**2 / self.batch_size_at(resolution)
+        return float(self.r1_gamma)
 
 
 @dataclass(frozen=True)
@@ -339,8 +377,13 @@ class EvaluateConfig:
 class SampleConfig:
     seeds: str = "0-63"  # "0-63", "1,5,9" or a mix
     truncation_psi: float = 0.7
+    truncation_cutoff: int | None = 8  # truncate only the first N style layers (StyleGAN's default 8); None = all
     noise_mode: Literal["const", "random", "none"] = "const"
     out_dir: str = "samples"
+
+    def validate(self) -> None:
+        if self.truncation_cutoff is not None and self.truncation_cutoff < 0:
+            raise ConfigError(f"sample.truncation_cutoff must be >= 0 or null, got {self.truncation_cutoff}")
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylegan import distributed, losses
+from stylegan import distributed, losses, transfer
+from stylegan.augment import AdaController, AugmentPipe
 from stylegan.checkpoint import (
     CheckpointError,
     atomic_write,
     capture_rng_state,
+    configs_from_checkpoint,
     export_generator,
+    hashed_train_params,
     load_checkpoint,
     params_hash,
     prune_checkpoints,
@@ -108,7 +111,6 @@ class Trainer:
         callbacks: Iterable[Any] = (),  # objects with on_tick / on_snapshot / on_stage_end
     ) -> None:
         self.model_cfg = model_cfg
-        self.train_cfg = train_cfg
         self.data_root = Path(data_root)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -117,8 +119,11 @@ class Trainer:
         self.world_size = world_size
         self.callbacks = list(callbacks)
         self.device = resolve_device(train_cfg.device if device == "auto" else device)
+        # Fine-tuning starts the schedule at the source's resolution (stylegan/transfer.py).
+        self.train_cfg, self.init_source = transfer.effective_train_config(train_cfg, model_cfg)
+        train_cfg = self.train_cfg
         self.stages: list[Stage] = stages(train_cfg, model_cfg)
-        self.params_hash = params_hash(model_cfg, train_cfg)
+        self.params_hash = params_hash(model_cfg, train_cfg, self.init_source and self.init_source.sha256)
         if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise ValueError(f"world_size={world_size} needs torch.distributed initialised before the Trainer")
         for s in self.stages:
@@ -152,6 +157,9 @@ class Trainer:
         self.G = Generator(model_cfg).to(self.device)
         self.D = Discriminator(model_cfg).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.D_from_source = False
+        if self.init_source is not None:  # a resumed run overwrites these with its own checkpoint below
+            self.D_from_source = transfer.apply_init(self.init_source, G=self.G, G_ema=self.G_ema, D=self.D)
         if train_cfg.channels_last:
             for net in (self.G, self.D, self.G_ema):
                 net.to(memory_format=torch.channels_last)
@@ -172,6 +180,16 @@ class Trainer:
         self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self._prefetcher = BatchPrefetcher(device=self.device) if train_cfg.prefetch else None
         self._pending_gen_state: torch.Tensor | None = None  # index stream before the prefetched batch
+        # What D sees goes through augment_pipe (reals, fakes and the R1 pass); ada tunes its p.
+        self.augment_pipe: AugmentPipe | None = None
+        self.ada: AdaController | None = None
+        if train_cfg.augment != "none":
+            self.augment_pipe = AugmentPipe(ops=train_cfg.augment_ops)
+            self.ada = AdaController(target=train_cfg.ada_target, speed_kimg=train_cfg.ada_kimg,
+                                     interval=train_cfg.ada_interval, p=train_cfg.augment_p,
+                                     adjust=train_cfg.augment == "ada", device=self.device)
+        # Its own stream, on the device, offset per rank (each rank augments its own slice).
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(seed + 0x5EED + rank)
 
         self.cur_nimg = 0  # images shown so far (all ranks together)
         self.step = 0  # training steps (one D + one G update each) so far
@@ -237,6 +255,9 @@ class Trainer:
         done = [s.resolution for s in self.stages if self._finished(s)]
         res = done[-1] if done else self.phase.resolution
         meta = {"kimg": self.kimg, "params_hash": self.params_hash, **(metadata or {})}
+        if self.init_source is not None:  # lineage: which weights this run was fine-tuned from
+            meta["init_from"] = {"sha256": self.init_source.sha256, "kind": self.init_source.kind,
+                                 "resolution": self.init_source.resolution}
         return export_generator(self.G_ema, out_dir, res, meta)
 
     # -- setup -------------------------------------------------------------------------------
@@ -252,12 +273,18 @@ class Trainer:
             )
 
     def _make_optimizer(self, net: torch.nn.Module) -> torch.optim.Adam:
-        # The mapping network's 0.01 learning-rate multiplier lives in its layers (equalized lr).
+        # The mapping network's 0.01 learning-rate multiplier lives in its layers (equalized lr);
+        # the noise strengths' multiplier (train.noise_lr_mul) rides in their param group as lr_mul.
         # On CUDA the fused Adam: one kernel, step counters on the device, and GradScaler hands
         # it the scale without a host read. Elsewhere torch's default (foreach) implementation.
         t = self.train_cfg
         fused = True if self.device.type == "cuda" else None
-        return torch.optim.Adam(net.parameters(), lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=fused)
+        noise = [p for n, p in net.named_parameters() if ".noise" in n and n.endswith(".weight")]
+        rest = [p for n, p in net.named_parameters() if not (".noise" in n and n.endswith(".weight"))]
+        groups = [{"params": rest, "lr_mul": 1.0}]
+        if noise:
+            groups.append({"params": noise, "lr_mul": t.noise_lr_mul})
+        return torch.optim.Adam(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=fused)
 
     def _compiled(self, net: torch.nn.Module) -> torch.nn.Module:
         c = self.train_cfg.compile
@@ -310,6 +337,8 @@ class Trainer:
             "rng": self._rng_state(),
             "rng_device": {"device": self.device.type, "state": self.dev_gen.get_state()},
             **{f"scaler_{n}": sc.state_dict() for n, sc in self._scalers() if sc.is_enabled()},  # fp16 only
+            "augment": {"ada": self.ada.state_dict(), "rng": self.aug_gen.get_state(), "device": self.device.type}
+            if self.ada else {},
             "torch_version": str(torch.__version__),
         }
 
@@ -375,7 +404,8 @@ class Trainer:
         if state.get("params_hash") != self.params_hash:
             raise CheckpointError(
                 f"{path} was written with different model/train params (hash {state.get('params_hash')}, "
-                f"now {self.params_hash}); use a new run_dir, or restore the params the run started with"
+                f"now {self.params_hash}{self._changed_keys(state)}); use a new run_dir, or restore the params "
+                "the run started with (only bookkeeping keys and train.final_kimg may change)"
             )
         try:
             self.G.load_state_dict(state["G"])
@@ -409,7 +439,30 @@ class Trainer:
         for name, scaler in self._scalers():
             if scaler.is_enabled() and f"scaler_{name}" in state:
                 scaler.load_state_dict(state[f"scaler_{name}"])
+        aug = state.get("augment") or {}
+        if self.ada is not None and aug:
+            self.ada.load_state_dict(aug["ada"])
+            if aug.get("device", self.device.type) == self.device.type:
+                self.aug_gen.set_state(aug["rng"].cpu())
+            else:  # generator states do not carry across device types (as dev_gen above)
+                self.aug_gen.manual_seed(self.train_cfg.seed + 0x5EED + self.rank + self.step)
+        end = self.stages[-1].end_kimg
+        if self.kimg > end + 1e-9:
+            raise CheckpointError(
+                f"{path} has trained {self.kimg:g} kimg, past this schedule's end ({end:g} kimg): "
+                f"train.final_kimg may only be raised for a run to continue; restore it, or use a new run_dir"
+            )
         self.resumed_from = path
+
+    def _changed_keys(self, state: dict[str, Any]) -> str:
+        try:
+            old_model, old_train = configs_from_checkpoint(state)
+        except (KeyError, ValueError):
+            return ""
+        old = {**to_dict(old_model), **hashed_train_params(old_model, old_train, "?")}
+        new = {**to_dict(self.model_cfg), **hashed_train_params(self.model_cfg, self.train_cfg, "?")}
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        return f"; changed: {', '.join(changed)}" if changed else ""
 
     # -- the training loop -------------------------------------------------------------------
 
@@ -551,7 +604,7 @@ class Trainer:
             self._enter_stage(phase)
         for opt in (self.opt_G, self.opt_D):
             for group in opt.param_groups:
-                group["lr"] = phase.lr
+                group["lr"] = phase.lr * group.get("lr_mul", 1.0)
         res, alpha = phase.resolution, phase.alpha
         alpha_in: float | torch.Tensor = alpha
         if t.compile is not False:
@@ -569,22 +622,26 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             fakes = self._G_fwd(z, **g_kwargs)
         r1 = torch.zeros((), device=self.device)
-        do_r1 = t.r1_gamma > 0 and self.step % t.r1_interval == 0
+        r1_gamma = t.r1_gamma_at(res)
+        do_r1 = r1_gamma > 0 and self.step % t.r1_interval == 0
         if t.loss == "logistic":
             with self._autocast():
-                fake_logits = self._D_fwd(fakes.detach(), resolution=res, alpha=alpha_in)
+                fake_logits = self._D_fwd(self._augment(fakes.detach()), resolution=res, alpha=alpha_in)
             if do_r1:
+                # R1 is the gradient w.r.t. the clean reals, through the augmentation (as ADA).
                 reals_g = reals.detach().requires_grad_(True)
                 with self._r1_autocast():
-                    real_logits = self.D(reals_g, resolution=res, alpha=alpha)
+                    real_logits = self.D(self._augment(reals_g), resolution=res, alpha=alpha)
                 r1 = losses.r1_penalty(real_logits.float(), reals_g)  # fp32, as reals_g and its gradient
             else:
                 with self._autocast():
-                    real_logits = self._D_fwd(reals, resolution=res, alpha=alpha_in)
+                    real_logits = self._D_fwd(self._augment(reals), resolution=res, alpha=alpha_in)
+            if self.ada is not None:
+                self.ada.accumulate(real_logits, phase.batch_size)
             loss_D = losses.logistic_d_loss(real_logits.float(), fake_logits.float())
             if do_r1:
                 # Lazy regularisation: applied every r1_interval steps, scaled to keep its strength.
-                loss_D = loss_D + r1 * (t.r1_gamma * 0.5 * t.r1_interval)
+                loss_D = loss_D + r1 * (r1_gamma * 0.5 * t.r1_interval)
         else:
             # WGAN-GP in fp32 (its penalty needs the plain D's double backward); the interpolation
             # points come from the device generator, whose state the checkpoint carries, drawn for
@@ -592,7 +649,7 @@ class Trainer:
             B = phase.batch_size
             gp_t = torch.rand(B, 1, 1, 1, device=self.device, dtype=reals.dtype, generator=self.dev_gen)
             loss_D, r1 = losses.wgan_gp_d_loss(
-                lambda x: self.D(x, resolution=res, alpha=alpha),
+                lambda x: self.D(self._augment(x), resolution=res, alpha=alpha),
                 reals,
                 fakes.float(),
                 wgan_lambda=t.wgan_lambda,
@@ -611,7 +668,7 @@ class Trainer:
         self.D.requires_grad_(False)
         with self._autocast():
             fakes = self._G_fwd(z, update_w_avg=True, **g_kwargs)
-            fake_logits = self._D_fwd(fakes, resolution=res, alpha=alpha_in)
+            fake_logits = self._D_fwd(self._augment(fakes), resolution=res, alpha=alpha_in)
         g_loss = losses.logistic_g_loss if t.loss == "logistic" else losses.wgan_g_loss
         loss_G = g_loss(fake_logits.float())
         self.opt_G.zero_grad(set_to_none=True)
@@ -622,10 +679,20 @@ class Trainer:
         self.D.requires_grad_(True)
 
         self._update_ema(phase.batch_size)
+        if self.ada is not None and self.ada.due():
+            self.ada.update(self.world_size)  # on the device: no host sync
         self.cur_nimg += phase.batch_size
         self.step += 1
         self._r1_applied = do_r1 if t.loss == "logistic" else True  # lazy R1: ticks average r1 over these steps only
         return {"loss_G": loss_G.detach(), "loss_D": loss_D.detach(), "r1": r1.detach()}
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees: ``x`` through the augmentation pipe at the current p (identity when off)."""
+        if self.augment_pipe is None or self.ada is None:
+            return x
+        # In fp32 whatever the autocast around it: the colour matrices are statistics of a sort.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self.augment_pipe(x.float(), self.ada.p, self.aug_gen)
 
     @torch.no_grad()
     def _update_ema(self, batch_size: int) -> None:
@@ -701,7 +768,10 @@ class Trainer:
             "images_per_sec": (self.cur_nimg - tk["start_nimg"]) / max(secs, 1e-9),
             "sec_per_tick": secs,
             "stage": phase.stage.index,
+            "augment_p": 0.0,
         }
+        if self.ada is not None:  # p and r_t live on the device: one read per tick, here
+            stats["augment_p"], stats["ada_rt"] = torch.stack([self.ada.p, self.ada.rt]).tolist()
         self._call("on_tick", stats)
         self._start_tick()
 

@@ -49,7 +49,7 @@ def test_pyfunc_predicts_pngs_or_arrays(registered: dict[str, str]) -> None:
 
     model = mlflow.pyfunc.load_model("models:/pokemon-stylegan@candidate")
     sig = model.metadata.signature
-    assert [c.name for c in sig.inputs.inputs] == ["seed", "truncation_psi", "noise_mode"]
+    assert [c.name for c in sig.inputs.inputs] == ["seed", "truncation_psi", "truncation_cutoff", "noise_mode"]
     out = model.predict(pd.DataFrame({"seed": [0, 1], "truncation_psi": [0.7, 1.0], "noise_mode": ["const", "const"]}))
     assert list(out.columns) == ["seed", "image_png_base64"] and list(out["seed"]) == [0, 1]
     img = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["image_png_base64"][0]))))
@@ -61,6 +61,14 @@ def test_pyfunc_predicts_pngs_or_arrays(registered: dict[str, str]) -> None:
 
     G = model.unwrap_python_model().G
     np.testing.assert_array_equal(arr[0], generate(G, seeds=[1], truncation_psi=0.7)[0])
+    # truncation_cutoff: default 8 (all 6 style layers of this 16x16 model); 2 truncates only the first two.
+    cut = model.predict(pd.DataFrame({"seed": [1, 1], "truncation_psi": [0.0, 0.0], "truncation_cutoff": [2, 8]}),
+                        params={"output": "array"})
+    np.testing.assert_array_equal(cut[0], generate(G, seeds=[1], truncation_psi=0.0, truncation_cutoff=2)[0])
+    np.testing.assert_array_equal(cut[1], generate(G, seeds=[1], truncation_psi=0.0)[0])
+    assert not np.array_equal(cut[0], cut[1])
+    with pytest.raises(Exception, match="truncation_cutoff must be >= 0"):
+        model.predict(pd.DataFrame({"seed": [0], "truncation_cutoff": [-1]}))
     with pytest.raises(Exception, match="noise_mode must be one of"):
         model.predict(pd.DataFrame({"seed": [0], "noise_mode": ["loud"]}))
     with pytest.raises(Exception, match=r"truncation_psi must be in \[0, 1\]"):

@@ -52,10 +52,12 @@ def _record_reals(trainer: Trainer) -> list[torch.Tensor]:
 # --- 1. no host sync inside a step -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("extra", [{}, {"augment": "ada", "ada_interval": 1}], ids=["plain", "ada"])
 def test_train_step_never_reads_back_from_the_device(
-    noisy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    noisy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any]
 ) -> None:
-    t = tiny_train(r1_interval=2, stab_kimg=0.004)  # one 4x4 step, then the 8x8 fade-in
+    # With ADA: every transform, and p adjusted on the device inside the step (ada_interval 1).
+    t = tiny_train(r1_interval=2, stab_kimg=0.004, **extra)  # one 4x4 step, then the 8x8 fade-in
     trainer = Trainer(tiny_model(), t, noisy_data, tmp_path / "run")
     trainer.train_step()
     trainer.train_step()  # into the 8x8 fade-in: both paths, reals blended, a prefetched batch pending

@@ -1,0 +1,171 @@
+"""Quality per recipe at equal compute: train each recipe on the same data for the same number of
+images, then print fd_effnet, precision, recall and SWD side by side (plus wall time, the load
+average while it ran, and the learned noise strengths that explain the speckle).
+
+    python benchmarks/quality.py --data data/prepared                       # every sprites recipe
+    python benchmarks/quality.py --data data/prepared --recipes baseline,ada --set train.final_kimg=2
+    python benchmarks/quality.py --data /tmp/artwork --recipes baseline,ada --tag artwork
+
+Equal kimg, not equal wall time: on a shared machine the wall time of a recipe depends on what
+else runs, so the images shown are the fair unit; wall time and the 1-minute load average are
+printed beside each row so a reader can see what the machine was doing. Each recipe trains in
+``--work/<tag>-<recipe>`` and resumes there if the script is stopped; its grid (16 seeds,
+psi 1, const noise) goes to ``--out/<tag>-<recipe>.png`` and, for recipes with ADA, the p and
+r_t curves to ``--out/<tag>-<recipe>-ada.png``. All results are appended as JSON lines to
+``--out/<tag>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stylegan.config import EvaluateConfig, load_params, section, set_override
+
+# name -> overrides on top of params.yaml (and --set). The noise recipes test why noise inputs
+# paint speckle: noise_lr_mul 0 keeps every strength at its initial 0 (= no noise while training).
+RECIPES: dict[str, list[str]] = {
+    "baseline": [],
+    "ada": ["train.augment=ada", "train.ada_kimg=10"],
+    "r1-auto": ["train.r1_gamma=auto"],
+    "b16-nomix": ["train.batch_size=16", "model.style_mixing_prob=0"],
+    "b16-nomix-noiselr0.1": ["train.batch_size=16", "model.style_mixing_prob=0", "train.noise_lr_mul=0.1"],
+    "b16-nomix-nonoise": ["train.batch_size=16", "model.style_mixing_prob=0", "train.noise_lr_mul=0"],
+    "b16-nomix-nonoise-ada": ["train.batch_size=16", "model.style_mixing_prob=0", "train.noise_lr_mul=0",
+                              "train.augment=ada", "train.ada_kimg=10"],
+}
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def on_tick(self, stats: dict[str, Any]) -> None:
+        self.rows.append(dict(stats))
+
+
+def noise_strengths(G: torch.nn.Module) -> dict[str, float]:
+    """Mean |strength| of the noise inputs per resolution (0 at init; what the speckle grows from)."""
+    out: dict[str, list[float]] = {}
+    for name, p in G.named_parameters():
+        if ".noise" in name and name.endswith(".weight"):
+            block = name.split(".")[1]  # synthesis.b32.noise0.weight -> b32
+            out.setdefault(block, []).append(float(p.detach().abs().mean()))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def measure(G: torch.nn.Module, data: Path, cfg: EvaluateConfig) -> dict[str, float]:
+    from stylegan.metrics import stats
+    from stylegan.metrics.effnet import FeatureExtractor
+    from stylegan.metrics.evaluate import evaluation_samples
+    from stylegan.metrics.reference import ReferenceSet
+    from stylegan.metrics.swd import swd
+
+    ref = ReferenceSet(data, int(G.img_resolution), num_real=cfg.num_real, seed=cfg.seed, cache_dir=cfg.cache_dir)
+    fake = evaluation_samples(G, cfg)
+    out = {"swd": swd(ref.images, fake, min_resolution=cfg.swd_min_resolution, seed=cfg.seed)["swd"]}
+    effnet = FeatureExtractor(batch_size=cfg.batch_size, device="cpu")
+    real_f, fake_f = ref.features("effnet", effnet), effnet(fake)
+    out["fd_effnet"] = stats.frechet_distance_features(real_f, fake_f)
+    out["precision"], out["recall"] = stats.precision_recall(real_f, fake_f, k=cfg.pr_k, seed=cfg.seed)
+    return out
+
+
+def run_recipe(name: str, params: dict[str, Any], data: Path, work: Path, out: Path, tag: str,
+               eval_cfg: EvaluateConfig) -> dict[str, Any]:
+    from stylegan.reports import line_plot
+    from stylegan.sampling import generate, image_grid, save_png
+    from stylegan.training import Trainer
+
+    model_cfg, train_cfg = section(params, "model"), section(params, "train")
+    ticks = Ticks()
+    trainer = Trainer(model_cfg, train_cfg, data, work / f"{tag}-{name}", device="cpu", callbacks=[ticks])
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    trainer.run()
+    wall = time.perf_counter() - t0
+    load1 = os.getloadavg()[0]
+    G = trainer.G_ema
+    res = trainer.stages[-1].resolution
+    from stylegan.checkpoint import load_generator
+
+    export = trainer.export(work / f"{tag}-{name}" / "export")
+    G = load_generator(export.parent)
+    metrics = measure(G, data, eval_cfg)
+    imgs = generate(G, seeds=list(range(16)), truncation_psi=1.0, noise_mode="const")
+    save_png(image_grid(imgs, cols=8, pad=1), out / f"{tag}-{name}.png")
+    row: dict[str, Any] = {"tag": tag, "recipe": name, "kimg": round(trainer.kimg, 3), "resolution": res,
+                           "wall_s": round(wall, 1), "load_start": load0, "load_end": load1, **metrics,
+                           "noise_strength": noise_strengths(G)}
+    if trainer.ada is not None:
+        p = float(trainer.ada.p)
+        row["augment_p"] = p
+        if ticks.rows:
+            kimg = np.array([r["kimg"] for r in ticks.rows], float)
+            series = {"p": np.array([r.get("augment_p", np.nan) for r in ticks.rows], float),
+                      "r_t": np.array([r.get("ada_rt", np.nan) for r in ticks.rows], float)}
+            save_png(line_plot(kimg, series, title=f"ADA on {tag}: p and r_t (target {train_cfg.ada_target})",
+                               xlabel="kimg", size=(480, 240)), out / f"{tag}-{name}-ada.png")
+            row["ada_curve"] = [[round(k, 3), round(a, 4), round(b, 4)] for k, a, b in
+                                zip(kimg, series["p"], series["r_t"], strict=True)]
+    with (out / f"{tag}.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="prepared data folder (images_<R>.npy), e.g. data/prepared")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override for every recipe (e.g. a shorter schedule)")
+    ap.add_argument("--tag", default="sprites", help="names the data in outputs")
+    ap.add_argument("--work", default="runs/quality", help="run folders (a stopped benchmark resumes)")
+    ap.add_argument("--out", default="docs/quality", help="grids, ADA curves and the JSON lines")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--num-samples", type=int, default=500, help="fakes per metric (as evaluate.num_samples)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = [n for n in args.recipes.split(",") if n]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
+    data, work, out = Path(args.data), Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_params(args.params)
+    for a in args.set:
+        set_override(base, a)
+    ev = section(base, "evaluate")
+    eval_cfg = EvaluateConfig(num_samples=args.num_samples, num_real=ev.num_real, seed=0, batch_size=64,
+                              cache_dir=str(work / "cache"), pr_k=ev.pr_k, swd_min_resolution=ev.swd_min_resolution)
+    rows = []
+    for name in names:
+        params = json.loads(json.dumps(base))
+        for a in RECIPES[name]:
+            set_override(params, a)
+        row = run_recipe(name, params, data, work, out, args.tag, eval_cfg)
+        rows.append(row)
+        print(f"{args.tag} {name}: {json.dumps({k: v for k, v in row.items() if k != 'ada_curve'})}", flush=True)
+    print("\n| data | recipe | kimg | fd_effnet | precision | recall | SWD | wall s | load avg | noise |w| top res |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ns = r["noise_strength"]
+        top = ns.get(f"b{r['resolution']}", float("nan"))
+        print(f"| {r['tag']} | {r['recipe']} | {r['kimg']:.1f} | {r['fd_effnet']:.1f} | {r['precision']:.3f} | "
+              f"{r['recall']:.3f} | {r['swd']:.1f} | {r['wall_s']:.0f} | {r['load_start']:.1f}-{r['load_end']:.1f} | "
+              f"{top:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The train flow: fine-tuning from a registered model (lineage tags) and training a finished run longer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("prefect")
+pytest.importorskip("mlflow")
+
+from flows import tracking
+from flows.train import train_flow
+from tests.flows_helpers import packed_data, tiny_params, write_params
+
+pytestmark = pytest.mark.pipeline
+
+
+def test_finetune_from_the_registry_and_train_longer(tmp_path: Path, mlflow_store: str, prefect_harness: None) -> None:
+    packed_data(tmp_path / "data" / "prepared")
+    params = tiny_params(train={"stab_kimg": 0.032, "fade_kimg": 0.032, "snapshot_kimg": 1.0, "tick_kimg": 0.016})
+    write_params(tmp_path / "params.yaml", params)
+    client = tracking.setup(tmp_path)
+
+    # v1: 8x8 only.
+    v1 = train_flow(params_path="params.yaml", root=str(tmp_path), overrides=["train.max_resolution=8"])
+    assert v1["version"] == "1" and v1["resolution"] == 8
+
+    # Train longer: a raised final_kimg continues the same run directory from its last checkpoint.
+    longer = train_flow(params_path="params.yaml", root=str(tmp_path),
+                        overrides=["train.max_resolution=8", "train.final_kimg=0.032"])
+    summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert summary["stages"]["8"]["start_kimg"] == pytest.approx(0.032) and summary["kimg"] == pytest.approx(0.064)
+    assert longer["run_id"] == v1["run_id"] and len(list((tmp_path / "runs" / "train").iterdir())) == 1
+    assert longer["version"] == "2"
+    run = client.get_run(v1["run_id"]).data
+    assert run.tags["continued.train.final_kimg"] == "0.0 -> 0.032"
+
+    # v3: fine-tuned from v1 through the registry, growing on from 8x8 to 16x16.
+    ft = train_flow(params_path="params.yaml", root=str(tmp_path),
+                    overrides=["train.init_from=models:/pokemon-stylegan/1"])
+    summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert list(summary["stages"]) == ["8", "16"] and summary["stages"]["8"]["start_kimg"] == 0.0
+    assert ft["version"] == "3" and ft["resolution"] == 16
+    mv = client.get_model_version("pokemon-stylegan", "3")
+    assert mv.tags["parent.version"] == "pokemon-stylegan/1"
+    assert mv.tags["parent.model_uri"] == "models:/pokemon-stylegan/1"
+    assert mv.tags["parent.sha256"] == client.get_model_version("pokemon-stylegan", "1").tags["generator.sha256"]
+    run = client.get_run(ft["run_id"]).data
+    assert run.params["train.init_from"] == "models:/pokemon-stylegan/1" and run.tags["parent.version"]
+    with pytest.raises(tracking.RegistryError, match="has no alias 'nope'"):
+        train_flow(params_path="params.yaml", root=str(tmp_path),
+                   overrides=["train.init_from=models:/pokemon-stylegan@nope"])

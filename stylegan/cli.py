@@ -86,8 +86,8 @@ def _launch_torchrun(args: argparse.Namespace, nproc: int, model_cfg: ModelConfi
     """Check what can be checked here, then run torchrun with this same command line (less the
     process count) in the foreground; its workers are the branch of ``_train`` below."""
     from stylegan import distributed
+    from stylegan.device import resolve_device
     from stylegan.schedule import stages
-    from stylegan.training import resolve_device
 
     for st in stages(train_cfg, model_cfg):
         batch = train_cfg.batch_size_at(st.resolution)
@@ -114,7 +114,8 @@ def _launch_torchrun(args: argparse.Namespace, nproc: int, model_cfg: ModelConfi
 def _train(args: argparse.Namespace) -> int:
     from stylegan import distributed
     from stylegan.config import load_params, section, set_override
-    from stylegan.training import Trainer, resolve_device
+    from stylegan.device import resolve_device
+    from stylegan.training import Trainer
 
     _check_dir_arg(args.run_dir, "--run-dir")
     if args.export:
@@ -134,6 +135,14 @@ def _train(args: argparse.Namespace) -> int:
     nproc = args.nproc_per_node if args.nproc_per_node is not None else train_cfg.nproc_per_node
     if nproc > 1 and not distributed.launched_by_torchrun():
         return _launch_torchrun(args, nproc, model_cfg, train_cfg)
+    import os
+    import warnings
+
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    if (args.nproc_per_node is not None and local_world is not None and os.environ.get("RANK") == "0"
+            and int(local_world) != args.nproc_per_node):
+        warnings.warn(f"--nproc-per-node {args.nproc_per_node} ignored: already one of torchrun's "
+                      f"{local_world} processes on this machine", stacklevel=1)
 
     # A single process, or one of torchrun's workers (RANK / WORLD_SIZE / LOCAL_RANK set).
     info = distributed.init_from_env(resolve_device(train_cfg.device))

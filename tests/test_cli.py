@@ -58,7 +58,9 @@ def test_train_then_sample(project: Path, capsys: pytest.CaptureFixture[str]) ->
     files = sorted(p.name for p in (project / "samples").iterdir())
     assert files == ["seed000000.png", "seed000001.png", "seed000002.png", "seed000007.png"]
     img = np.asarray(Image.open(project / "samples" / "seed000007.png"))
-    assert np.array_equal(img, generate(G, seeds=[7], truncation_psi=0.5)[0])
+    # The same batch as the CLI drew (conv results depend on the batch size in the last bits).
+    assert np.array_equal(img, generate(G, seeds=[0, 1, 2, 7], truncation_psi=0.5)[3])
+    assert np.abs(img.astype(int) - generate(G, seeds=[7], truncation_psi=0.5)[0]).max() <= 1
     assert Image.open(project / "grid.png").size == (16, 16)  # 4 images of 8x8 in a 2x2 grid
 
 

@@ -62,10 +62,13 @@ def _trigger(env: dict[str, str], project: Path, worker_log: Path) -> str:
 
 
 def _task_states(api: str, flow_run_id: str) -> dict[str, str]:
-    import httpx
+    import json
+    import urllib.request
 
-    runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}},
-                      timeout=30).json()
+    body = json.dumps({"flow_runs": {"id": {"any_": [flow_run_id]}}}).encode()
+    request = urllib.request.Request(f"{api}/task_runs/filter", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        runs = json.load(response)
     # The step tasks (the subflows' own parent-task runs are named pokegan-<flow>-<uuid>).
     return {r["name"]: r["state"]["name"] for r in runs if r["name"] in STEPS}
 

@@ -57,8 +57,9 @@ def test_train_step_never_reads_back_from_the_device(
     noisy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any]
 ) -> None:
     # With ADA: every transform, and p adjusted on the device inside the step (ada_interval 1).
-    trainer = Trainer(tiny_model(), tiny_train(r1_interval=2, **extra), noisy_data, tmp_path / "run")
-    trainer.run_stage(4)
+    t = tiny_train(r1_interval=2, stab_kimg=0.004, **extra)  # one 4x4 step, then the 8x8 fade-in
+    trainer = Trainer(tiny_model(), t, noisy_data, tmp_path / "run")
+    trainer.train_step()
     trainer.train_step()  # into the 8x8 fade-in: both paths, reals blended, a prefetched batch pending
     assert trainer.phase.resolution == 8 and 0 < trainer.phase.alpha < 1
     assert trainer._prefetcher is not None and trainer._prefetcher.pending_key is not None
@@ -252,15 +253,16 @@ def _compiled_vs_eager(data: Path, tmp_path: Path, backend: str | bool) -> None:
     torch._dynamo.reset()
     counters.clear()
     t = tiny_train(start_resolution=8, max_resolution=16, fade_kimg=0.032, stab_kimg=0.004, r1_interval=2)
-    # Straight into the 16x16 fade-in (alpha 1/8, 2/8, 3/8): one set of graphs, then none per alpha.
-    phases = [phase_at(t, tiny_model(), kimg) for kimg in (0.008, 0.012, 0.016)]
-    assert [p.resolution for p in phases] == [16] * 3 and [p.alpha for p in phases] == [0.125, 0.25, 0.375]
+    # Straight into the 16x16 fade-in (alpha 1/8, 2/8): one set of graphs, then none for a new alpha
+    # (the second step also runs the compiled D on reals: no R1 there).
+    phases = [phase_at(t, tiny_model(), kimg) for kimg in (0.008, 0.012)]
+    assert [p.resolution for p in phases] == [16] * 2 and [p.alpha for p in phases] == [0.125, 0.25]
     compiled = Trainer(tiny_model(), replace(t, compile=backend), data, tmp_path / "compiled")
     graphs, losses_c = [], []
     for phase in phases:
         losses_c.append({k: float(v) for k, v in compiled.train_step(phase).items()})
         graphs.append(counters["stats"]["unique_graphs"])
-    assert 0 < graphs[0] == graphs[1] == graphs[2], graphs
+    assert 0 < graphs[0] == graphs[1], graphs
     eager = Trainer(tiny_model(), t, data, tmp_path / "eager")  # the same seeds, after the compiled run
     for i, (phase, c) in enumerate(zip(phases, losses_c, strict=True)):
         e = eager.train_step(phase)

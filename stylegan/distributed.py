@@ -17,6 +17,7 @@ parameter, and the trainer keeps plain modules (no ``.module`` indirection, same
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -108,7 +109,7 @@ def shard_rows(batch_size: int, world_size: int, rank: int, group_size: int) -> 
     (M = n // G). Rank r takes whole groups, r * M/W ... (r + 1) * M/W - 1, laid out so the
     same reshape of its local batch finds them again. When the local batch cannot hold whole
     groups (``batch_size / world_size`` not a multiple of G), it takes a contiguous slice and
-    the groups shrink to what fits (``check_groups`` says so).
+    the groups shrink to what fits (``groups_preserved`` says so; the Trainer warns).
     """
     if batch_size % world_size:
         raise ValueError(f"batch size {batch_size} must be divisible by the number of processes ({world_size})")
@@ -124,8 +125,6 @@ def shard_rows(batch_size: int, world_size: int, rank: int, group_size: int) -> 
 
 def mbstd_group(n: int, group_size: int) -> int:
     """The group size MinibatchStd uses for a batch of n (``gcd(min(group_size, n), n)``)."""
-    import math
-
     return math.gcd(min(group_size, n), n)
 
 

@@ -14,7 +14,7 @@ from flows import tracking
 from flows.train import train_flow
 from tests.flows_helpers import packed_data, tiny_params, write_params
 
-pytestmark = pytest.mark.pipeline
+pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 
 
 def test_finetune_from_the_registry_and_train_longer(tmp_path: Path, mlflow_store: str, prefect_harness: None) -> None:

@@ -32,17 +32,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stylegan.config import EvaluateConfig, load_params, section, set_override
 
-# name -> overrides on top of params.yaml (and --set). The noise recipes test why noise inputs
-# paint speckle: noise_lr_mul 0 keeps every strength at its initial 0 (= no noise while training).
+# name -> overrides on top of params.yaml (and --set). Every recipe starts from BASE, the CPU
+# profile before issue 12 (batch 32, style mixing 0.9, noise inputs learned at the full lr), so
+# the table stays reproducible whatever params.yaml adopts. The noise recipes test why noise
+# inputs paint speckle: noise_lr_mul 0 keeps every strength at its initial 0 (= no noise while
+# training), 0.1 lets them grow ten times slower.
+BASE = ["train.batch_size=32", "model.style_mixing_prob=0.9", "train.noise_lr_mul=1.0", "train.augment=none",
+        "train.r1_gamma=10.0"]
+B16_NOMIX = ["train.batch_size=16", "model.style_mixing_prob=0"]
 RECIPES: dict[str, list[str]] = {
     "baseline": [],
     "ada": ["train.augment=ada", "train.ada_kimg=10"],
     "r1-auto": ["train.r1_gamma=auto"],
-    "b16-nomix": ["train.batch_size=16", "model.style_mixing_prob=0"],
-    "b16-nomix-noiselr0.1": ["train.batch_size=16", "model.style_mixing_prob=0", "train.noise_lr_mul=0.1"],
-    "b16-nomix-nonoise": ["train.batch_size=16", "model.style_mixing_prob=0", "train.noise_lr_mul=0"],
-    "b16-nomix-nonoise-ada": ["train.batch_size=16", "model.style_mixing_prob=0", "train.noise_lr_mul=0",
-                              "train.augment=ada", "train.ada_kimg=10"],
+    "b16-nomix": B16_NOMIX,
+    "b16-nomix-noiselr0.1": [*B16_NOMIX, "train.noise_lr_mul=0.1"],
+    "b16-nomix-nonoise": [*B16_NOMIX, "train.noise_lr_mul=0"],
+    "b16-nomix-nonoise-ada": [*B16_NOMIX, "train.noise_lr_mul=0", "train.augment=ada", "train.ada_kimg=10"],
 }
 
 
@@ -62,6 +67,31 @@ def noise_strengths(G: torch.nn.Module) -> dict[str, float]:
             block = name.split(".")[1]  # synthesis.b32.noise0.weight -> b32
             out.setdefault(block, []).append(float(p.detach().abs().mean()))
     return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+@torch.no_grad()
+def noise_to_signal(G: torch.nn.Module, seeds: int = 64) -> dict[str, dict[str, float]]:
+    """Per noise input: mean |strength|, the median over (sample, channel) of |strength| divided
+    by the spatial std of the activation it is added to, and the share of channels above 0.5."""
+    from stylegan.layers import NoiseInjection
+    from stylegan.sampling import seeds_to_z
+
+    out: dict[str, dict[str, float]] = {}
+    hooks = []
+    for name, mod in G.named_modules():
+        if isinstance(mod, NoiseInjection):
+            def hook(m: NoiseInjection, args: tuple, name: str = name) -> None:
+                ratio = m.weight.abs().view(1, -1) / args[0].float().std(dim=(2, 3)).clamp_min(1e-8)
+                out[name.removeprefix("synthesis.")] = {"strength": float(m.weight.abs().mean()),
+                                                        "median_ratio": float(ratio.median()),
+                                                        "share_above_half": float((ratio > 0.5).float().mean())}
+            hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        G(seeds_to_z(list(range(seeds)), G.z_dim), noise_mode="none")
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
 
 
 def measure(G: torch.nn.Module, data: Path, cfg: EvaluateConfig) -> dict[str, float]:
@@ -105,7 +135,7 @@ def run_recipe(name: str, params: dict[str, Any], data: Path, work: Path, out: P
     save_png(image_grid(imgs, cols=8, pad=1), out / f"{tag}-{name}.png")
     row: dict[str, Any] = {"tag": tag, "recipe": name, "kimg": round(trainer.kimg, 3), "resolution": res,
                            "wall_s": round(wall, 1), "load_start": load0, "load_end": load1, **metrics,
-                           "noise_strength": noise_strengths(G)}
+                           "noise_strength": noise_strengths(G), "noise_to_signal": noise_to_signal(G)}
     if trainer.ada is not None:
         p = float(trainer.ada.p)
         row["augment_p"] = p
@@ -124,7 +154,9 @@ def run_recipe(name: str, params: dict[str, Any], data: Path, work: Path, out: P
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="prepared data folder (images_<R>.npy), e.g. data/prepared")
+    ap.add_argument("--data", help="prepared data folder (images_<R>.npy), e.g. data/prepared")
+    ap.add_argument("--analyse-noise", nargs="+", metavar="EXPORT", default=None,
+                    help="only print noise_to_signal of these exported generators (no training)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -136,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-samples", type=int, default=500, help="fakes per metric (as evaluate.num_samples)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.analyse_noise:
+        from stylegan.checkpoint import load_generator
+
+        for path in args.analyse_noise:
+            for layer, v in noise_to_signal(load_generator(path)).items():
+                print(f"{path} {layer}: mean |w| {v['strength']:.4f}, median |w|/std(x) {v['median_ratio']:.3f}, "
+                      f"channels with |w| > 0.5 std(x): {v['share_above_half']:.2f}")
+        return 0
+    if not args.data:
+        ap.error("--data is required (or --analyse-noise EXPORT ...)")
     names = [n for n in args.recipes.split(",") if n]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
@@ -151,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         params = json.loads(json.dumps(base))
-        for a in RECIPES[name]:
+        for a in [*BASE, *RECIPES[name]]:
             set_override(params, a)
         row = run_recipe(name, params, data, work, out, args.tag, eval_cfg)
         rows.append(row)

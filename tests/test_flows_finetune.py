@@ -14,7 +14,7 @@ from flows import tracking
 from flows.train import train_flow
 from tests.flows_helpers import packed_data, tiny_params, write_params
 
-pytestmark = pytest.mark.pipeline
+pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 
 
 def test_finetune_from_the_registry_and_train_longer(tmp_path: Path, mlflow_store: str, prefect_harness: None) -> None:
@@ -41,7 +41,7 @@ def test_finetune_from_the_registry_and_train_longer(tmp_path: Path, mlflow_stor
     ft = train_flow(params_path="params.yaml", root=str(tmp_path),
                     overrides=["train.init_from=models:/pokemon-stylegan/1"])
     summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
-    assert list(summary["stages"]) == ["8", "16"] and summary["stages"]["8"]["start_kimg"] == 0.0
+    assert set(summary["stages"]) == {"8", "16"} and summary["stages"]["8"]["start_kimg"] == 0.0
     assert ft["version"] == "3" and ft["resolution"] == 16
     mv = client.get_model_version("pokemon-stylegan", "3")
     assert mv.tags["parent.version"] == "pokemon-stylegan/1"

@@ -73,6 +73,7 @@ class AugmentPipe(torch.nn.Module):
         x: torch.Tensor,  # (N, C, H, W) images in [-1, 1]; square
         p: float | torch.Tensor,  # probability of each transform per image (a 0-dim tensor keeps it on the device)
         generator: torch.Generator | None = None,  # the source of every random draw (None = global RNG)
+        shard: tuple[int, torch.Tensor] | None = None,  # (global batch, this rank's rows); None = x is all of it
     ) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[2] == x.shape[3], f"expected square (N, C, H, W) images, got {tuple(x.shape)}"
         N, C, H, W = x.shape
@@ -80,7 +81,14 @@ class AugmentPipe(torch.nn.Module):
         p_t = torch.as_tensor(p, dtype=torch.float32, device=dev)
         total = sum(self._DRAWS[o] for o in self.ops)
         gdev = generator.device if generator is not None else dev
-        u_all = torch.rand(N, total, generator=generator, device=gdev).to(dev)
+        if shard is None:
+            u_all = torch.rand(N, total, generator=generator, device=gdev).to(dev)
+        else:
+            # Draw for the global batch and keep this rank's rows: N processes augment exactly
+            # what one process with the same global batch would.
+            B, rows = shard
+            u_all = torch.rand(B, total, generator=generator, device=gdev).to(dev)[rows.to(dev)]
+            assert u_all.shape[0] == N, f"shard rows {u_all.shape[0]} != batch {N}"
         cols = iter(range(total))
 
         def draw(k: int = 1) -> torch.Tensor:

@@ -93,7 +93,7 @@ def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha256: str
 # folders by this too, so editing the model or the trainer retrains instead of resuming (or
 # silently skipping to) checkpoints that older code wrote.
 TRAINING_CODE = ("layers.py", "networks.py", "losses.py", "schedule.py", "training.py", "augment.py", "transfer.py",
-                 "data/dataset.py")
+                 "device.py", "distributed.py", "data/dataset.py", "data/prefetch.py")
 
 
 def code_fingerprint() -> str:

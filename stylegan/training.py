@@ -89,6 +89,7 @@ class TrainerCallback(Protocol):
 __all__ = ["StageResult", "Trainer", "TrainerCallback", "resolve_device"]  # resolve_device: old import path
 
 DEVICE_SEED_OFFSET = 0x5EED  # the device generator starts from train.seed + this
+AUG_SEED_OFFSET = 0xA6E  # the augmentation generator: its own stream, not a copy of the latents'
 # Buffers that a training step changes: G_ema copies them from G. Every other buffer (the const
 # noise maps) never changes, so the EMA does not copy it.
 EMA_FOLLOWED_BUFFERS = ("mapping.w_avg",)
@@ -188,8 +189,9 @@ class Trainer:
             self.ada = AdaController(target=train_cfg.ada_target, speed_kimg=train_cfg.ada_kimg,
                                      interval=train_cfg.ada_interval, p=train_cfg.augment_p,
                                      adjust=train_cfg.augment == "ada", device=self.device)
-        # Its own stream, on the device, offset per rank (each rank augments its own slice).
-        self.aug_gen = torch.Generator(device=self.device).manual_seed(seed + 0x5EED + rank)
+        # Its own stream on the device, the same on every rank: each draws for the global batch
+        # and keeps its rows, so N processes augment as one does.
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(seed + AUG_SEED_OFFSET)
 
         self.cur_nimg = 0  # images shown so far (all ranks together)
         self.step = 0  # training steps (one D + one G update each) so far
@@ -445,7 +447,7 @@ class Trainer:
             if aug.get("device", self.device.type) == self.device.type:
                 self.aug_gen.set_state(aug["rng"].cpu())
             else:  # generator states do not carry across device types (as dev_gen above)
-                self.aug_gen.manual_seed(self.train_cfg.seed + 0x5EED + self.rank + self.step)
+                self.aug_gen.manual_seed(self.train_cfg.seed + AUG_SEED_OFFSET + self.step)
         end = self.stages[-1].end_kimg
         if self.kimg > end + 1e-9:
             raise CheckpointError(
@@ -692,7 +694,10 @@ class Trainer:
             return x
         # In fp32 whatever the autocast around it: the colour matrices are statistics of a sort.
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.augment_pipe(x.float(), self.ada.p, self.aug_gen)
+            if self.world_size == 1:
+                return self.augment_pipe(x.float(), self.ada.p, self.aug_gen)
+            shard = self._shard(x.shape[0] * self.world_size)
+            return self.augment_pipe(x.float(), self.ada.p, self.aug_gen, shard=shard)
 
     @torch.no_grad()
     def _update_ema(self, batch_size: int) -> None:

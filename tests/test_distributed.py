@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16, "max_resolution": 8}
 # Global batch 8 with the default minibatch-stddev group of 4: two processes hold 4 rows each, one
 # whole group each (the strided groups {0,2,4,6} and {1,3,5,7}). 6 steps: 4x4, 8x8 fade, 8x8.
+# Augmentation on (p 0.5): each rank must draw it for the global batch and keep its rows.
 TRAIN = {"start_resolution": 4, "fade_kimg": 0.016, "stab_kimg": 0.016, "batch_size": 8, "lr": 0.002,
+         "augment": "fixed", "augment_p": 0.5,
          "tick_kimg": 0.008, "snapshot_kimg": 0.024, "keep_checkpoints": 10, "grid_seeds": [0, 1], "device": "cpu"}
 SPLIT = 3  # one process resumes the two-process run here: inside the 8x8 fade-in
 STEPS = 6

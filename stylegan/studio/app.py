@@ -21,12 +21,12 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from fastapi.concurrency import run_in_threadpool
 
 from stylegan.studio.source import ModelSource, StudioLimits
 

@@ -448,8 +448,11 @@ class Trainer:
                 self.aug_gen.set_state(aug["rng"].cpu())
             else:  # generator states do not carry across device types (as dev_gen above)
                 self.aug_gen.manual_seed(self.train_cfg.seed + AUG_SEED_OFFSET + self.step)
-        end = self.stages[-1].end_kimg
-        if self.kimg > end + 1e-9:
+        # A finished run's last step may pass the end by less than one batch (23 kimg at batch 16
+        # ends at 23.008); past the end means it had already reached it before its last step.
+        last = self.stages[-1]
+        if self.cur_nimg - self.train_cfg.batch_size_at(last.resolution) >= last.end_kimg * 1000 - 1e-6:
+            end = last.end_kimg
             raise CheckpointError(
                 f"{path} has trained {self.kimg:g} kimg, past this schedule's end ({end:g} kimg): "
                 f"train.final_kimg may only be raised for a run to continue; restore it, or use a new run_dir"

@@ -52,6 +52,19 @@ def test_training_longer_continues_the_finished_run_bit_for_bit(tmp_path: Path) 
         Trainer(m, _quick(final_kimg=0.016, lr=0.01), data, tmp_path / "run")
 
 
+def test_a_finished_run_whose_last_step_passed_the_end_reloads(tmp_path: Path) -> None:
+    # The last step may pass the schedule's end by part of a batch (the CPU profile's 23 kimg at
+    # batch 16 ends at 23.008): that run is finished, not "trained past the end".
+    data = write_toy_data(tmp_path / "data", (4,))
+    m = tiny_model()
+    t = _quick(final_kimg=0.010)  # ends at 0.018 kimg; batch 4 stops at 0.020
+    first = Trainer(m, t, data, tmp_path / "run")
+    first.run()
+    assert first.kimg == pytest.approx(0.020)
+    again = Trainer(m, t, data, tmp_path / "run")
+    assert again.resumed_from is not None and again.stage_done(4) and again.kimg == pytest.approx(0.020)
+
+
 def test_finetune_from_a_checkpoint_or_an_export_and_grow_on(tmp_path: Path) -> None:
     data = write_toy_data(tmp_path / "data", (4, 8))
     m = tiny_model()

@@ -269,8 +269,10 @@ def _compiled_vs_eager(data: Path, tmp_path: Path, backend: str | bool) -> None:
         for k in ("loss_G", "loss_D", "r1"):
             # Step 0 sees the same weights; later steps carry float-rounding differences in the weights.
             assert c[k] == pytest.approx(float(e[k]), rel=1e-4 if i == 0 else 1e-2, abs=1e-5), (i, k)
+    # Adam moves a weight whose gradient is near zero by up to lr in either direction, so rounding
+    # differences there show as up to 2 * lr per step (lr 0.001, 2 steps).
     for a, b in zip(compiled.G.parameters(), eager.G.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=4e-3)
 
 
 @pytest.mark.slow
@@ -289,5 +291,10 @@ def test_compiled_training_matches_eager_and_a_fade_in_does_not_recompile(noisy_
 )
 @pytest.mark.parametrize("backend", ["aot_eager", True], ids=["aot_eager", "inductor"])
 def test_compiled_backends_match_eager(noisy_data: Path, tmp_path: Path, backend: str | bool) -> None:
+    import torch._inductor.config
+
     np.save(noisy_data / "images_16.npy", np.random.default_rng(1).integers(0, 256, (40, 3, 16, 16), np.uint8))
-    _compiled_vs_eager(noisy_data, tmp_path, backend)
+    # Inductor draws G's noise and mixing from its own Philox stream unless told to use torch's
+    # (seeded and resumable either way, but not the eager values this comparison needs).
+    with torch._inductor.config.patch(fallback_random=True):
+        _compiled_vs_eager(noisy_data, tmp_path, backend)

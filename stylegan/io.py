@@ -146,7 +146,8 @@ def check_replaceable(dest: str | Path, what: str = "output folder") -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a dead writer's temp folders may be removed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -172,7 +173,7 @@ def recover_dir(dest: str | Path) -> list[Path]:
         for folder in sorted(dest.parent.glob(f".{dest.name}.{kind}-*")):
             parts = folder.name.rsplit("-", 2)
             pid = parts[-2] if len(parts) == 3 else ""
-            if not pid.isdigit() or (int(pid) != os.getpid() and _pid_alive(int(pid))):
+            if not pid.isdigit() or (int(pid) != os.getpid() and pid_alive(int(pid))):
                 continue
             if kind == "old" and not dest.exists() and is_own_dir(folder):
                 os.replace(folder, dest)

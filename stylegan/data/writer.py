@@ -19,6 +19,7 @@ import pandas as pd
 from stylegan.config import DataConfig, to_dict
 from stylegan.data.sources import package_name, uses_package
 from stylegan.data.transforms import resolutions
+from stylegan.io import pid_alive
 
 MANIFEST_COLUMNS = [
     "source", "frame", "n_frames", "species_id", "form", "variant", "width", "height", "mode",
@@ -38,16 +39,6 @@ class FrameResult:
     images: list[np.ndarray] | None = None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
 def _remove_stale_temps(out_dir: Path) -> None:
     """Clean up after earlier prepares that were killed: their temp folders (gigabytes at
     256x256) and the old outputs they had swapped out.
@@ -59,7 +50,7 @@ def _remove_stale_temps(out_dir: Path) -> None:
     for kind in ("tmp", "old"):
         for folder in sorted(out_dir.parent.glob(f".{out_dir.name}.{kind}-*")):
             pid = folder.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or (int(pid) != os.getpid() and _pid_alive(int(pid))):
+            if not pid.isdigit() or (int(pid) != os.getpid() and pid_alive(int(pid))):
                 continue
             if kind == "old" and not out_dir.exists() and (folder / "summary.json").is_file():
                 os.replace(folder, out_dir)

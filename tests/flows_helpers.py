@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,15 @@ def packed_data(root: Path, n: int = 32, max_resolution: int = 16, seed: int = 0
         res //= 2
     (root / "manifest.csv").write_text("source,status\n" + "".join(f"{i}.png,ok\n" for i in range(n)))
     return root
+
+
+# The files a temp DVC project copies from this checkout (the e2e and the remote tests).
+PROJECT_FILES = ["stylegan", "flows", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"]
+
+
+def run_checked(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
+    """Run ``cmd``; a non-zero exit fails the test with the command and the tail of its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out

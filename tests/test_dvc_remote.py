@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,18 +22,12 @@ pytest.importorskip("dvc")
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
-from tests.flows_helpers import REPO, sprite_folder, tiny_params, write_params
+from tests.flows_helpers import PROJECT_FILES, REPO, run_checked, sprite_folder, tiny_params, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
-COPY = ["stylegan", "flows", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"]
+COPY = PROJECT_FILES
 
-
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
-    return out
 
 
 def test_push_pull_fresh_clone_is_up_to_date_and_image_plots_diff(
@@ -68,30 +61,30 @@ def test_push_pull_fresh_clone_is_up_to_date_and_image_plots_diff(
     }
     dvc = [sys.executable, "-m", "dvc"]
     remote = tmp_path / "remote"
-    _run(["git", "init", "-q"], repo, env)
-    _run([*dvc, "init", "-q"], repo, env)
+    run_checked(["git", "init", "-q"], repo, env)
+    run_checked([*dvc, "init", "-q"], repo, env)
     shutil.copy2(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # the project's: no analytics, no update check
-    _run([*dvc, "remote", "add", "-d", "shared", str(remote)], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "project"], repo, env)
+    run_checked([*dvc, "remote", "add", "-d", "shared", str(remote)], repo, env)
+    run_checked(["git", "add", "-A"], repo, env)
+    run_checked(["git", "commit", "-qm", "project"], repo, env)
 
-    _run([*dvc, "repro"], repo, env, timeout=900)
-    _run(["git", "add", "-A"], repo, env)  # dvc.lock, metrics/, the .gitignore files DVC wrote
-    _run(["git", "commit", "-qm", "trained"], repo, env)
-    _run([*dvc, "push"], repo, env)
+    run_checked([*dvc, "repro"], repo, env, timeout=900)
+    run_checked(["git", "add", "-A"], repo, env)  # dvc.lock, metrics/, the .gitignore files DVC wrote
+    run_checked(["git", "commit", "-qm", "trained"], repo, env)
+    run_checked([*dvc, "push"], repo, env)
     assert any(remote.rglob("*")), "dvc push wrote nothing to the remote"
 
     # A teammate: a fresh clone, `dvc pull`, and the pipeline is up to date.
     clone = tmp_path / "b"
-    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    run_checked(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
     assert not (clone / "data" / "prepared").exists()
-    _run([*dvc, "pull"], clone, env)
+    run_checked([*dvc, "pull"], clone, env)
     for path in ("data/prepared/manifest.csv", "models/generator/generator.safetensors", "models/registered.json",
                  "samples/grid.png", "reports/truncation_sweep.png"):
         assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
-    status = json.loads(_run([*dvc, "status", "--json"], clone, env))
+    status = json.loads(run_checked([*dvc, "status", "--json"], clone, env))
     assert status == {}, status
-    out = _run([*dvc, "repro"], clone, env)
+    out = run_checked([*dvc, "repro"], clone, env)
     assert "up to date" in out and "Running stage" not in out, out
 
     from stylegan.checkpoint import load_generator
@@ -102,9 +95,9 @@ def test_push_pull_fresh_clone_is_up_to_date_and_image_plots_diff(
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sample"]["truncation_psi"] = 0.3
     write_params(repo / "params.yaml", params)
-    out = _run([*dvc, "repro"], repo, env)
+    out = run_checked([*dvc, "repro"], repo, env)
     assert "Running stage 'sample'" in out and "Running stage 'train'" not in out
-    diff = json.loads(_run([*dvc, "plots", "diff", "HEAD", "--json"], repo, env))["data"]
+    diff = json.loads(run_checked([*dvc, "plots", "diff", "HEAD", "--json"], repo, env))["data"]
     for image in ("samples/grid.png", "reports/truncation_sweep.png"):
         entries = diff[image]
         assert {e["type"] for e in entries} == {"image"}, entries

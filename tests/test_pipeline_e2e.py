@@ -21,18 +21,12 @@ pytest.importorskip("dvc")
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
-from tests.flows_helpers import REPO, sprite_folder, tiny_params, write_params
+from tests.flows_helpers import PROJECT_FILES, REPO, run_checked, sprite_folder, tiny_params, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
-COPY = ["stylegan", "flows", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"]
+COPY = PROJECT_FILES
 
-
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
-    return out
 
 
 @pytest.fixture
@@ -67,19 +61,19 @@ def pipeline_repo(tmp_path: Path, mlflow_empty_db: Path, prefect_harness: None) 
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
     }
-    _run(["git", "init", "-q"], repo, env)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
+    run_checked(["git", "init", "-q"], repo, env)
+    run_checked([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
     # No update check (DVC has no environment switch for it, only this config key).
     (repo / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "pipeline"], repo, env)
+    run_checked(["git", "add", "-A"], repo, env)
+    run_checked(["git", "commit", "-qm", "pipeline"], repo, env)
     return repo, env
 
 
 def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> None:
     repo, env = pipeline_repo
     dvc = [sys.executable, "-m", "dvc"]
-    out = _run([*dvc, "repro"], repo, env, timeout=600)
+    out = run_checked([*dvc, "repro"], repo, env, timeout=600)
     for stage in ("fetch", "prepare", "train", "evaluate", "sample"):
         assert f"Running stage '{stage}'" in out
 
@@ -88,7 +82,7 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
         "import json, mlflow; c = mlflow.MlflowClient(); m = c.get_registered_model('pokemon-stylegan');"
         "print(json.dumps({a: int(v) for a, v in m.aliases.items()}))"
     )
-    aliases = json.loads(_run([sys.executable, "-c", probe], repo, env).strip().splitlines()[-1])
+    aliases = json.loads(run_checked([sys.executable, "-c", probe], repo, env).strip().splitlines()[-1])
     assert aliases == {"candidate": 1, "champion": 1}, out[-8000:]
     promotion = json.loads((repo / "metrics" / "promotion.json").read_text())
     assert promotion["promoted"] and promotion["champion_version"] == "1"
@@ -103,9 +97,9 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
         "df = m.predict(pd.DataFrame({'seed': [4], 'truncation_psi': [0.5], 'noise_mode': ['const']}));"
         "print(a.shape, a.dtype, list(df.columns))"
     )
-    assert "(3, 16, 16, 3) uint8 ['seed', 'image_png_base64']" in _run([sys.executable, "-c", load], repo, env)
+    assert "(3, 16, 16, 3) uint8 ['seed', 'image_png_base64']" in run_checked([sys.executable, "-c", load], repo, env)
     cli_out = repo.parent / "cli-samples"
-    _run([sys.executable, "-m", "stylegan.cli", "sample", "--model", "models:/pokemon-stylegan@champion",
+    run_checked([sys.executable, "-m", "stylegan.cli", "sample", "--model", "models:/pokemon-stylegan@champion",
           "--seeds", "0-3", "--psi", "0.7", "--out", str(cli_out)], repo, env)
     assert len(list(cli_out.glob("*.png"))) == 4
     missing = subprocess.run(
@@ -115,36 +109,36 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
     assert missing.returncode != 0 and "has no alias 'nope'; aliases: candidate -> v1, champion -> v1" in missing.stderr
 
     # Nothing changed: nothing runs.
-    again = _run([*dvc, "repro"], repo, env)
+    again = run_checked([*dvc, "repro"], repo, env)
     assert "Running stage" not in again
-    assert "up to date" in _run([*dvc, "status"], repo, env)
+    assert "up to date" in run_checked([*dvc, "status"], repo, env)
 
     # A sampling param changes: only the sample stage is stale, and only it reruns.
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sample"]["truncation_psi"] = 0.5
     write_params(repo / "params.yaml", params)
-    status = _run([*dvc, "status", "--json"], repo, env)
+    status = run_checked([*dvc, "status", "--json"], repo, env)
     assert set(json.loads(status.strip().splitlines()[-1])) == {"sample"}
-    rerun = _run([*dvc, "repro"], repo, env)
+    rerun = run_checked([*dvc, "repro"], repo, env)
     assert "Running stage 'sample'" in rerun
     for stage in ("fetch", "prepare", "train", "evaluate"):
         assert f"Running stage '{stage}'" not in rerun
     assert json.loads((repo / "samples" / "sample.json").read_text())["truncation_psi"] == 0.5
 
     # The declared metrics and plots read back through DVC (offline: --json, no CDN).
-    shown = json.loads(_run([*dvc, "metrics", "show", "--json"], repo, env).strip().splitlines()[-1])
+    shown = json.loads(run_checked([*dvc, "metrics", "show", "--json"], repo, env).strip().splitlines()[-1])
     files = next(iter(shown.values()))["data"]
     assert "swd" in files["metrics/eval.json"]["data"] and "kimg" in files["metrics/train.json"]["data"]
-    plots = json.loads(_run([*dvc, "plots", "show", "--json"], repo, env))
+    plots = json.loads(run_checked([*dvc, "plots", "show", "--json"], repo, env))
     assert {"losses", "throughput", "schedule"} <= {name.split("::")[-1] for name in plots.get("data", plots)}
 
     # An experiment with one training param changed: train, evaluate (and sample) rerun, the data
     # stages do not, and the new generator is registered as the next candidate.
-    exp = _run([*dvc, "exp", "run", "-S", "train.seed=1"], repo, env, timeout=600)
+    exp = run_checked([*dvc, "exp", "run", "-S", "train.seed=1"], repo, env, timeout=600)
     assert "Running stage 'train'" in exp and "Running stage 'evaluate'" in exp
     for stage in ("fetch", "prepare"):
         assert f"Running stage '{stage}'" not in exp
-    aliases = json.loads(_run([sys.executable, "-c", probe], repo, env).strip().splitlines()[-1])
+    aliases = json.loads(run_checked([sys.executable, "-c", probe], repo, env).strip().splitlines()[-1])
     promotion = json.loads((repo / "metrics" / "promotion.json").read_text())
     assert promotion["version"] == "2" and aliases["candidate"] == 2
     assert aliases["champion"] == int(promotion["champion_version"])  # the recorded decision is the registry's

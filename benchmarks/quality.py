@@ -1,14 +1,19 @@
-"""Quality per recipe at equal compute: train each recipe on the same data for the same number of
-images, then print fd_effnet, precision, recall and SWD side by side (plus wall time, the load
-average while it ran, and the learned noise strengths that explain the speckle).
+"""Quality per recipe at equal compute: train each recipe on the same data for the same compute
+(CPU time, ``--cpu-minutes``) or the same number of images (the schedule's kimg), then print
+fd_effnet, precision, recall and SWD side by side (plus wall and CPU time, the load average
+while it ran, and the learned noise strengths that explain the speckle).
 
-    python benchmarks/quality.py --data data/prepared                       # every sprites recipe
+    python benchmarks/quality.py --data data/prepared --cpu-minutes 16    # equal compute
     python benchmarks/quality.py --data data/prepared --recipes baseline,ada --set train.final_kimg=2
     python benchmarks/quality.py --data /tmp/artwork --recipes baseline,ada --tag artwork
 
-Equal kimg, not equal wall time: on a shared machine the wall time of a recipe depends on what
-else runs, so the images shown are the fair unit; wall time and the 1-minute load average are
-printed beside each row so a reader can see what the machine was doing. Each recipe trains in
+``--cpu-minutes M`` is the equal-wall-time comparison made robust to a shared machine: each
+recipe trains until its process has used M CPU-minutes (all threads; 16 = 8 minutes of this
+2-core machine to itself), on the schedule given with ``--set`` but with the last stage never
+ending, and the generator is exported at the resolution it is training then. Other jobs slow a
+recipe's wall clock but not its CPU clock, so two recipes can run side by side with
+``--threads 1``. Without it every recipe trains the schedule to its end (equal kimg). Wall time
+and the 1-minute load average are printed beside each row. Each recipe trains in
 ``--work/<tag>-<recipe>`` and resumes there if the script is stopped; its grid (16 seeds,
 psi 1, const noise) goes to ``--out/<tag>-<recipe>.png`` and, for recipes with ADA, the p and
 r_t curves to ``--out/<tag>-<recipe>-ada.png``. All results are appended as JSON lines to
@@ -18,6 +23,7 @@ r_t curves to ``--out/<tag>-<recipe>-ada.png``. All results are appended as JSON
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -40,6 +46,7 @@ from stylegan.config import EvaluateConfig, load_params, section, set_override
 BASE = ["train.batch_size=32", "model.style_mixing_prob=0.9", "train.noise_lr_mul=1.0", "train.augment=none",
         "train.r1_gamma=10.0"]
 B16_NOMIX = ["train.batch_size=16", "model.style_mixing_prob=0"]
+PROFILE = [*B16_NOMIX, "train.noise_lr_mul=0.1"]
 RECIPES: dict[str, list[str]] = {
     "baseline": [],
     "ada": ["train.augment=ada", "train.ada_kimg=10"],
@@ -48,15 +55,32 @@ RECIPES: dict[str, list[str]] = {
     "b16-nomix-noiselr0.1": [*B16_NOMIX, "train.noise_lr_mul=0.1"],
     "b16-nomix-nonoise": [*B16_NOMIX, "train.noise_lr_mul=0"],
     "b16-nomix-nonoise-ada": [*B16_NOMIX, "train.noise_lr_mul=0", "train.augment=ada", "train.ada_kimg=10"],
+    # The CPU profile params.yaml adopted (b16-nomix-noiselr0.1) with one more change each.
+    "profile-ada": [*PROFILE, "train.augment=ada", "train.ada_kimg=10"],
+    "profile-r1-1": [*PROFILE, "train.r1_gamma=1.0"],
+    "profile-lr0.001": [*PROFILE, "train.lr=0.001"],
 }
 
 
+class BudgetSpent(Exception):
+    """Raised from a tick callback once the recipe has used its CPU budget."""
+
+
 class Ticks:
-    def __init__(self) -> None:
+    """Keeps every tick's stats; with a budget, stops training at the first tick past it."""
+
+    def __init__(self, cpu_budget_s: float | None = None, cpu_used_s: float = 0.0) -> None:
         self.rows: list[dict[str, Any]] = []
+        self.budget, self.used_before, self.t0 = cpu_budget_s, cpu_used_s, time.process_time()
+
+    @property
+    def cpu_s(self) -> float:
+        return self.used_before + time.process_time() - self.t0
 
     def on_tick(self, stats: dict[str, Any]) -> None:
         self.rows.append(dict(stats))
+        if self.budget is not None and self.cpu_s >= self.budget:
+            raise BudgetSpent
 
 
 def noise_strengths(G: torch.nn.Module) -> dict[str, float]:
@@ -112,29 +136,46 @@ def measure(G: torch.nn.Module, data: Path, cfg: EvaluateConfig) -> dict[str, fl
 
 
 def run_recipe(name: str, params: dict[str, Any], data: Path, work: Path, out: Path, tag: str,
-               eval_cfg: EvaluateConfig) -> dict[str, Any]:
+               eval_cfg: EvaluateConfig, cpu_budget_s: float | None = None) -> dict[str, Any]:
+    from stylegan.checkpoint import export_generator, load_generator
+    from stylegan.io import atomic_write_json
     from stylegan.reports import line_plot
     from stylegan.sampling import generate, image_grid, save_png
     from stylegan.training import Trainer
 
+    run_dir = work / f"{tag}-{name}"
+    if cpu_budget_s is not None:
+        set_override(params, "train.final_kimg=1000000")  # the budget ends the run, not the schedule
     model_cfg, train_cfg = section(params, "model"), section(params, "train")
-    ticks = Ticks()
-    trainer = Trainer(model_cfg, train_cfg, data, work / f"{tag}-{name}", device="cpu", callbacks=[ticks])
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
-    trainer.run()
-    wall = time.perf_counter() - t0
+    spent = run_dir / "cpu_seconds.json"  # CPU time of earlier (stopped) invocations
+    ticks = Ticks(cpu_budget_s, json.loads(spent.read_text())["cpu_s"] if spent.exists() else 0.0)
+    trainer = Trainer(model_cfg, train_cfg, data, run_dir, device="cpu", callbacks=[ticks])
+    load0, t0, start_kimg = os.getloadavg()[0], time.perf_counter(), trainer.kimg
+    if cpu_budget_s is None:
+        trainer.run()
+    elif ticks.cpu_s < cpu_budget_s:
+        with contextlib.suppress(BudgetSpent):
+            trainer.run()
+        trainer.save()
+        atomic_write_json(spent, {"cpu_s": ticks.cpu_s})
+    wall, cpu = time.perf_counter() - t0, ticks.cpu_s
     load1 = os.getloadavg()[0]
-    G = trainer.G_ema
-    res = trainer.stages[-1].resolution
-    from stylegan.checkpoint import load_generator
-
-    export = trainer.export(work / f"{tag}-{name}" / "export")
+    phase = trainer.phase
+    if cpu_budget_s is not None and phase.alpha >= 1.0:
+        # The last stage never finishes under a budget: export the resolution being trained.
+        res = phase.resolution
+        export = export_generator(trainer.G_ema, run_dir / "export", res, {"kimg": trainer.kimg})
+    else:  # the highest finished stage (mid fade-in: the resolution below)
+        export = trainer.export(run_dir / "export")
     G = load_generator(export.parent)
+    res = int(G.img_resolution)
     metrics = measure(G, data, eval_cfg)
     imgs = generate(G, seeds=list(range(16)), truncation_psi=1.0, noise_mode="const")
     save_png(image_grid(imgs, cols=8, pad=1), out / f"{tag}-{name}.png")
-    row: dict[str, Any] = {"tag": tag, "recipe": name, "kimg": round(trainer.kimg, 3), "resolution": res,
-                           "wall_s": round(wall, 1), "load_start": load0, "load_end": load1, **metrics,
+    row: dict[str, Any] = {"tag": tag, "recipe": name, "start_kimg": round(start_kimg, 3),
+                           "kimg": round(trainer.kimg, 3), "resolution": res,
+                           "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_start": load0,
+                           "load_end": load1, "cpu_budget_s": cpu_budget_s, **metrics,
                            "noise_strength": noise_strengths(G), "noise_to_signal": noise_to_signal(G)}
     if trainer.ada is not None:
         p = float(trainer.ada.p)
@@ -165,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/quality", help="run folders (a stopped benchmark resumes)")
     ap.add_argument("--out", default="docs/quality", help="grids, ADA curves and the JSON lines")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpu-minutes", type=float, default=None,
+                    help="train each recipe for this much CPU time (all threads) instead of to the schedule's end")
     ap.add_argument("--num-samples", type=int, default=500, help="fakes per metric (as evaluate.num_samples)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -195,16 +238,20 @@ def main(argv: list[str] | None = None) -> int:
         params = json.loads(json.dumps(base))
         for a in [*BASE, *RECIPES[name]]:
             set_override(params, a)
-        row = run_recipe(name, params, data, work, out, args.tag, eval_cfg)
+        budget = None if args.cpu_minutes is None else 60.0 * args.cpu_minutes
+        row = run_recipe(name, params, data, work, out, args.tag, eval_cfg, budget)
         rows.append(row)
         print(f"{args.tag} {name}: {json.dumps({k: v for k, v in row.items() if k != 'ada_curve'})}", flush=True)
-    print("\n| data | recipe | kimg | fd_effnet | precision | recall | SWD | wall s | load avg | noise |w| top res |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| data | recipe | res | kimg | fd_effnet | precision | recall | SWD | CPU min | wall s | load avg | "
+          "noise |w| top res |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ns = r["noise_strength"]
         top = ns.get(f"b{r['resolution']}", float("nan"))
-        print(f"| {r['tag']} | {r['recipe']} | {r['kimg']:.1f} | {r['fd_effnet']:.1f} | {r['precision']:.3f} | "
-              f"{r['recall']:.3f} | {r['swd']:.1f} | {r['wall_s']:.0f} | {r['load_start']:.1f}-{r['load_end']:.1f} | "
+        print(f"| {r['tag']} | {r['recipe']} | {r['resolution']} | {r['kimg']:.1f} | {r['fd_effnet']:.1f} | "
+              f"{r['precision']:.3f} | {r['recall']:.3f} | {r['swd']:.1f} | {r['cpu_s'] / 60:.1f} | "
+              f"{r['wall_s']:.0f} | "
+              f"{r['load_start']:.1f}-{r['load_end']:.1f} | "
               f"{top:.3f} |")
     return 0
 

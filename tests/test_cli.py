@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from stylegan.checkpoint import load_checkpoint, load_generator
@@ -15,24 +14,13 @@ from stylegan.cli import main
 from stylegan.config import ModelConfig
 from stylegan.networks import Generator
 from stylegan.sampling import generate
+from tests.helpers import write_cli_project
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    data = tmp_path / "prepared"
-    data.mkdir()
-    rng = np.random.RandomState(0)
-    for r in (4, 8):
-        np.save(data / f"images_{r}.npy", rng.randint(0, 256, (16, 3, r, r)).astype(np.uint8))
-    params = {
-        "data": {"out_dir": str(data)},
-        "model": {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16, "max_resolution": 8},
-        "train": {"start_resolution": 4, "fade_kimg": 0.008, "stab_kimg": 0.008, "batch_size": 4,
-                  "tick_kimg": 0.008, "snapshot_kimg": 1.0, "grid_seeds": [0, 1], "device": "cpu"},
-        "evaluate": {"num_samples": 10},  # other sections are ignored by train
-    }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return tmp_path
+    # Other evaluate keys are ignored by train.
+    return write_cli_project(tmp_path, images=16, kimg=0.008, grid_seeds=[0, 1], evaluate={"num_samples": 10})
 
 
 def test_train_then_sample(project: Path, capsys: pytest.CaptureFixture[str]) -> None:

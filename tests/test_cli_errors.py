@@ -8,15 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from stylegan.checkpoint import export_generator
 from stylegan.cli import main
 from stylegan.config import ModelConfig
 from stylegan.networks import Generator
-
-TINY = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16, "max_resolution": 8}
+from tests.helpers import TINY_MODEL, write_cli_project
 
 
 @pytest.fixture(autouse=True)
@@ -31,25 +29,14 @@ def _one_thread() -> Any:
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("model") / "g"
-    export_generator(Generator(ModelConfig(**TINY)), out)
+    export_generator(Generator(ModelConfig(**TINY_MODEL)), out)
     return out
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    data = tmp_path / "prepared"
-    data.mkdir()
-    rng = np.random.RandomState(0)
-    for r in (4, 8):
-        np.save(data / f"images_{r}.npy", rng.randint(0, 256, (8, 3, r, r)).astype(np.uint8))
-    params = {
-        "data": {"out_dir": str(data)},
-        "model": TINY,
-        "train": {"start_resolution": 4, "fade_kimg": 0.004, "stab_kimg": 0.004, "batch_size": 4,
-                  "tick_kimg": 0.004, "snapshot_kimg": 1.0, "grid_seeds": [0], "device": "cpu"},
-        "evaluate": {"num_samples": 4, "num_real": 8, "cache_dir": str(tmp_path / "cache")},
-    }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_cli_project(tmp_path, images=8, kimg=0.004, grid_seeds=[0],
+                      evaluate={"num_samples": 4, "num_real": 8, "cache_dir": str(tmp_path / "cache")})
     (tmp_path / "a_file").write_text("keep me\n")
     return tmp_path
 

@@ -7,7 +7,6 @@ import base64
 import gzip
 import io
 import os
-import signal
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -23,6 +22,7 @@ from stylegan.data import prepare as prep
 from stylegan.data.prepare import prepare, prepare_chunk, prepare_item
 from stylegan.data.sources import InputItem, list_inputs
 from tests.faults import hooks
+from tests.helpers import alarm
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 
@@ -30,17 +30,8 @@ RED, BLUE = (220, 20, 20), (20, 20, 220)
 @pytest.fixture(autouse=True)
 def _no_hang() -> Iterator[None]:
     """A regression that blocks (a FIFO opened for reading) fails here instead of hanging CI."""
-
-    def expire(*_: object) -> None:
-        raise TimeoutError("the test blocked for 60 s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(60)
-    try:
+    with alarm(60, "the test blocked for 60 s"):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _img(color: tuple[int, int, int], side: int = 30, fmt: str = "PNG") -> bytes:

@@ -11,6 +11,7 @@ from stylegan.checkpoint import CheckpointError, load_checkpoint
 from stylegan.config import ModelConfig, TrainConfig
 from stylegan.sampling import generate
 from stylegan.training import Trainer, resolve_device
+from tests.helpers import write_noise_data
 
 COLOUR = np.array([230, 60, 40], np.uint8)
 
@@ -337,11 +338,7 @@ def test_reals_fade_in_like_the_generator_output(tmp_path: Path) -> None:
 
     from stylegan.layers import downsample2x, upsample2x
 
-    root = tmp_path / "data"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for r in (4, 8):
-        np.save(root / f"images_{r}.npy", rng.integers(0, 256, (16, 3, r, r), dtype=np.uint8))
+    root = write_noise_data(tmp_path / "data", n=16)
     trainer = Trainer(tiny_model(), tiny_train(), root, tmp_path / "run")
     trainer.run_stage(4)
     phase = trainer.phase

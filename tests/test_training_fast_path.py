@@ -22,18 +22,14 @@ from stylegan.data.dataset import PackedDataset
 from stylegan.data.prefetch import BatchPrefetcher
 from stylegan.device import amp_dtype, normalize_amp
 from stylegan.training import EMA_FOLLOWED_BUFFERS, Trainer
+from tests.helpers import write_noise_data
 from tests.test_training import _assert_same_state, tiny_model, tiny_train
 
 
 @pytest.fixture
 def noisy_data(tmp_path: Path) -> Path:
     """Random images, so every batch (and every flip) is distinguishable."""
-    root = tmp_path / "data"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for r in (4, 8):
-        np.save(root / f"images_{r}.npy", rng.integers(0, 256, (40, 3, r, r), dtype=np.uint8))
-    return root
+    return write_noise_data(tmp_path / "data", n=40)
 
 
 def _record_reals(trainer: Trainer) -> list[torch.Tensor]:

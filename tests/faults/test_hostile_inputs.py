@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
-import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -28,22 +27,15 @@ from stylegan.config import DataConfig
 from stylegan.data import prepare as prep
 from tests.faults import hooks
 from tests.faults.hostile import SECRET, build_folder, build_zip
+from tests.helpers import alarm
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
 def _no_hang() -> Iterator[None]:
-    def expire(*_: object) -> None:
-        raise TimeoutError("prepare blocked for 120 s on hostile input")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(120)
-    try:
+    with alarm(120, "prepare blocked for 120 s on hostile input"):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _tree_state(root: Path) -> dict[str, str]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,18 +27,13 @@ pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
 from tests.flows_helpers import REPO, sprite_folder, tiny_params, write_params
+from tests.helpers import free_port, stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 CHROMIUM = Path("/usr/bin/chromium")
 STEPS = ("fetch", "prepare", "train", "evaluate", "sample")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float) -> str:
@@ -90,7 +83,7 @@ def team() -> Iterator[dict[str, Any]]:
     images = sprite_folder(base / "sprites", n=16)
     write_params(project / "params.yaml", tiny_params(data={"source": str(images)},
                                                       train={"fade_kimg": 0.032, "stab_kimg": 0.032}))
-    ports = {"PG_PORT": _free_port(), "MLFLOW_PORT": _free_port(), "PREFECT_PORT": _free_port()}
+    ports = {"PG_PORT": free_port(), "MLFLOW_PORT": free_port(), "PREFECT_PORT": free_port()}
     mlflow_url = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
     api = f"http://127.0.0.1:{ports['PREFECT_PORT']}/api"
     env = {
@@ -117,12 +110,7 @@ def team() -> Iterator[dict[str, Any]]:
                "runs": (first, second), "start_out": start_out, "pg_port": ports["PG_PORT"]}
     finally:
         if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+            stop_group(worker, grace=30)
         subprocess.run([*script, "stop"], cwd=project, env=env, capture_output=True, timeout=120, check=False)
         shutil.rmtree(base, ignore_errors=True)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.faults import _faultlib as fl
+from tests.helpers import free_port, stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
@@ -31,12 +30,6 @@ CONCURRENT = 8
 ROWS = 64  # rows of each normal request (MAX_ROWS is 256)
 OVERSIZED = 100_000
 RSS_BOUND = 512 << 20  # growth of the server's memory over its idle size during the load
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _post(url: str, rows: int, timeout: float = 120.0) -> tuple[int, dict[str, Any], float]:
@@ -69,7 +62,7 @@ def server(tmp_path: Path) -> Any:
         str(model), python_model=str(tracking.PYFUNC_CODE), artifacts={"generator": str(tmp_path / "export")},
         code_paths=[str(Path(tracking.stylegan.__file__).parent)], signature=tracking.model_signature(),
         pip_requirements=tracking.PIP_REQUIREMENTS)  # no input example: its validation loads the model (seconds)
-    port = _free_port()
+    port = free_port()
     bindir = Path(sys.executable).parent  # mlflow serve starts uvicorn from PATH
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
@@ -91,12 +84,7 @@ def server(tmp_path: Path) -> Any:
             time.sleep(0.5)
         yield {"url": f"http://127.0.0.1:{port}/invocations", "pid": proc.pid}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, grace=20)
         log.close()
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,40 @@ def packed_data(root: Path, n: int = 32, max_resolution: int = 16, seed: int = 0
 
 # The files a temp DVC project copies from this checkout (the e2e and the remote tests).
 PROJECT_FILES = ["stylegan", "flows", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"]
+
+
+def copy_project(repo: Path, mlflow_db: Path) -> Path:
+    """A new folder ``repo``: PROJECT_FILES from this checkout, and in mlruns/ a copy of ``mlflow_db``
+    (the session's empty, migrated DB: making one per test takes seconds)."""
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, repo / name)
+    (repo / "mlruns").mkdir()
+    shutil.copyfile(mlflow_db, repo / "mlruns" / "mlflow.db")
+    return repo
+
+
+def project_env(repo: Path, prefect_home: Path) -> dict[str, str]:
+    """The environment of git, dvc and the stages run in ``repo``: this venv's tools first on PATH, the
+    repo's MLflow DB, no telemetry, a git identity, and the session's Prefect test server (so that each
+    stage's flow skips starting a temporary one)."""
+    from prefect.settings import PREFECT_API_URL  # here, not at the top: library tests import this module
+
+    db = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": db, "MLFLOW_REGISTRY_URI": db,
+        "PREFECT_HOME": str(prefect_home), "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
 
 
 def run_checked(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> str:

@@ -10,7 +10,6 @@ truncation sweep as images of both revisions.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,43 +21,19 @@ pytest.importorskip("dvc")
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
-from tests.flows_helpers import PROJECT_FILES, REPO, run_checked, sprite_folder, tiny_params, write_params
+from tests.flows_helpers import REPO, copy_project, project_env, run_checked, sprite_folder, tiny_params, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
-
-COPY = PROJECT_FILES
-
 
 
 def test_push_pull_fresh_clone_is_up_to_date_and_image_plots_diff(
     tmp_path: Path, mlflow_empty_db: Path, prefect_harness: None
 ) -> None:
-    from prefect.settings import PREFECT_API_URL
-
-    repo = tmp_path / "a"
-    repo.mkdir()
-    for name in COPY:
-        src, dst = REPO / name, repo / name
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dst)
+    repo = copy_project(tmp_path / "a", mlflow_empty_db)
     images = sprite_folder(tmp_path / "sprites", n=16)
     write_params(repo / "params.yaml", tiny_params(data={"source": str(images)},
                                                    train={"fade_kimg": 0.032, "stab_kimg": 0.032}))
-    (repo / "mlruns").mkdir()
-    shutil.copyfile(mlflow_empty_db, repo / "mlruns" / "mlflow.db")
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
-        "MLFLOW_REGISTRY_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
+    env = project_env(repo, tmp_path / "prefect-home")
     dvc = [sys.executable, "-m", "dvc"]
     remote = tmp_path / "remote"
     run_checked(["git", "init", "-q"], repo, env)

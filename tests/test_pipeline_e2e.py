@@ -8,8 +8,6 @@ nothing; changing one param reruns only the stages that read it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,46 +19,18 @@ pytest.importorskip("dvc")
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
-from tests.flows_helpers import PROJECT_FILES, REPO, run_checked, sprite_folder, tiny_params, write_params
+from tests.flows_helpers import copy_project, project_env, run_checked, sprite_folder, tiny_params, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
-
-COPY = PROJECT_FILES
-
 
 
 @pytest.fixture
 def pipeline_repo(tmp_path: Path, mlflow_empty_db: Path, prefect_harness: None) -> tuple[Path, dict[str, str]]:
-    from prefect.settings import PREFECT_API_URL
-
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, repo / name)
+    repo = copy_project(tmp_path / "repo", mlflow_empty_db)
     images = sprite_folder(tmp_path / "sprites", n=24)
     params = tiny_params(data={"source": str(images)})
     write_params(repo / "params.yaml", params)
-    (repo / "mlruns").mkdir()
-    shutil.copyfile(mlflow_empty_db, repo / "mlruns" / "mlflow.db")
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
-        "MLFLOW_REGISTRY_URI": f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        # The session's test server: each stage's flow skips starting a temporary one.
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1",
-        "DO_NOT_TRACK": "1",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
+    env = project_env(repo, tmp_path / "prefect-home")
     run_checked(["git", "init", "-q"], repo, env)
     run_checked([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
     # No update check (DVC has no environment switch for it, only this config key).

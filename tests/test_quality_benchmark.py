@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stylegan.metrics.effnet import weights_available
+from tests.helpers import write_noise_data
 
 TINY = ["model.max_resolution=16", "model.z_dim=16", "model.w_dim=16", "model.mapping_layers=2",
         "model.fmap_base=32", "model.fmap_max=16", "train.start_resolution=4", "train.max_resolution=16",
@@ -21,11 +22,7 @@ TINY = ["model.max_resolution=16", "model.z_dim=16", "model.w_dim=16", "model.ma
 def test_cpu_budget_stops_the_recipe_and_a_larger_budget_resumes_it(tmp_path: Path) -> None:
     from benchmarks import quality
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for r in (4, 8, 16):
-        np.save(data / f"images_{r}.npy", rng.integers(0, 256, (64, 3, r, r), dtype=np.uint8))
+    data = write_noise_data(tmp_path / "data", 64, (4, 8, 16))
     out = tmp_path / "out"
     args = ["--data", str(data), "--recipes", "profile-r1-1", "--tag", "toy", "--work", str(tmp_path / "work"),
             "--out", str(out), "--threads", "1", "--num-samples", "16"]

@@ -44,16 +44,15 @@ def check_export_matches(export_dir: str | Path, registered: dict[str, Any], cli
     killed between its export and its registration leaves the two out of step, and promoting
     would move the champion alias to weights nobody measured.
     """
-    import hashlib
-
     from stylegan.checkpoint import WEIGHTS_NAME
+    from stylegan.io import sha256_file
 
     fix = ("re-run the train stage (`dvc repro train` or `python -m flows.train`): it registers the export, "
            "or re-uses the version that already holds these weights")
     weights = Path(export_dir) / WEIGHTS_NAME
     if not weights.is_file():
         raise ExportMismatchError(f"no exported generator at {weights}; {fix}")
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    sha = sha256_file(weights)
     want = registered.get("generator_sha256")
     name, version = registered.get("name"), registered.get("version")
     if want != sha:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import sys
@@ -21,16 +20,9 @@ from typing import Any
 
 from flows.common import base_parser, load_run_params, resolve, write_json
 from stylegan.config import DataConfig, section
+from stylegan.io import sha256_file
 
 RECORD = "source.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _file_record(path: Path, listed: os.stat_result) -> dict[str, Any]:
@@ -45,10 +37,8 @@ def _file_record(path: Path, listed: os.stat_result) -> dict[str, Any]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (listed.st_dev, listed.st_ino):
             return {"changed_since_listing": True}
-        h = hashlib.sha256()
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"size": st.st_size, "sha256": h.hexdigest()}
+        digest = sha256_file(f)
+    return {"size": st.st_size, "sha256": digest}
 
 
 def source_record(src: Path) -> dict[str, Any]:
@@ -69,7 +59,7 @@ def source_record(src: Path) -> dict[str, Any]:
                     files[rel] = {"not_a_file": stat.filemode(st.st_mode)}
         return {"kind": "folder", "files": dict(sorted(files.items()))}
     if zipfile.is_zipfile(src):
-        return {"kind": "zip", "size": src.stat().st_size, "sha256": _sha256(src)}
+        return {"kind": "zip", "size": src.stat().st_size, "sha256": sha256_file(src)}
     raise ValueError(f"data.source {src} is neither a folder nor a zip archive")
 
 

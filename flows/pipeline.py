@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.common import base_parser, load_run_params, resolve
 from stylegan.config import section
+from stylegan.io import sha256_file
 
 STEPS = ("fetch", "prepare", "train", "evaluate", "sample")
 RESULTS_DIR = ".prefect/results"  # persisted step results: the cache that lets a rerun skip work
@@ -34,11 +35,7 @@ _SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 def _hash_path(path: Path) -> str:
     """Content hash of a file or a folder (every file, by relative path); 'missing' when absent."""
     if path.is_file():
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(path)
     if path.is_dir():
         h = hashlib.sha256()
         for p in sorted(path.rglob("*")):

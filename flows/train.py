@@ -257,10 +257,10 @@ def export_generator_dir(trainer: Any, out: Path, metadata: dict[str, Any]) -> s
     ``out`` must be missing, empty or an earlier export (``stylegan.io.replace_dir``).
     """
     from stylegan.checkpoint import WEIGHTS_NAME
-    from stylegan.io import replace_dir
+    from stylegan.io import replace_dir, sha256_file
 
     replace_dir(out, lambda tmp: trainer.export(tmp, metadata=metadata), what=f"generator export {out}")
-    return hashlib.sha256((out / WEIGHTS_NAME).read_bytes()).hexdigest()
+    return sha256_file(out / WEIGHTS_NAME)
 
 
 def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dict[str, Any]:

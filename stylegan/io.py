@@ -14,17 +14,30 @@ Rules (docs/interfaces.md, "Output files and folders"):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 OUTPUT_MARKER = ".pokegan-output"  # present in every folder the project creates and may replace
 _UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
 os.umask(_UMASK)
+
+
+def sha256_file(file: str | Path | IO[bytes]) -> str:
+    """sha256 (hex) of a file's bytes, a path or an open binary file, read in 1 MiB blocks (weights
+    and archives may not fit in memory twice)."""
+    if isinstance(file, str | Path):
+        with open(file, "rb") as f:
+            return sha256_file(f)
+    h = hashlib.sha256()
+    while block := file.read(1 << 20):
+        h.update(block)
+    return h.hexdigest()
 
 
 class OutputDirError(ValueError):

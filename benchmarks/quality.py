@@ -163,8 +163,7 @@ def run_recipe(name: str, params: dict[str, Any], data: Path, work: Path, out: P
     phase = trainer.phase
     if cpu_budget_s is not None and phase.alpha >= 1.0:
         # The last stage never finishes under a budget: export the resolution being trained.
-        res = phase.resolution
-        export = export_generator(trainer.G_ema, run_dir / "export", res, {"kimg": trainer.kimg})
+        export = export_generator(trainer.G_ema, run_dir / "export", phase.resolution, {"kimg": trainer.kimg})
     else:  # the highest finished stage (mid fade-in: the resolution below)
         export = trainer.export(run_dir / "export")
     G = load_generator(export.parent)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stylegan.metrics.effnet import weights_available
-from tests.helpers import write_noise_data
+from tests.helpers import alarm, write_noise_data
 
 TINY = ["model.max_resolution=16", "model.z_dim=16", "model.w_dim=16", "model.mapping_layers=2",
         "model.fmap_base=32", "model.fmap_max=16", "train.start_resolution=4", "train.max_resolution=16",
@@ -30,7 +30,9 @@ def test_cpu_budget_stops_the_recipe_and_a_larger_budget_resumes_it(tmp_path: Pa
         args += ["--set", s]
 
     def run(cpu_minutes: float) -> dict:
-        assert quality.main([*args, "--cpu-minutes", str(cpu_minutes)]) == 0
+        # Under a budget the schedule never ends: a budget that fails to stop the run fails here, not hangs.
+        with alarm(180, "the CPU budget did not stop training"):
+            assert quality.main([*args, "--cpu-minutes", str(cpu_minutes)]) == 0
         return json.loads((out / "toy.jsonl").read_text().splitlines()[-1])
 
     first = run(5.0 / 60)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from stylegan import augment
 from stylegan.augment import OPS, AdaController, AugmentPipe
 from stylegan.config import ConfigError, ModelConfig, TrainConfig
 from stylegan.networks import Discriminator, Generator
@@ -143,3 +146,90 @@ def test_augment_config_is_validated() -> None:
     assert TrainConfig(r1_gamma="auto", batch_size=32).r1_gamma_at(32) == pytest.approx(0.0002 * 32 * 32 / 32)
     assert TrainConfig(r1_gamma="auto", r1_gammas={8: 1.0}).r1_gamma_at(8) == 1.0
     assert TrainConfig(r1_gamma=10.0).r1_gamma_at(16) == 10.0
+
+
+# --- The colour code as it was before its constants were cached (frozen, to compare bits) ---
+
+
+def _old_rotate_around_grey(theta: torch.Tensor) -> torch.Tensor:
+    N, dev = theta.shape[0], theta.device
+    K = torch.tensor(augment._CROSS, device=dev)
+    c, s = torch.cos(theta).view(N, 1, 1), torch.sin(theta).view(N, 1, 1)
+    R = torch.eye(3, device=dev) + s * K + (1 - c) * (K @ K)
+    R = torch.cat([R, torch.zeros(N, 3, 1, device=dev)], 2)
+    return torch.cat([R, torch.tensor([[[0.0, 0.0, 0.0, 1.0]]], device=dev).expand(N, 1, 4)], 1)
+
+
+def _old_colour(x: torch.Tensor, draws: dict[str, tuple[torch.Tensor, torch.Tensor]], chosen: Any) -> torch.Tensor:
+    N, dev = x.shape[0], x.device
+    eye = torch.eye(4, device=dev).expand(N, 4, 4)
+    M = eye
+    luma = torch.tensor([1.0, 1.0, 1.0, 0.0], device=dev) / math.sqrt(3)
+    luma_outer = torch.outer(luma, luma)
+    for op, (u, r) in draws.items():
+        on = chosen(u).view(N, 1, 1)
+        if op == "brightness":
+            b = (augment._normal(r) * augment.BRIGHTNESS_STD * on.view(N)).view(N, 1)
+            M = torch.cat([M[:, :3, :3], M[:, :3, 3:] + b.view(N, 1, 1).expand(N, 3, 1)], 2)
+            M = torch.cat([M, eye[:, 3:]], 1)
+            continue
+        if op == "contrast":
+            s = torch.exp2(augment._normal(r) * augment.CONTRAST_STD)
+            T = torch.diag_embed(torch.stack([s, s, s, torch.ones_like(s)], 1))
+        elif op == "hue":
+            T = _old_rotate_around_grey((r * 2 - 1) * math.pi * augment.HUE_MAX)
+        else:
+            s = torch.exp2(augment._normal(r) * augment.SATURATION_STD).view(N, 1, 1)
+            T = luma_outer + (torch.eye(4, device=dev) - luma_outer) * s
+            T = torch.cat([T[:, :3], eye[:, 3:]], 1)
+        M = torch.where(on, T, eye) @ M
+    flat = x.flatten(2)
+    out = torch.baddbmm(M[:, :3, 3:].to(x.dtype), M[:, :3, :3].to(x.dtype), flat)
+    return out.view_as(x)
+
+
+def test_cached_colour_constants_give_the_bits_of_the_per_call_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = _images()
+    cases = [
+        (ops, p, seed, fmt)
+        for ops in (OPS, ("hue",), ("saturation", "brightness"))
+        for p in (0.5, 1.0)
+        for seed in (0, 1)
+        for fmt in (torch.contiguous_format, torch.channels_last)
+    ]
+    ours = [
+        AugmentPipe(ops=ops)(x.contiguous(memory_format=fmt), p, torch.Generator().manual_seed(seed))
+        for ops, p, seed, fmt in cases
+    ]
+    monkeypatch.setattr(AugmentPipe, "_colour", staticmethod(_old_colour))
+    for (ops, p, seed, fmt), got in zip(cases, ours, strict=True):
+        old = AugmentPipe(ops=ops)(x.contiguous(memory_format=fmt), p, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, old), (ops, p, seed, fmt)
+
+
+def test_augment_forward_makes_no_tensor_from_python_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On CUDA each torch.tensor(...) of constants is a blocking host-to-device copy: they are built
+    # once per device, never per call.
+    monkeypatch.setattr(augment, "_CONSTANTS", {})
+    calls: list[object] = []
+    real_tensor = torch.tensor
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(args)
+        return real_tensor(*args, **kwargs)
+
+    x, p, pipe = _images(), torch.tensor(0.7), AugmentPipe()
+    monkeypatch.setattr(torch, "tensor", spy)
+    first = pipe(x, p, torch.Generator().manual_seed(0))  # builds the cache: luma, cross, last row
+    assert len(calls) == 3 and len(augment._CONSTANTS) == 1
+    calls.clear()
+    for seed in range(3):
+        pipe(x, p, torch.Generator().manual_seed(seed))
+    assert calls == [] and len(augment._CONSTANTS) == 1
+    with torch.inference_mode():  # a cache first filled in inference mode still serves autograd
+        monkeypatch.setattr(augment, "_CONSTANTS", {})
+        pipe(x, p, torch.Generator().manual_seed(0))
+    xg = x.clone().requires_grad_(True)
+    out = pipe(xg, p, torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad(out.square().sum(), xg, create_graph=True)
+    assert torch.equal(out.detach(), first) and grad.abs().sum() > 0

@@ -133,6 +133,66 @@ def test_adain_scale_is_biased_to_one() -> None:
     torch.testing.assert_close(bias, torch.zeros(2, 4))
 
 
+def _old_adain(ada: AdaIN, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """AdaIN.forward before the channels_last path (frozen, to compare bits)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        scale, bias = ada.styles(w.float())
+        y = F.instance_norm(x.float(), eps=1e-8)
+        y = y * scale[:, :, None, None] + bias[:, :, None, None]
+    return y.to(x.dtype)
+
+
+def _adain_case() -> tuple[AdaIN, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    ada = AdaIN(channels=16, w_dim=8)
+    with torch.no_grad():
+        ada.affine.bias.normal_()
+    return ada, torch.randn(4, 16, 8, 8) * 3 + 1, torch.randn(4, 8)
+
+
+def test_adain_on_cpu_keeps_instance_norm_bits_in_every_layout() -> None:
+    # CPU runs (channels_last ones included, as params.yaml trains) are pinned to these bits.
+    ada, x, w = _adain_case()
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.contiguous(memory_format=fmt)
+        assert torch.equal(ada(xf, w), _old_adain(ada, xf, w)), fmt
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            xb = xf.bfloat16()
+            assert torch.equal(ada(xb, w), _old_adain(ada, xb, w)), fmt
+
+
+def test_adain_keeps_channels_last_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylegan import layers
+
+    cl = torch.channels_last
+    meta = torch.empty(2, 16, 8, 8, device="meta")
+    assert layers._norm_keeps_channels_last(meta.contiguous(memory_format=cl))
+    assert not layers._norm_keeps_channels_last(meta)  # NCHW: F.instance_norm, as before
+    assert not layers._norm_keeps_channels_last(torch.empty(2, 16, 1, 1, device="meta").contiguous(memory_format=cl))
+    assert not layers._norm_keeps_channels_last(torch.empty(2, 16, 8, 8).contiguous(memory_format=cl))  # CPU
+    # The path a GPU takes, run on the CPU: same numbers as instance_norm, and the layout is kept.
+    monkeypatch.setattr(layers, "_norm_keeps_channels_last", lambda t: not t.is_contiguous())
+    ada, x, w = _adain_case()
+    ref = _old_adain(ada, x, w)
+    y = ada(x.contiguous(memory_format=cl), w)
+    assert y.is_contiguous(memory_format=cl) and not y.is_contiguous()
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ada(x, w), ref)  # NCHW input still takes F.instance_norm
+    torch.testing.assert_close(
+        layers.instance_norm_channels_last(x.contiguous(memory_format=cl), 1e-8),
+        F.instance_norm(x, eps=1e-8),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    # bf16 maps under autocast: statistics in fp32, bf16 out, still channels_last.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xb = x.bfloat16().contiguous(memory_format=cl)
+        yb = ada(xb, w)
+        refb = _old_adain(ada, xb, w)
+    assert yb.dtype == torch.bfloat16 and yb.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(yb.float(), refb.float(), atol=2e-2, rtol=1e-2)  # bf16 rounding of the output
+
+
 def test_minibatch_std_value_and_odd_batches() -> None:
     mb = MinibatchStd(group_size=4)
     x = torch.randn(4, 3, 2, 2)

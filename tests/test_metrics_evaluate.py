@@ -82,6 +82,30 @@ def test_missing_feature_weights_skip_with_one_line(
     assert any("champion_metric='fd_effnet' was not computed" in n for n in notes)
 
 
+def test_swd_runs_on_the_evaluation_device(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stylegan.metrics.evaluate as evaluate_module
+    from stylegan.metrics import swd as swd_module
+
+    monkeypatch.setattr(effnet, "weights_path", lambda: (_ for _ in ()).throw(effnet.MissingWeightsError("absent")))
+    devices: list[torch.device] = []
+    real_swd = swd_module.swd
+
+    def recording(*args: object, **kwargs: object) -> dict[str, float]:
+        devices.append(kwargs["device"])  # type: ignore[arg-type]
+        return real_swd(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluate_module, "swd", recording)
+    G, cfg = tiny_generator(), small_cfg(tmp_path)
+    host = evaluate_generator(G, data_root, cfg, tmp_path / "m", tmp_path / "r", log=lambda _: None)
+    # The path a GPU evaluation takes (torch sorts on the device), here on the CPU: the same figures.
+    monkeypatch.setattr(swd_module, "_sorts_on_host", lambda a: False)
+    dev = evaluate_generator(G, data_root, cfg, tmp_path / "m2", tmp_path / "r2", device="cpu", log=lambda _: None)
+    assert devices == [torch.device("cpu")] * 2  # G's device, then the one asked for
+    assert dev.keys() == host.keys() and dev["memorization"] == host["memorization"]
+    for k in ("swd", "swd_32", "swd_16"):
+        assert dev[k] == pytest.approx(host[k], rel=1e-9, abs=0), k
+
+
 def test_inception_weights_lookup_and_loading(tmp_path: Path) -> None:
     with pytest.raises(inception.MissingWeightsError, match="does not exist"):
         inception.find_weights(tmp_path / "nope.pth")

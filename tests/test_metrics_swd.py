@@ -229,3 +229,101 @@ def test_swd_equals_progan_reference_given_the_same_random_draws(monkeypatch: py
     rs = np.random.RandomState(4)
     ref = _pg_swd(real, fake, 16, 16, 7, 2, 32, rs)
     np.testing.assert_allclose([ours["swd_32"], ours["swd_16"], ours["swd"]], ref, rtol=1e-4)
+
+
+# --- The device (torch) path, and the CPU path it must leave alone ---
+
+
+def _old_sliced_distance(a: torch.Tensor, b: torch.Tensor, dirs: torch.Tensor) -> float:
+    """sliced_distance before the device path (frozen, to compare bits)."""
+    proj_a = np.ascontiguousarray((a @ dirs).T.numpy())
+    proj_b = np.ascontiguousarray((b @ dirs).T.numpy())
+    proj_a.sort(axis=1)
+    proj_b.sort(axis=1)
+    return float(np.abs(proj_a - proj_b).mean(dtype=np.float64))
+
+
+def _old_swd(real: np.ndarray, fake: np.ndarray, seed: int, batch_size: int = 256) -> dict[str, float]:
+    """swd before the device option (frozen, NCHW uint8 input, default sizes), on the unchanged helpers."""
+    sets = [torch.from_numpy(x).float() for x in (real, fake)]
+    n, res = min(len(real), len(fake)), real.shape[-1]
+    sets = [t[torch.from_numpy(swd_module.seeded_rows(len(t), n, seed))] for t in sets]
+    num_levels = int(np.log2(res // 16)) + 1
+    descs = []
+    for set_index, images in enumerate(sets):
+        gen = torch.Generator().manual_seed(seed * 2 + set_index)
+        per_level: list[list[torch.Tensor]] = [[] for _ in range(num_levels)]
+        for i in range(0, n, batch_size):
+            for lvl, band in enumerate(laplacian_pyramid(images[i : i + batch_size], num_levels)):
+                ys, xs = swd_module.patch_positions(band.shape[0], band.shape[2], band.shape[3], 128, 7, gen)
+                offs = torch.arange(7)
+                rows, cols = (ys[..., None] + offs)[..., :, None], (xs[..., None] + offs)[..., None, :]
+                patches = band.permute(0, 2, 3, 1)[torch.arange(band.shape[0])[:, None, None, None], rows, cols]
+                per_level[lvl].append(patches.permute(0, 1, 4, 3, 2).reshape(-1, 3, 7, 7))
+        descs.append([swd_module._normalize(torch.cat(d)) for d in per_level])
+    gen = torch.Generator().manual_seed(seed * 2 + 1_000_003)
+    out = {}
+    for lvl in range(num_levels):
+        a, b = descs[0][lvl], descs[1][lvl]
+        dists = [
+            _old_sliced_distance(a, b, swd_module.random_directions(a.shape[1], 128, gen, a.dtype)) for _ in range(4)
+        ]
+        out[f"swd_{res >> lvl}"] = 1e3 * float(np.mean(dists))
+    out["swd"] = float(np.mean([out[f"swd_{res >> lvl}"] for lvl in range(num_levels)]))
+    return out
+
+
+def test_cpu_swd_keeps_the_figures_of_the_numpy_path(
+    sets: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_torch_sort(*args: object) -> float:
+        raise AssertionError("the CPU path sorts in numpy")
+
+    monkeypatch.setattr(swd_module, "sliced_distance_torch", no_torch_sort)
+    fake = blur(sets["fresh"], 0.6)
+    old = _old_swd(sets["real"], fake, seed=1, batch_size=24)
+    assert swd(sets["real"], fake, seed=1, batch_size=24) == old  # the same floats, not just close
+    assert swd(sets["real"], fake, seed=1, batch_size=24, device="cpu") == old
+    assert swd(sets["real"].transpose(0, 2, 3, 1), fake.transpose(0, 2, 3, 1), seed=1, batch_size=24) == old
+
+
+def test_torch_sliced_distance_agrees_with_the_numpy_one(sets: dict[str, np.ndarray]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    bands = [laplacian_pyramid(torch.from_numpy(x).float(), 2) for x in (sets["real"], blur(sets["fresh"], 0.6))]
+    for lvl in range(2):
+        a, b = (swd_module._normalize(swd_module._patch_descriptors(p[lvl], 64, 7, gen)) for p in bands)
+        dirs = swd_module.random_directions(a.shape[1], 128, gen, a.dtype)
+        ours = swd_module.sliced_distance_torch(a, b, dirs)
+        assert ours == pytest.approx(sliced_distance(a, b, dirs), rel=1e-9, abs=0), lvl
+
+
+def test_swd_device_path_draws_the_same_patches_and_directions_and_agrees(
+    sets: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The path a GPU takes (uint8 batches moved to the device, torch sorts), run on the CPU.
+    drawn: list[torch.Tensor] = []
+    real_directions = swd_module.random_directions
+
+    def directions(dim: int, count: int, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        drawn.append(real_directions(dim, count, gen, dtype))
+        return drawn[-1]
+
+    monkeypatch.setattr(swd_module, "random_directions", directions)
+    fake = blur(sets["fresh"], 0.6)
+    host = swd(sets["real"], fake, seed=2, batch_size=24)
+    host_dirs, drawn[:] = list(drawn), []
+    torch_sorts: list[torch.device] = []
+    real_torch = swd_module.sliced_distance_torch
+
+    def spy(a: torch.Tensor, b: torch.Tensor, dirs: torch.Tensor) -> float:
+        torch_sorts.append(a.device)
+        return real_torch(a, b, dirs)
+
+    monkeypatch.setattr(swd_module, "_sorts_on_host", lambda a: False)
+    monkeypatch.setattr(swd_module, "sliced_distance_torch", spy)
+    dev = swd(sets["real"], fake, seed=2, batch_size=24, device="cpu")
+    assert len(torch_sorts) == 2 * 4  # every level and repeat sorted by torch
+    assert len(drawn) == len(host_dirs) and all(torch.equal(a, b) for a, b in zip(drawn, host_dirs, strict=True))
+    assert dev.keys() == host.keys()
+    for k in host:
+        assert dev[k] == pytest.approx(host[k], rel=1e-9, abs=0), k

@@ -79,7 +79,7 @@ def evaluate_generator(
     *,
     metrics_file: str = "eval.json",  # name of the JSON under out_dir
     ticks: str | Path | None = None,  # training tick log for loss curves; None = out_dir/train_ticks.csv if present
-    device: str | torch.device | None = None,  # feature networks; None = G's device
+    device: str | torch.device | None = None,  # feature networks and SWD; None = G's device
     log: Callable[[str], None] = print,  # one-line notes (skipped metrics)
 ) -> dict[str, float]:
     """Compute every available metric, write ``out_dir/metrics_file`` and the reports; return the metrics."""
@@ -97,7 +97,7 @@ def evaluate_generator(
     metrics: dict[str, float] = {}
 
     if res >= max(cfg.swd_min_resolution, 7):
-        metrics.update(swd(real, fake, min_resolution=cfg.swd_min_resolution, seed=cfg.seed))
+        metrics.update(swd(real, fake, min_resolution=cfg.swd_min_resolution, seed=cfg.seed, device=dev))
     else:
         log(f"swd skipped: {res}x{res} images are below evaluate.swd_min_resolution={cfg.swd_min_resolution}")
 

@@ -6,10 +6,17 @@ descriptors of each set normalised per colour channel (mean and std over the who
 4 repeats x 128 random unit directions; sorted projections compared by mean absolute
 difference; x1e3. Reported per level (keyed by the level's resolution) and averaged.
 
-Vectorized in torch and seeded: the same inputs and seed give the same numbers.
+Vectorized in torch and seeded: the same inputs and seed give the same numbers. ``device``
+runs the pyramids, descriptors, projections and sorts there (an evaluation on a GPU is not
+held up by its host); patch positions and directions are drawn on the CPU from the same
+seeded generators whatever the device, so every device compares the same patches along the
+same directions. The CPU sorts in numpy; elsewhere torch sorts, in full fp32 (no TF32).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -69,10 +76,11 @@ def gather_patches(level: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, patc
     directions are isotropic), but it makes the descriptors equal ProGAN's element by element.
     """
     n, c = level.shape[:2]
-    offs = torch.arange(patch_size)
-    rows = (ys[..., None] + offs)[..., :, None]  # (N, P, p, 1)
-    cols = (xs[..., None] + offs)[..., None, :]  # (N, P, 1, p)
-    img = torch.arange(n)[:, None, None, None]
+    dev = level.device
+    offs = torch.arange(patch_size, device=dev)
+    rows = (ys.to(dev)[..., None] + offs)[..., :, None]  # (N, P, p, 1)
+    cols = (xs.to(dev)[..., None] + offs)[..., None, :]  # (N, P, 1, p)
+    img = torch.arange(n, device=dev)[:, None, None, None]
     patches = level.permute(0, 2, 3, 1)[img, rows, cols]  # (N, P, y, x, C)
     return patches.permute(0, 1, 4, 3, 2).reshape(-1, c, patch_size, patch_size)
 
@@ -94,20 +102,51 @@ def _normalize(desc: torch.Tensor) -> torch.Tensor:
 
 
 def random_directions(dim: int, count: int, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    """``count`` random unit directions as columns (dim, count); module-level so tests can inject them."""
+    """``count`` random unit directions as columns (dim, count), on the CPU; module-level so tests can inject them."""
     dirs = torch.randn(dim, count, generator=gen, dtype=dtype)
     return dirs / dirs.norm(dim=0, keepdim=True)
+
+
+def _sorts_on_host(a: torch.Tensor) -> bool:
+    """CPU descriptors sort in numpy (the CPU figures are pinned to that path); others with torch, on their device."""
+    return a.device.type == "cpu"
 
 
 def sliced_distance(a: torch.Tensor, b: torch.Tensor, dirs: torch.Tensor) -> float:
     """Mean |sorted(a @ dirs) - sorted(b @ dirs)| over descriptors and directions (one repeat)."""
     assert a.shape == b.shape, f"descriptor sets must match, got {tuple(a.shape)} and {tuple(b.shape)}"
+    if not _sorts_on_host(a):
+        return sliced_distance_torch(a, b, dirs)
     # Sort (dirs, N) rows in place with numpy: 3-5x faster than torch.sort on CPU here.
     proj_a = np.ascontiguousarray((a @ dirs).T.numpy())
     proj_b = np.ascontiguousarray((b @ dirs).T.numpy())
     proj_a.sort(axis=1)
     proj_b.sort(axis=1)
     return float(np.abs(proj_a - proj_b).mean(dtype=np.float64))
+
+
+def sliced_distance_torch(a: torch.Tensor, b: torch.Tensor, dirs: torch.Tensor) -> float:
+    """``sliced_distance`` on a's device with torch: the same sorted projections, the mean
+    summed in another order (float64 either way: agrees to ~1e-12 relative)."""
+    dirs = dirs.to(a.device)
+    proj_a = torch.sort((a @ dirs).T, dim=1).values
+    proj_b = torch.sort((b @ dirs).T, dim=1).values
+    return float((proj_a - proj_b).abs_().mean(dtype=torch.float64))
+
+
+@contextlib.contextmanager
+def _full_fp32(device: torch.device) -> Iterator[None]:
+    """No TF32 in the CUDA convolutions (on by default) and matmuls: it would round the
+    pyramid and the projections to ~1e-3 relative, a figure no longer the CPU's."""
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
 def sliced_wasserstein(
@@ -118,13 +157,13 @@ def sliced_wasserstein(
                           for _ in range(dir_repeats)]))
 
 
-def _as_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+def _as_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
     if t.ndim != 4 or 3 not in (t.shape[1], t.shape[-1]):
         raise ValueError(f"SWD needs images (N, 3, H, W) or (N, H, W, 3), got {tuple(t.shape)}")
     if t.shape[1] != 3:
         t = t.permute(0, 3, 1, 2)
-    return t.float()
+    return t
 
 
 def swd(
@@ -138,9 +177,11 @@ def swd(
     dirs_per_repeat: int = 128,
     seed: int = 0,
     batch_size: int = 256,  # images per pyramid pass (bounds memory)
+    device: str | torch.device | None = None,  # where pyramids, descriptors and sorts run; None = CPU
 ) -> dict[str, float]:
     """``{"swd_<R>": ..., ..., "swd": mean over levels}``, each x1e3 as in the paper."""
-    real_t, fake_t = _as_float_nchw(real), _as_float_nchw(fake)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    real_t, fake_t = _as_nchw(real), _as_nchw(fake)  # uint8 kept: batches become float where they run
     res = real_t.shape[-1]
     if fake_t.shape[1:] != real_t.shape[1:] or real_t.shape[-2] != res:
         raise ValueError(f"SWD needs square images of one size, got {tuple(real_t.shape)} and {tuple(fake_t.shape)}")
@@ -155,18 +196,22 @@ def swd(
     fake_t = fake_t[torch.from_numpy(seeded_rows(len(fake_t), n, seed))]
     num_levels = int(np.log2(res // min_resolution)) + 1
     resolutions = [res >> i for i in range(num_levels)]
-    # Independent patch positions for each set (as the paper's code draws them), shared directions.
-    descs: list[list[torch.Tensor]] = []
-    for set_index, images in enumerate((real_t, fake_t)):
-        gen = torch.Generator().manual_seed(seed * 2 + set_index)
-        per_level: list[list[torch.Tensor]] = [[] for _ in resolutions]
-        for i in range(0, n, batch_size):
-            for lvl, band in enumerate(laplacian_pyramid(images[i : i + batch_size], num_levels)):
-                per_level[lvl].append(_patch_descriptors(band, patches_per_image, patch_size, gen))
-        descs.append([_normalize(torch.cat(d)) for d in per_level])
-    gen = torch.Generator().manual_seed(seed * 2 + 1_000_003)
     out: dict[str, float] = {}
-    for lvl, r in enumerate(resolutions):
-        out[f"swd_{r}"] = 1e3 * sliced_wasserstein(descs[0][lvl], descs[1][lvl], dir_repeats, dirs_per_repeat, gen)
+    with _full_fp32(dev):
+        # Independent patch positions for each set (as the paper's code draws them), shared directions.
+        descs: list[list[torch.Tensor]] = []
+        for set_index, images in enumerate((real_t, fake_t)):
+            gen = torch.Generator().manual_seed(seed * 2 + set_index)
+            per_level: list[list[torch.Tensor]] = [[] for _ in resolutions]
+            for i in range(0, n, batch_size):
+                # Float per batch, where it runs (a device is sent a quarter of the bytes): the same
+                # values and strides as the whole-set .float() this once did, so the CPU figures stand.
+                batch = images[i : i + batch_size].to(dev).float()
+                for lvl, band in enumerate(laplacian_pyramid(batch, num_levels)):
+                    per_level[lvl].append(_patch_descriptors(band, patches_per_image, patch_size, gen))
+            descs.append([_normalize(torch.cat(d)) for d in per_level])
+        gen = torch.Generator().manual_seed(seed * 2 + 1_000_003)
+        for lvl, r in enumerate(resolutions):
+            out[f"swd_{r}"] = 1e3 * sliced_wasserstein(descs[0][lvl], descs[1][lvl], dir_repeats, dirs_per_repeat, gen)
     out["swd"] = float(np.mean([out[f"swd_{r}"] for r in resolutions]))
     return out

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv, lints, runs the whole test suite (CPU only).
+# The test command: installs what the tests need (Debian's chromium, chromium-driver and
+# postgresql when missing; .venv with the pinned stack), lints, runs the whole suite (CPU only).
+# The quick loop while editing: .venv/bin/python -m pytest -q -m "not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh
 bash scripts/setup.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1
 .venv/bin/ruff check .

@@ -1,7 +1,7 @@
 """The studio in a real browser: Debian's chromium, headless, driven by Playwright (no browser download).
 
 Screenshots go to the test's tmp folder; with POKEGAN_STUDIO_SCREENSHOT=docs/studio.png the
-full-page one is also written there (that is how the README's picture is made).
+full-page one is also written there (that is how the picture in docs/sampling.md is made).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_studio_in_chromium(studio: tuple[str, Path], tmp_path: Path) -> None:
             shot = tmp_path / "studio.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
-            if os.environ.get("POKEGAN_STUDIO_SCREENSHOT"):  # 256 colours: a small PNG for the README
+            if os.environ.get("POKEGAN_STUDIO_SCREENSHOT"):  # 256 colours: a small PNG for docs/sampling.md
                 from PIL import Image
 
                 Image.open(shot).convert("RGB").quantize(256).save(os.environ["POKEGAN_STUDIO_SCREENSHOT"],

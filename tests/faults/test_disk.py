@@ -2,7 +2,7 @@
 
 The disk is "full" through ``_faultlib.full_disk``: files opened for writing under a folder take a
 few bytes and then raise ENOSPC (what write() returns on a full filesystem), whichever module
-writes them. Each test prints one ``FIGURE`` line (README, "Fault injection").
+writes them. Each test prints one ``FIGURE`` line (docs/benchmarks.md, "Fault injection").
 """
 
 from __future__ import annotations

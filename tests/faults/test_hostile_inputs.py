@@ -6,7 +6,7 @@ absolute names, unicode, newline and undecodable file names.
 Expected: the run finishes (no crash, no hang), every file has its manifest row with the
 expected reason, no file outside the source is opened by the decode workers (an audit hook
 records every ``open`` event in them), and the sources are unchanged. The figure it prints
-(``-s``) is the one in README.
+(``-s``) is the one in docs/benchmarks.md, "Hostile inputs".
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every kill is a SIGKILL the child sends itself at a chosen event (``_faultlib.arm``): mid-step,
 inside a checkpoint write (temp file written, not yet renamed), between the two renames of a
 folder swap, after the swap before the old copy is removed, before each registry call. Each
-test prints one ``FIGURE`` line (README, "Fault injection"); run with ``-s`` to see them.
+test prints one ``FIGURE`` line (docs/benchmarks.md, "Fault injection"); run with ``-s`` to see them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The oversized request (100,000 rows) gets a 400 naming the bound (``MAX_ROWS``) before anything is
 generated; the other seven succeed; the server's resident memory (the process and its workers,
-from /proc) stays within a bound while they run. Prints one ``FIGURE`` line (README).
+from /proc) stays within a bound while they run. Prints one ``FIGURE`` line (docs/benchmarks.md, "Fault injection").
 """
 
 from __future__ import annotations

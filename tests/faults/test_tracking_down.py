@@ -1,6 +1,6 @@
 """The tracking store goes down mid-run: training stops with one clear line and resumes cleanly.
 
-Chosen behaviour (README, "Fault injection"): training does not go on without its tracker. The
+Chosen behaviour (docs/operations.md, "Fault injection"): training does not go on without its tracker. The
 MLflow callback turns the store's error into ``TrackingUnavailable`` (one line: which store, at
 which kimg, what to do); the trainer stops, keeping its checkpoints; the same command, once the
 store answers again, resumes from the newest checkpoint and logs the remaining metrics, each

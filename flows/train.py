@@ -199,7 +199,8 @@ def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
     ``job`` holds only paths, configs and ids (no clients, bars or open files), so the task's
     inputs serialise and the MLflow client and progress bar are made here, in the task.
     """
-    from stylegan.training import StageResult, Trainer
+    from stylegan.shared import StageResult
+    from stylegan.training import Trainer
 
     logger = get_run_logger()
     model_cfg, train_cfg = job["model_cfg"], job["train_cfg"]

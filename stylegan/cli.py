@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stylegan import __version__
+from stylegan.shared import PipelineMissing
 
 if TYPE_CHECKING:
     from stylegan.config import ModelConfig, TrainConfig
@@ -222,17 +223,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 # pokegan sample
 
 
-class _PipelineMissing(RuntimeError):
-    pass
-
-
 def _load_model(spec: str, device: object) -> object:
     if spec.startswith("models:/"):
         # Registry hook: the flows package resolves MLflow URIs; the library never imports mlflow.
         try:
             from flows.sample import load_registered_generator
         except ImportError as exc:
-            raise _PipelineMissing(
+            raise PipelineMissing(
                 f"loading {spec} needs the pipeline extra (mlflow and the flows package): "
                 f"pip install 'pokegan[pipeline]' ({exc}); or pass a local export folder to --model"
             ) from exc
@@ -273,7 +270,7 @@ def _check_psi(psi: float) -> None:
 
 
 def _open_model(args: argparse.Namespace) -> object:
-    """The generator for --model on --device (a _PipelineMissing for a registry URI without mlflow)."""
+    """The generator for --model on --device (a PipelineMissing for a registry URI without mlflow)."""
     from stylegan.device import resolve_device
 
     device = resolve_device(args.device)  # clear error for cuda on a machine without it
@@ -607,6 +604,19 @@ def _default_model_uri(params_path: str) -> str:
     return f"models:/{reg.name}@{reg.champion_alias}"
 
 
+def _studio_registry(spec: str) -> object:
+    """flows.studio_registry for a models:/ URI: the CLI wires the registry into the studio, so the
+    library itself never imports flows (called by ModelSource, only for such a URI)."""
+    try:
+        from flows import studio_registry
+    except ImportError as exc:
+        raise PipelineMissing(
+            f"{spec} needs the pipeline extra (mlflow and the flows package): pip install "
+            f"'pokegan[pipeline]' ({exc}); or pass an export folder to --model"
+        ) from exc
+    return studio_registry
+
+
 def _studio(args: argparse.Namespace) -> int:
     from stylegan.studio import StudioLimits, serve
 
@@ -618,7 +628,8 @@ def _studio(args: argparse.Namespace) -> int:
     _set_threads(args)
     try:
         return serve(model, host=args.host, port=args.port, device=args.device, limits=limits,
-                     log=lambda msg: print(f"pokegan studio: {msg}", file=sys.stderr, flush=True))
+                     log=lambda msg: print(f"pokegan studio: {msg}", file=sys.stderr, flush=True),
+                     registry_loader=_studio_registry)
     except ImportError as exc:  # no fastapi/uvicorn: the message names the extra
         print(f"pokegan studio: error: {exc}", file=sys.stderr)
         return 2
@@ -705,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda message, category, *_, **__: f"pokegan {args.command}: warning: {message}\n"
     try:
         return int(args.func(args) or 0)
-    except (OSError, ValueError, KeyError, _PipelineMissing) as exc:
+    except (OSError, ValueError, KeyError, PipelineMissing) as exc:
         # Bad input (OSError: a path that is a file, a full disk, no permission) gets one clear line, not a traceback.
         print(f"pokegan {args.command}: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from stylegan.shared import StageResult
+
 # Set by torchrun in every worker it starts (torch.distributed.elastic).
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -296,8 +298,6 @@ class EventReader:
 def dispatch_event(event: dict[str, Any], callbacks: Iterable[Any]) -> None:
     """Call ``callbacks`` for one event as the trainer would have in this process."""
     from PIL import Image
-
-    from stylegan.training import StageResult
 
     kind = event.get("event")
     for cb in callbacks:

@@ -48,7 +48,8 @@ def load_target(
     Raises ``ValueError`` for a file that is not a decodable image (or is far too large).
     """
     from stylegan.config import DataConfig
-    from stylegan.data.prepare import Rejected, _square, _to_array
+    from stylegan.data.decode import Rejected, to_array
+    from stylegan.data.transforms import square
 
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     name = "upload" if isinstance(source, bytes) else str(source)
@@ -60,14 +61,14 @@ def load_target(
                 raise ValueError(f"{im.width}x{im.height} is over {MAX_TARGET_PIXELS:,} pixels")
             im.seek(0)  # an animation: its first frame
             im.load()
-            arr = _to_array(im)
+            arr = to_array(im)
     except Exception as exc:
         why = "unrecognised format" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
         raise ValueError(f"{name}: not a readable image ({why}); pass a PNG, JPEG, GIF or WebP") from None
     if margin is not None:
         cfg = DataConfig(background=list(background), margin=margin)
         try:
-            arr = _square(arr, cfg)
+            arr = square(arr, cfg)
         except Rejected as exc:
             raise ValueError(f"{name}: {exc.detail}; nothing to project") from None
     else:

@@ -31,7 +31,6 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,14 +65,7 @@ from stylegan.layers import downsample2x, upsample2x
 from stylegan.networks import Discriminator, Generator
 from stylegan.sampling import generate, image_grid, save_png
 from stylegan.schedule import Phase, Stage, phase_at, stage_for, stages
-
-
-@dataclass(frozen=True)
-class StageResult:
-    resolution: int
-    kimg: float  # images shown (thousands) when the stage ended
-    checkpoint: Path | None  # run_dir/checkpoints/stage-<R>.pt (None on ranks other than 0)
-    seconds: float  # wall time spent training in this call (0 when the stage was already done)
+from stylegan.shared import StageResult  # lives there so distributed can build one too
 
 
 class TrainerCallback(Protocol):

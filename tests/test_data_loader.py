@@ -10,7 +10,8 @@ import torch
 
 from stylegan.config import DataConfig
 from stylegan.data.dataset import PackedDataset, available_resolutions
-from stylegan.data.prepare import FrameResult, _pyramid, write_prepared
+from stylegan.data.prepare import FrameResult, write_prepared
+from stylegan.data.transforms import pyramid
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def prepared(tmp_path: Path) -> Path:
     for i in range(6):
         sq = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
         row = {"source": f"{i}.png", "frame": 0, "variant": "", "content_hash": f"h{i}", "status": "ok", "reason": ""}
-        results.append(FrameResult(row, _pyramid(sq, cfg)))
+        results.append(FrameResult(row, pyramid(sq, cfg)))
     out = tmp_path / "prepared"
     write_prepared([results[:4], results[4:]], cfg, out)
     return out

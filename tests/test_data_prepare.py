@@ -20,8 +20,10 @@ from PIL import Image, ImageOps
 from stylegan.config import DataConfig
 from stylegan.data import decode
 from stylegan.data import prepare as prep
-from stylegan.data.prepare import _decode_raster, _pyramid, _square, prepare, prepare_item
+from stylegan.data.decode import decode_raster
+from stylegan.data.prepare import prepare, prepare_item
 from stylegan.data.sources import InputItem, list_inputs, parse_name
+from stylegan.data.transforms import pyramid, square
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (0, 255, 0)
 
@@ -196,7 +198,7 @@ def test_zip_source_matches_folder(source: Path, tmp_path: Path) -> None:
 
 def test_crop_and_pad_place_content_in_the_centre() -> None:
     cfg = DataConfig(margin=0.1, max_resolution=16)
-    sq = _square(np.asarray(_rgba_sprite(box=(7, 5, 10, 20))), cfg)
+    sq = square(np.asarray(_rgba_sprite(box=(7, 5, 10, 20))), cfg)
     # content 10x20 -> side 20, pad round(0.1*20)=2 -> 24x24; content at y=2..21, x=7..16
     assert sq.shape == (24, 24, 3)
     red = (sq == RED).all(axis=2)
@@ -208,7 +210,7 @@ def test_crop_and_pad_place_content_in_the_centre() -> None:
 def test_pyramid_levels_are_exact_area_means() -> None:
     rng = np.random.default_rng(0)
     sq = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    levels = _pyramid(sq, DataConfig(max_resolution=32))
+    levels = pyramid(sq, DataConfig(max_resolution=32))
     assert [lv.shape for lv in levels] == [(3, r, r) for r in (4, 8, 16, 32)]
     for lo, hi in itertools.pairwise(levels):
         x = hi.astype(np.int32)
@@ -218,7 +220,7 @@ def test_pyramid_levels_are_exact_area_means() -> None:
 
 def _first_frame(data: bytes, cfg: DataConfig) -> np.ndarray:
     """The first decoded frame (frames are decoded lazily, one at a time)."""
-    return next(iter(_decode_raster(data, InputItem("x"), cfg).frames))[1]
+    return next(iter(decode_raster(data, InputItem("x"), cfg).frames))[1]
 
 
 def test_modes_are_converted_not_clipped(source: Path) -> None:
@@ -397,8 +399,8 @@ def test_animation_frames_are_bounded_in_total(monkeypatch: pytest.MonkeyPatch) 
     # Past what data.max_pixels holds, distinct frames are not kept but decoded again when
     # chosen: the rows and images are the same as when all of them fit.
     calls: list[int] = []
-    real = decode._to_array
-    monkeypatch.setattr(decode, "_to_array", lambda im, *a: calls.append(1) or real(im, *a))
+    real = decode.to_array
+    monkeypatch.setattr(decode, "to_array", lambda im, *a: calls.append(1) or real(im, *a))
     data = _sprite_gif(20)
     item = InputItem("a/2.gif", data=data, animation=True)
     kept = prepare_item(item, DataConfig(max_pixels=1_000_000, max_resolution=8, frames_per_sprite=4))
@@ -502,7 +504,7 @@ def test_mpo_is_one_upright_image_not_an_animation(tmp_path: Path) -> None:
     im.save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (40, 20), BLUE)], exif=exif, quality=95)
     assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 2
     cfg = DataConfig(min_size=16, max_resolution=8, gif_frames="all")
-    meta = _decode_raster(buf.getvalue(), InputItem("cam.jpg"), cfg)
+    meta = decode_raster(buf.getvalue(), InputItem("cam.jpg"), cfg)
     frames = list(meta.frames)
     assert meta.format == "MPO" and [i for i, _ in frames] == [0]
     assert frames[0][1].shape[:2] == (40, 20)  # EXIF applied: stored 40 wide, shown 20 wide
@@ -527,8 +529,8 @@ def test_sixteen_bit_depth_comes_from_the_format_not_the_values() -> None:
 def test_details_hold_no_absolute_paths_or_addresses() -> None:
     item = InputItem("sub/a.png", file="/home/someone/src/sub/a.png")
     text = "[Errno 13] Permission denied: '/home/someone/src/sub/a.png' in <_io.BytesIO object at 0x7f3a2c1b9d00>"
-    assert prep._clean_detail(text, item) == "[Errno 13] Permission denied: 'sub/a.png' in <_io.BytesIO object>"
-    other = prep._clean_detail("cannot read /var/tmp/elsewhere/x.bin, 1/2 done", item)
+    assert decode.clean_detail(text, item) == "[Errno 13] Permission denied: 'sub/a.png' in <_io.BytesIO object>"
+    other = decode.clean_detail("cannot read /var/tmp/elsewhere/x.bin, 1/2 done", item)
     assert other == "cannot read x.bin, 1/2 done"
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from flows import tracking
+from flows import studio_registry, tracking
 
 pytestmark = pytest.mark.pipeline
 
@@ -47,7 +47,7 @@ def test_studio_lists_and_switches_registered_versions(tmp_path: Path, mlflow_st
         client.set_model_version_tag("pokemon-stylegan", v, "promotion.reason", f"reason of v{v}")
     client.set_registered_model_alias("pokemon-stylegan", "champion", "2")
 
-    source = ModelSource("models:/pokemon-stylegan@champion")
+    source = ModelSource("models:/pokemon-stylegan@champion", registry=studio_registry)
     assert source.default_version == "2"
     app = TestClient(create_app(source, perceptual=False))
     data = app.get("/api/versions").json()

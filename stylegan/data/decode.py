@@ -40,7 +40,7 @@ SVG_MAX_BYTES = 16 << 20  # raw or gunzipped SVG text; the dream-world artwork i
 class Rejected(Exception):
     """An input that cannot be used; ``code`` is the manifest's reason."""
 
-    def __init__(self, code: str, detail: str = "", meta: _Meta | None = None) -> None:
+    def __init__(self, code: str, detail: str = "", meta: Decoded | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
@@ -49,7 +49,9 @@ class Rejected(Exception):
 
 
 @dataclass
-class _Meta:
+class Decoded:
+    """What decoding learned of one input (kept in its manifest rows), and its frames."""
+
     width: int = 0
     height: int = 0
     mode: str = ""
@@ -110,7 +112,7 @@ def _open_listed(item: InputItem) -> int:
     return fd
 
 
-def _read_bytes(item: InputItem, zips: dict[str, zipfile.ZipFile], cap: int) -> bytes:
+def read_bytes(item: InputItem, zips: dict[str, zipfile.ZipFile], cap: int) -> bytes:
     if item.data is not None:
         return item.data  # the npm package's files, pinned by its integrity hash
     too_big = f"above the {cap:,}-byte cap (16 x data.max_pixels + 16 MiB)"
@@ -159,7 +161,7 @@ def _sixteen_bit(im: Image.Image) -> bool | None:
     return None
 
 
-def _to_array(im: Image.Image, sixteen: bool | None = None) -> np.ndarray:
+def to_array(im: Image.Image, sixteen: bool | None = None) -> np.ndarray:
     """HxWx3 or HxWx4 uint8 from any PIL mode (16-bit scaled, not clipped; see ``_sixteen_bit``)."""
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
@@ -215,7 +217,7 @@ def _looks_like_image(data: bytes) -> bool:
     return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
-def _rejection(exc: Exception, meta: _Meta | None, prefix: str = "") -> Rejected:
+def rejection(exc: Exception, meta: Decoded | None, prefix: str = "") -> Rejected:
     """The manifest reason for anything decoding raised: a plugin or its EXIF/metadata parser
     can raise almost any type (KeyError, TypeError, struct.error, ...) on a hostile file."""
     if isinstance(exc, Rejected):
@@ -230,9 +232,9 @@ def _rejection(exc: Exception, meta: _Meta | None, prefix: str = "") -> Rejected
     return Rejected("corrupt", f"{prefix}{type(exc).__name__}: {exc}", meta)
 
 
-def _decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> _Meta:
+def decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> Decoded:
     """Open and check the file; ``frames`` then decodes the used frames one at a time."""
-    meta = _Meta()
+    meta = Decoded()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -246,7 +248,7 @@ def _decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> _Meta:
                                f"({', '.join(ACCEPTED_FORMATS)}, SVG); not decoded") from exc
             raise Rejected("not_an_image", "unrecognised format" if data else "empty file") from exc
         except Exception as exc:  # a bomb Pillow refuses in the header: its message gives the size
-            raise _rejection(exc, None) from exc
+            raise rejection(exc, None) from exc
         meta.width, meta.height = im.size
         meta.mode, meta.format = im.mode, im.format or ""
         if meta.width * meta.height > cfg.max_pixels:
@@ -258,7 +260,7 @@ def _decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> _Meta:
         try:
             meta.n_frames = int(getattr(im, "n_frames", 1))
         except Exception as exc:
-            raise _rejection(exc, meta, "truncated or corrupt: ") from exc
+            raise rejection(exc, meta, "truncated or corrupt: ") from exc
     animated = meta.n_frames > 1 and meta.format in _ANIMATED_FORMATS
     wanted = meta.n_frames if animated and (item.animation or cfg.gif_frames == "all") else 1
     if wanted * meta.width * meta.height > ANIMATION_PIXEL_FACTOR * cfg.max_pixels:
@@ -272,7 +274,7 @@ def _decode_raster(data: bytes, item: InputItem, cfg: DataConfig) -> _Meta:
 
 
 def _raster_frames(
-    im: Image.Image, meta: _Meta, item: InputItem, cfg: DataConfig, animated: bool, wanted: int
+    im: Image.Image, meta: Decoded, item: InputItem, cfg: DataConfig, animated: bool, wanted: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     sixteen = _sixteen_bit(im)
     budget = ANIMATION_PIXEL_FACTOR * cfg.max_pixels
@@ -286,21 +288,21 @@ def _raster_frames(
         if w * h > cfg.max_pixels or budget < 0:
             raise Rejected("decompression_bomb", f"frame {i} is {w}x{h}: more than data.max_pixels per frame "
                            f"or {ANIMATION_PIXEL_FACTOR} x data.max_pixels over the file", meta)
-        return _to_array(im, sixteen)
+        return to_array(im, sixteen)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             if not animated:  # stills, and an MPO's or a TIFF's first image: upright by EXIF
                 im.load()
-                yield 0, _to_array(ImageOps.exif_transpose(im), sixteen)
+                yield 0, to_array(ImageOps.exif_transpose(im), sixteen)
             elif not item.animation:
                 for i in range(wanted):
                     yield i, frame(i)
             else:
                 yield from _sprite_frames(frame, meta.n_frames, cfg)
         except Exception as exc:
-            raise _rejection(exc, meta, "truncated or corrupt: ") from exc
+            raise rejection(exc, meta, "truncated or corrupt: ") from exc
 
 
 def _sprite_frames(
@@ -426,14 +428,14 @@ class _SvgFetcher:
                            f"{ANIMATION_PIXEL_FACTOR} x data.max_pixels over all its embedded images")
 
 
-def _render_svg(data: bytes, cfg: DataConfig) -> _Meta:
+def render_svg(data: bytes, cfg: DataConfig) -> Decoded:
     try:
         from cairosvg.surface import PNGSurface  # optional: `pip install pokegan[svg]`
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise Rejected("svg_unsupported", "install cairosvg (pokegan[svg]) to render SVG files") from exc
     side = 4 * cfg.max_resolution  # oversample: the content box is then area-averaged down
     text = _svg_text(data)
-    meta = _Meta(mode="SVG", format="SVG", n_frames=1)
+    meta = Decoded(mode="SVG", format="SVG", n_frames=1)
     fetcher = _SvgFetcher(cfg, SVG_MAX_BYTES - len(text))
 
     class BoundedPNG(PNGSurface):  # a tall, thin SVG would render to a huge canvas: refuse it first
@@ -466,11 +468,11 @@ def _render_svg(data: bytes, cfg: DataConfig) -> _Meta:
                 raise Rejected("decompression_bomb", f"renders to {im.width}x{im.height}", meta)
             meta.frames = [(0, np.asarray(im.convert("RGBA")))]
         except Exception as exc:
-            raise _rejection(exc, meta) from exc
+            raise rejection(exc, meta) from exc
     return meta
 
 
-def _is_svg(item: InputItem, data: bytes) -> bool:
+def is_svg(item: InputItem, data: bytes) -> bool:
     head = data[:512].lstrip().lower()
     return item.path.lower().endswith((".svg", ".svgz")) or head.startswith(b"<svg") or (
         head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()
@@ -481,7 +483,7 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object reprs in messages: differ
 _ABS_PATH = re.compile(r"(?<![\w.~-])(?:/[^\s/'\"]+){2,}")
 
 
-def _clean_detail(text: str, item: InputItem) -> str:
+def clean_detail(text: str, item: InputItem) -> str:
     """A manifest detail that is the same wherever the source lives and on every run: no
     absolute paths (the source-relative one instead), no memory addresses, not too long."""
     if item.file:

@@ -14,9 +14,9 @@ costs only that file (a ``crashed_decoder`` / ``timeout`` row) and is replaced. 
 only on the inputs and params (never on the number of workers or chunks): same bytes every time.
 
 The steps live in their own modules: ``decode`` (opening and decoding one input within its
-bounds), ``transforms`` (composite, crop, pad, resample, the 2x2 pyramid), ``writer`` (dedupe,
-arrays, manifest, summary, the atomic swap) and ``workers`` (the supervised pool); their public
-names are importable from here as before.
+bounds), ``transforms`` (composite, crop, pad, resample, the 2x2 pyramid), ``item`` (one input's
+rows and images, ``prepare_item``), ``writer`` (dedupe, arrays, manifest, summary, the atomic
+swap) and ``workers`` (the supervised pool); their public names are importable from here as before.
 
 Per image: alpha (GIF transparency too) is composited onto ``data.background``; the
 content box (non-transparent pixels, or pixels that differ from the background for opaque
@@ -29,7 +29,6 @@ blends, and pixel art is area-averaged instead of re-filtered at every scale.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import sys
@@ -38,7 +37,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageOps  # noqa: F401  (re-exported: tests patch Pillow through this module)
 
 from stylegan.config import DataConfig, load_params, section, set_override
@@ -47,18 +45,11 @@ from stylegan.data.decode import (  # noqa: F401  (re-exported)
     ANIMATION_PIXEL_FACTOR,
     SVG_MAX_BYTES,
     Rejected,
-    _clean_detail,
-    _decode_raster,
-    _is_svg,
-    _Meta,
-    _read_bytes,
-    _rejection,
-    _render_svg,
-    _to_array,
     max_file_bytes,
 )
+from stylegan.data.item import prepare_item, rejected_rows  # noqa: F401  (re-exported)
 from stylegan.data.sources import InputItem, list_inputs
-from stylegan.data.transforms import BG_TOLERANCE, _pyramid, _square, resolutions  # noqa: F401  (re-exported)
+from stylegan.data.transforms import BG_TOLERANCE, resolutions  # noqa: F401  (re-exported)
 from stylegan.data.writer import (  # noqa: F401  (re-exported)
     MANIFEST_COLUMNS,
     FrameResult,
@@ -79,70 +70,6 @@ def load_data_config(params: str | Path | None = None, overrides: Sequence[str] 
     for assignment in overrides or []:
         set_override(values, assignment if assignment.startswith("data.") else f"data.{assignment}")
     return section(values, "data")
-
-
-def _row(item: InputItem, meta: _Meta | None, frame: int, **kw: Any) -> dict[str, Any]:
-    row = {
-        "source": item.path,
-        "frame": frame,
-        "n_frames": meta.n_frames if meta else 0,
-        "species_id": item.species_id,
-        "form": item.form,
-        "variant": item.variant,
-        "width": meta.width if meta else 0,
-        "height": meta.height if meta else 0,
-        "mode": meta.mode if meta else "",
-        "format": meta.format if meta else "",
-        "content_hash": "",
-        "status": "ok",
-        "reason": "",
-        "detail": "",
-        "index": -1,
-    }
-    row.update(kw)
-    return row
-
-
-def rejected_rows(item: InputItem, code: str, detail: str) -> list[FrameResult]:
-    """The one manifest row of an input rejected outside the decoder (a crash, a timeout)."""
-    return [FrameResult(_row(item, None, -1, status="rejected", reason=code, detail=detail))]
-
-
-def _frame_result(item: InputItem, meta: _Meta, index: int, frame: np.ndarray, cfg: DataConfig) -> FrameResult:
-    try:
-        images = _pyramid(_square(frame, cfg), cfg)
-    except Rejected as rej:
-        return FrameResult(_row(item, meta, index, status="rejected", reason=rej.code, detail=rej.detail))
-    digest = hashlib.blake2b(images[-1].tobytes(), digest_size=16).hexdigest()
-    return FrameResult(_row(item, meta, index, content_hash=digest), images)
-
-
-def prepare_item(item: InputItem, cfg: DataConfig, zips: dict[str, zipfile.ZipFile] | None = None) -> list[FrameResult]:
-    """All manifest rows (one per used frame, or one rejection) of one input.
-
-    Never raises for a bad file (only KeyboardInterrupt/SystemExit pass): whatever goes wrong
-    rejects this one input, so one hostile file cannot stop the run.
-    """
-    if item.reject is not None:
-        return rejected_rows(item, item.reject, item.detail)
-    meta: _Meta | None = None
-    out: list[FrameResult] = []
-    try:
-        data = _read_bytes(item, zips if zips is not None else {}, max_file_bytes(cfg))
-        meta = _render_svg(data, cfg) if _is_svg(item, data) else _decode_raster(data, item, cfg)
-        # Each frame is decoded, prepared and dropped before the next (bounded memory); a
-        # frame that fails to decode still rejects the whole file, as one row.
-        for index, frame in meta.frames:
-            out.append(_frame_result(item, meta, index, frame, cfg))
-    except Exception as exc:
-        rej = _rejection(exc, meta)
-        row = _row(item, rej.meta, -1, status="rejected", reason=rej.code, detail=_clean_detail(rej.detail, item))
-        return [FrameResult(row)]
-    finally:
-        close = getattr(meta.frames if meta is not None else None, "close", None)
-        if close is not None:
-            close()  # a generator left mid-way: leave its warnings context now
-    return out
 
 
 def prepare_chunk(items: Sequence[InputItem], cfg: DataConfig) -> list[FrameResult]:

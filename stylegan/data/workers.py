@@ -49,7 +49,7 @@ def _worker_main(conn: Connection, cfg: DataConfig, initializer: Callable[[], No
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it then stops us
     from PIL import Image
 
-    from stylegan.data.prepare import prepare_item
+    from stylegan.data.item import prepare_item
 
     if initializer is not None:
         initializer()
@@ -285,7 +285,7 @@ class DecodePool:
 
     def _lost(self, w: _Worker, code: str, detail: str) -> None:
         """The worker died or overran: its current file gets a row, the rest of its chunk goes on."""
-        from stylegan.data.prepare import rejected_rows
+        from stylegan.data.item import rejected_rows
 
         was_ready = w.ready
         self._stop_worker(w)

@@ -2,7 +2,8 @@
 
 The page (static/) is plain HTML/JS/CSS served from this package, with no CDN. The app
 (``app.py``) needs FastAPI and uvicorn (the ``studio`` extra); registered models are read
-through ``flows.studio_registry`` (the ``pipeline`` extra), imported only for a ``models:/`` URI.
+through a registry the caller supplies (the CLI loads ``flows.studio_registry``, the ``pipeline``
+extra, only for a ``models:/`` URI; the library never imports flows).
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ def serve(
     device: str = "cpu",
     limits: StudioLimits | None = None,
     log: Callable[[str], None] = print,
+    registry_loader: Callable[[str], Any] | None = None,  # models:/ URI -> its registry (see ModelSource)
 ) -> int:
     """Load the model, then serve the studio until Ctrl-C."""
     try:
         import uvicorn
     except ImportError as exc:
         raise _fastapi_missing(exc) from exc
-    source = ModelSource(model, device=device)
+    source = ModelSource(model, device=device, registry_loader=registry_loader)
     app = create_app(source, limits)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"binding {host}: anyone who can reach this address can use the model and this machine's CPU")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from stylegan.shared import PipelineMissing
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,10 @@ class ModelSource:
         *,
         device: str | torch.device = "cpu",
         cached_models: int = 2,
-        registry: Any = None,  # an object with resolve/list_versions/load (tests); None = flows.studio_registry
+        registry: Any = None,  # an object with resolve/list_versions/load; None = registry_loader(spec)
+        # models:/ URI -> its registry, called only for such a URI (the CLI's gives flows.studio_registry:
+        # the library never imports the pipeline itself)
+        registry_loader: Callable[[str], Any] | None = None,
     ) -> None:
         from stylegan.device import resolve_device
 
@@ -45,15 +51,12 @@ class ModelSource:
         self._lock = threading.Lock()
         if self.registry:
             if registry is None:
-                try:
-                    from flows import studio_registry as registry
-                except ImportError as exc:
-                    from stylegan.cli import _PipelineMissing
-
-                    raise _PipelineMissing(
-                        f"{spec} needs the pipeline extra (mlflow and the flows package): pip install "
-                        f"'pokegan[pipeline]' ({exc}); or pass an export folder to --model"
-                    ) from exc
+                if registry_loader is None:
+                    raise PipelineMissing(
+                        f"{spec} needs a model registry: pass registry= or registry_loader= (the pokegan CLI "
+                        "loads flows.studio_registry, from the pipeline extra); or pass an export folder"
+                    )
+                registry = registry_loader(spec)
             self._registry = registry
             self.name, self.default_version = registry.resolve(spec)
         else:

@@ -21,9 +21,9 @@ HANG = b"HANG-THE-DECODER"  # a decoder stuck in a loop
 
 def faulty_decoder() -> None:
     """Patch the worker's raster decoder to crash or hang on marked files."""
-    from stylegan.data import prepare
+    from stylegan.data import item  # prepare_item's module: it looks decode_raster up there
 
-    real = prepare._decode_raster
+    real = item.decode_raster
 
     def decode(data: bytes, *args: Any, **kwargs: Any) -> Any:
         if CRASH in data:
@@ -34,7 +34,7 @@ def faulty_decoder() -> None:
             time.sleep(3600)
         return real(data, *args, **kwargs)
 
-    prepare._decode_raster = decode
+    item.decode_raster = decode
 
 
 def audit_opens(log_dir: str) -> None:

@@ -151,9 +151,10 @@ def precision_flags(device: Any) -> dict[str, Any]:
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
 
 
-def precision_label(amp: str, flags: dict[str, Any]) -> str:
-    """The row's precision as the hardware runs it: bf16, tf32 (fp32 convs in TF32) or fp32."""
-    if amp != "none":
+def precision_label(amp: str, flags: dict[str, Any], amp_active: bool = True) -> str:
+    """The row's precision as the hardware runs it: bf16, tf32 (fp32 convs in TF32) or fp32
+    (``amp_active`` False: the trainer ignored amp, as on a CPU)."""
+    if amp != "none" and amp_active:
         return amp
     return "tf32" if flags.get("cudnn_allow_tf32") or flags.get("matmul_allow_tf32") else "fp32"
 
@@ -163,7 +164,12 @@ def _peak_mem(device: Any) -> float:
 
     if device.type == "cuda":
         return float(torch.cuda.max_memory_allocated(device))
-    import resource  # CPU: the worker's peak resident set (covers every configuration it ran so far)
+    # CPU: the worker's peak resident set (every configuration it ran so far). VmHWM belongs to
+    # this program's memory map; ru_maxrss would carry the parent's peak across fork + exec.
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return float(next(ln for ln in status if ln.startswith("VmHWM:")).split()[1]) * 1024
+    import resource
 
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
@@ -268,7 +274,7 @@ def bench_config(spec: dict[str, Any], s: dict[str, Any], work: Path, flops_cach
     record: dict[str, Any] = {
         **spec,
         "status": "ok",
-        "precision": precision_label(spec["amp"], flags),
+        "precision": precision_label(spec["amp"], flags, getattr(trainer, "amp_dtype", None) is not None),
         **flags,
         "fused_scale": [r for r in model_cfg.resolutions if r > 4 and model_cfg.fused_at(r)],
         "amp_dtype": str(getattr(trainer, "amp_dtype", None)),

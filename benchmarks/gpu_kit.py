@@ -180,13 +180,6 @@ def read_kit(kit: Path) -> dict[str, Any]:
     return info
 
 
-def halve(x: np.ndarray) -> np.ndarray:
-    """Exact, rounded 2x2 means over the last two axes (the lower levels ``pokegan prepare`` writes)."""
-    x16 = x.astype(np.uint16)
-    s = x16[..., 0::2, 0::2] + x16[..., 1::2, 0::2] + x16[..., 0::2, 1::2] + x16[..., 1::2, 1::2]
-    return ((s + 2) >> 2).astype(np.uint8)
-
-
 def unpack_kit(kit: Path, dest: Path) -> tuple[Path, dict[str, Any]]:
     """``dest`` with images_4..64.npy from the kit's sprites (reused when already unpacked)."""
     info = read_kit(kit)
@@ -208,6 +201,8 @@ def unpack_kit(kit: Path, dest: Path) -> tuple[Path, dict[str, Any]]:
         raise KitError(f"{blob_path} is corrupt ({exc}); write the kit again") from exc
     if len(raw) != n * r * r * 3:
         raise KitError(f"{blob_path} holds {len(raw)} bytes, kit.json says {n} sprites of {r}x{r}; write it again")
+    from stylegan.data.transforms import halve
+
     level = np.frombuffer(raw, np.uint8).reshape(n, r, r, 3).transpose(0, 3, 1, 2)
     dest.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)  # a half-unpacked folder is never taken for a whole one

@@ -114,7 +114,7 @@ def test_documented_kit_command_runs_end_to_end_on_the_cpu(tmp_path: Path) -> No
     result = json.loads(path.read_text())
     assert [r["status"] for r in result["benchmarks"]] == ["ok"] * 4
     for r in result["benchmarks"]:
-        assert r["precision"] in ("bf16", "fp32") and r["flop_warning"] is None
+        assert r["precision"] == {"bf16": "bf16", "none": "fp32"}[r["amp"]] and r["flop_warning"] is None
         assert r["hand_gflop_per_step"] == pytest.approx(r["gflop_per_step"], rel=0.2)
         assert _finite_positive(r["mfu_measured"])
     t = result["training"]
@@ -209,6 +209,7 @@ def test_fp32_rows_are_labelled_tf32_when_cuda_allows_it() -> None:
     assert precision_label("none", {"cudnn_allow_tf32": False, "matmul_allow_tf32": False}) == "fp32"
     assert precision_label("none", {"cudnn_allow_tf32": None, "matmul_allow_tf32": None}) == "fp32"  # CPU
     assert precision_label("bf16", {"cudnn_allow_tf32": True}) == "bf16"
+    assert precision_label("bf16", {"cudnn_allow_tf32": None}, amp_active=False) == "fp32"  # CPU ignores amp
 
 
 def test_cudnn_benchmark_is_set_on_cuda_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:

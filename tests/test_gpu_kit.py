@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import gpu_kit
 from stylegan.config import DataConfig
-from stylegan.data.transforms import _pyramid
+from stylegan.data.transforms import pyramid
 
 
 def _sprites(root: Path, n: int, seed: int = 0) -> Path:
@@ -32,10 +32,26 @@ def test_kit_round_trip_gives_the_prepared_pyramid(tmp_path: Path) -> None:
     src = np.load(data / "images_64.npy")
     cfg = DataConfig(max_resolution=64)
     for i in (0, 7, 19):  # each level equals what prepare's own pyramid makes of the 64x64 image
-        levels = _pyramid(np.ascontiguousarray(src[i].transpose(1, 2, 0)), cfg)
+        levels = pyramid(np.ascontiguousarray(src[i].transpose(1, 2, 0)), cfg)
         for level in levels:
             r = level.shape[-1]
             assert np.array_equal(np.load(root / f"images_{r}.npy")[i], level), r
+
+
+def test_pyramid_levels_are_the_rounded_2x2_means_prepare_always_wrote() -> None:
+    """The shared ``halve`` against the per-image HWC loop prepare had (frozen here)."""
+    rng = np.random.RandomState(1)
+    for _ in range(5):
+        img = rng.randint(0, 256, (64, 64, 3), dtype=np.uint8)
+        expected, x = [img], img
+        while x.shape[0] > 4:
+            x16 = x.astype(np.uint16)
+            x = ((x16[0::2, 0::2] + x16[1::2, 0::2] + x16[0::2, 1::2] + x16[1::2, 1::2] + 2) >> 2).astype(np.uint8)
+            expected.append(x)
+        got = pyramid(img, DataConfig(max_resolution=64))
+        assert [g.shape for g in got] == [(3, r, r) for r in (4, 8, 16, 32, 64)]
+        for g, e in zip(got, reversed(expected), strict=True):
+            assert g.flags.c_contiguous and np.array_equal(g, e.transpose(2, 0, 1))
 
 
 def test_kit_keeps_a_seeded_subset_when_not_all_fit(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def resolutions(max_resolution: int) -> list[int]:
     return [2**i for i in range(2, max_resolution.bit_length())]
 
 
-def _square(a: np.ndarray, cfg: DataConfig) -> np.ndarray:
+def square(a: np.ndarray, cfg: DataConfig) -> np.ndarray:
     """Composite onto the background, crop to the content box, pad to a square with margin."""
     bg = np.asarray(cfg.background, dtype=np.uint8)
     if a.shape[2] == 4:
@@ -50,17 +50,24 @@ def _square(a: np.ndarray, cfg: DataConfig) -> np.ndarray:
     return out
 
 
-def _pyramid(square: np.ndarray, cfg: DataConfig) -> list[np.ndarray]:
+def halve(x: np.ndarray) -> np.ndarray:
+    """Exact, rounded 2x2 means over the last two axes (uint8 in and out): each lower level of
+    the pyramid, for one image (C, H, W) or a batch (N, C, H, W)."""
+    x16 = x.astype(np.uint16)
+    s = x16[..., 0::2, 0::2] + x16[..., 1::2, 0::2] + x16[..., 0::2, 1::2] + x16[..., 1::2, 1::2]
+    return ((s + 2) >> 2).astype(np.uint8)
+
+
+def pyramid(square: np.ndarray, cfg: DataConfig) -> list[np.ndarray]:
     """[4x4, 8x8, ..., max] uint8 CHW; the top by the chosen filter, the rest by exact 2x2 means."""
     r = cfg.max_resolution
     if square.shape[0] == r:
         top = square
     else:
         top = np.asarray(Image.fromarray(square).resize((r, r), _FILTERS[cfg.resize_filter]))
-    levels = [top]
-    x = top
-    while x.shape[0] > 4:
-        x16 = x.astype(np.uint16)
-        x = ((x16[0::2, 0::2] + x16[1::2, 0::2] + x16[0::2, 1::2] + x16[1::2, 1::2] + 2) >> 2).astype(np.uint8)
-        levels.append(x)
-    return [np.ascontiguousarray(lv.transpose(2, 0, 1)) for lv in reversed(levels)]
+    levels = [np.ascontiguousarray(top.transpose(2, 0, 1))]
+    while levels[-1].shape[-1] > 4:
+        levels.append(halve(levels[-1]))
+    return levels[::-1]
+
+

@@ -342,30 +342,24 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 def parse_styles(text: str, num_ws: int) -> range:
     """coarse | middle | fine, or NVIDIA's inclusive layer range such as 0-6 (or one layer, 3)."""
-    from stylegan.networks import style_layer_range
+    from stylegan.sampling import style_range
 
     text = text.strip()
-    if text in ("coarse", "middle", "fine"):
-        r = style_layer_range(text, num_ws)
-        r = r if isinstance(r, range) else range(*r)
-        if len(r) == 0:
-            raise ValueError(f"--styles {text}: this {num_ws}-layer generator has no {text} styles; "
-                             f"use a layer range such as 0-{num_ws - 1}")
-        return r
     try:
-        lo, hi = (int(v) for v in text.split("-", 1)) if "-" in text else (int(text), int(text))
-    except ValueError:
-        raise ValueError(f"--styles {text!r}: use coarse, middle, fine or a layer range such as 0-6") from None
-    if not 0 <= lo <= hi < num_ws:
-        raise ValueError(f"--styles {text}: layers must lie in 0-{num_ws - 1} "
-                         f"(this generator has {num_ws} style layers)")
-    return range(lo, hi + 1)
+        if text in ("coarse", "middle", "fine"):
+            return style_range(text, num_ws)
+        try:
+            lo, hi = (int(v) for v in text.split("-", 1)) if "-" in text else (int(text), int(text))
+        except ValueError:
+            raise ValueError("use coarse, middle, fine or a layer range such as 0-6") from None
+        return style_range((lo, hi + 1), num_ws)
+    except ValueError as exc:
+        hint = f"; use a layer range such as 0-{num_ws - 1}" if text in ("coarse", "middle", "fine") else ""
+        raise ValueError(f"--styles {text!r}: {exc}{hint}") from None
 
 
 def _mix(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from stylegan.sampling import image_grid, mix_styles, parse_seeds, save_png
+    from stylegan.sampling import mix_styles, mixing_figure, parse_seeds, save_png
 
     rows, cols = parse_seeds(args.rows), parse_seeds(args.cols)
     if len(rows) * len(cols) > 1024:
@@ -374,18 +368,14 @@ def _mix(args: argparse.Namespace) -> int:
     _check_dir_arg(args.out, "--outdir")
     G = _open_model(args)
     styles = parse_styles(args.styles, int(G.num_ws))
-    # NVIDIA's figure: row seeds down the left take the col seeds' styles in `styles`.
-    m = mix_styles(G, row_seeds=cols, col_seeds=rows, styles=(styles.start, styles.stop),
-                   truncation_psi=args.psi, noise_mode=args.noise_mode)
+    # NVIDIA's figure: the row seeds down the left take the column seeds' styles.
+    m = mix_styles(G, source_seeds=cols, destination_seeds=rows, styles=styles, truncation_psi=args.psi,
+                   noise_mode=args.noise_mode)
     out = Path(args.out)
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
             save_png(m["mixed"][i, j], out / f"{r}-{c}.png")
-    h, w = m["sources"].shape[1:3]
-    tiles = [np.full((1, h, w, 3), 255, np.uint8), m["sources"]]
-    for i in range(len(rows)):
-        tiles += [m["destinations"][i : i + 1], m["mixed"][i]]
-    save_png(image_grid(np.concatenate(tiles), cols=len(cols) + 1), out / "grid.png")
+    save_png(mixing_figure(m), out / "grid.png")
     print(f"wrote {len(rows) * len(cols)} mixes (styles {styles.start}-{styles.stop - 1} from the columns) "
           f"and grid.png to {out}", flush=True)
     return 0

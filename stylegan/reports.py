@@ -153,10 +153,10 @@ def write_reports(
     seeds = list(range(seed, seed + grid_size))
     written.append(save_png(_upscale(sample_grid(G, seeds, truncation_psi), r), out / "samples.png"))
     written.append(save_png(_upscale(truncation_sweep(G, seeds[:6]), r), out / "truncation_sweep.png"))
-    rows, cols = list(range(seed, seed + 5)), list(range(seed + 5, seed + 11))  # 5 sources x 6 destinations
+    sources, destinations = list(range(seed, seed + 5)), list(range(seed + 5, seed + 11))
     for name in STYLE_RANGES:
         try:
-            grid = sampling.style_mixing_grid(G, rows, cols, styles=name)
+            grid = sampling.style_mixing_grid(G, sources, destinations, styles=name)
         except ValueError as exc:  # e.g. a 32x32 generator has no "fine" layers
             log(f"style mixing ({name}) skipped: {exc}")
             continue

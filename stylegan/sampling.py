@@ -128,23 +128,49 @@ def iter_generate(
         yield part, generate(G, seeds=part, batch_size=min(chunk_size, 32), **kwargs)  # type: ignore[arg-type]
 
 
-def _style_range(styles: StyleRange, num_ws: int) -> range:
+def style_range(styles: StyleRange, num_ws: int) -> range:
+    """The style layers ``styles`` names: coarse | middle | fine (the paper's 4-8, 16-32 and
+    64+ px), or a ``range`` / ``(start, stop)`` of layer indices. The one place the CLI, the
+    studio, the reports and ``mix_styles`` resolve them; ValueError when nothing or too much is
+    selected."""
     if isinstance(styles, str):
         from stylegan.networks import style_layer_range
 
         r = style_layer_range(styles, num_ws)
-        return r if isinstance(r, range) else range(*r)
+        r = r if isinstance(r, range) else range(*r)
+        if len(r) == 0:
+            raise ValueError(f"style range {styles!r} selects no layers: this {num_ws}-layer generator "
+                             f"has no {styles} styles")
+        return r
     r = styles if isinstance(styles, range) else range(*styles)
     if not (0 <= r.start < r.stop <= num_ws):
-        raise ValueError(f"style layers {r} outside 0..{num_ws}")
+        raise ValueError(f"style layers must lie in 0-{num_ws - 1} (this generator has {num_ws} style layers), "
+                         f"got {r.start}-{r.stop - 1}")
     return r
+
+
+def mix_ws(src_ws: torch.Tensor, dst_ws: torch.Tensor, layers: range) -> torch.Tensor:
+    """``(n_dst, n_src, num_ws, w_dim)``: each destination's w with ``layers`` taken from each source."""
+    mixed = dst_ws[:, None].repeat(1, len(src_ws), 1, 1)
+    mixed[:, :, layers.start : layers.stop] = src_ws[None, :, layers.start : layers.stop]
+    return mixed
+
+
+def mixing_figure(m: dict[str, np.ndarray]) -> Image.Image:
+    """The classic StyleGAN figure from ``mix_styles``' output: sources across the top,
+    destinations down the left, the mixes in between, a blank top-left cell."""
+    h, w = m["sources"].shape[1:3]
+    tiles = [np.full((1, h, w, 3), 255, np.uint8), m["sources"]]
+    for i in range(len(m["destinations"])):
+        tiles += [m["destinations"][i : i + 1], m["mixed"][i]]
+    return image_grid(np.concatenate(tiles), cols=len(m["sources"]) + 1)
 
 
 @torch.no_grad()
 def mix_styles(
     G: torch.nn.Module,
-    row_seeds: Sequence[int],  # sources: their styles are copied in
-    col_seeds: Sequence[int],  # destinations: everything else comes from them
+    source_seeds: Sequence[int],  # across the top: their ``styles`` layers are copied in
+    destination_seeds: Sequence[int],  # down the left: everything else comes from them
     styles: StyleRange = "coarse",  # coarse | middle | fine, or (start, stop) layer indices
     truncation_psi: float = 1.0,
     noise_mode: str = "const",
@@ -152,41 +178,30 @@ def mix_styles(
 ) -> dict[str, np.ndarray]:
     """Sources, destinations and mixes: ``mixed[i, j]`` = destination i with source j's styles."""
     dev = _device_of(G, device)
-    layers = _style_range(styles, G.num_ws)
-    if len(layers) == 0:
-        raise ValueError(f"style range {styles!r} selects no layers of this {G.img_resolution}x generator")
-    rows, cols = list(row_seeds), list(col_seeds)
-    ws = G.mapping(seeds_to_z(rows + cols, G.z_dim).to(dev), truncation_psi=truncation_psi)
-    src_ws, dst_ws = ws[: len(rows)], ws[len(rows) :]
-    mixed = dst_ws[:, None].repeat(1, len(rows), 1, 1)  # (dst, src, num_ws, w_dim)
-    mixed[:, :, layers.start : layers.stop] = src_ws[None, :, layers.start : layers.stop]
+    layers = style_range(styles, G.num_ws)
+    src, dst = list(source_seeds), list(destination_seeds)
+    ws = G.mapping(seeds_to_z(src + dst, G.z_dim).to(dev), truncation_psi=truncation_psi)
+    src_ws, dst_ws = ws[: len(src)], ws[len(src) :]
     synth = G.synthesis
-    flat = to_uint8(synth(mixed.flatten(0, 1), noise_mode=noise_mode))
+    flat = to_uint8(synth(mix_ws(src_ws, dst_ws, layers).flatten(0, 1), noise_mode=noise_mode))
     return {
         "sources": to_uint8(synth(src_ws, noise_mode=noise_mode)),
         "destinations": to_uint8(synth(dst_ws, noise_mode=noise_mode)),
-        "mixed": flat.reshape(len(cols), len(rows), *flat.shape[1:]),
+        "mixed": flat.reshape(len(dst), len(src), *flat.shape[1:]),
     }
 
 
 def style_mixing_grid(
     G: torch.nn.Module,
-    row_seeds: Sequence[int],
-    col_seeds: Sequence[int],
+    source_seeds: Sequence[int],
+    destination_seeds: Sequence[int],
     styles: StyleRange = "coarse",
     truncation_psi: float = 1.0,
     noise_mode: str = "const",
     device: str | torch.device | None = None,
 ) -> Image.Image:
-    """The classic StyleGAN figure: sources across the top, destinations down the left, the mixes
-    in between (destination i's ``styles`` layers replaced by source j's), blank top-left cell."""
-    m = mix_styles(G, row_seeds, col_seeds, styles, truncation_psi, noise_mode, device)
-    h, w = m["sources"].shape[1:3]
-    blank = np.full((1, h, w, 3), 255, np.uint8)
-    tiles = [blank, m["sources"]]
-    for i in range(len(col_seeds)):
-        tiles += [m["destinations"][i : i + 1], m["mixed"][i]]
-    return image_grid(np.concatenate(tiles), cols=len(row_seeds) + 1)
+    """``mixing_figure`` of ``mix_styles``: destination i's ``styles`` layers replaced by source j's."""
+    return mixing_figure(mix_styles(G, source_seeds, destination_seeds, styles, truncation_psi, noise_mode, device))
 
 
 @torch.no_grad()

@@ -63,7 +63,7 @@ def test_mix_writes_the_style_mixing_figure(export: Path, tmp_path: Path, capsys
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["grid.png"] + [f"{r}-{c}.png" for r in (1, 2, 3) for c in (7, 8)])
     G = _G(export)
-    m = mix_styles(G, row_seeds=[7, 8], col_seeds=[1, 2, 3], styles=(0, 2), truncation_psi=1.0)
+    m = mix_styles(G, source_seeds=[7, 8], destination_seeds=[1, 2, 3], styles=(0, 2), truncation_psi=1.0)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "2-8.png")), m["mixed"][1, 1])
     grid = np.asarray(Image.open(out / "grid.png"))
     assert grid.shape == (4 * 8, 3 * 8, 3)  # header row + 3 rows; blank corner + 2 columns

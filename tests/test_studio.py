@@ -62,7 +62,7 @@ def test_mix_is_the_paper_figure(client: TestClient, export: Path) -> None:
     G = load_generator(export)
     r = client.post("/api/mix", json={"rows": [{"seed": 1}, {"seed": 2}], "cols": [{"seed": 5}],
                                       "styles": [0, 1], "psi": 1.0}).json()
-    m = mix_styles(G, row_seeds=[5], col_seeds=[1, 2], styles=(0, 2))
+    m = mix_styles(G, source_seeds=[5], destination_seeds=[1, 2], styles=(0, 2))
     assert len(r["sources"]) == 1 and len(r["destinations"]) == 2 and len(r["mixed"]) == 2
     # The studio draws parents and mixes as one batch: equal up to the last bit of a conv.
     assert np.abs(decode(r["mixed"][1][0]).astype(int) - m["mixed"][1, 0]).max() <= 1

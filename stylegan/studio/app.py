@@ -174,18 +174,14 @@ class Studio:
 
 
 def _styles_range(styles: str | tuple[int, int], num_ws: int) -> tuple[int, int]:
-    from stylegan.networks import style_layer_range
+    """(start, stop) of ``styles``: a name, or an inclusive (lo, hi) pair as the page sends it."""
+    from stylegan.sampling import style_range
 
-    if isinstance(styles, str):
-        r = style_layer_range(styles, num_ws)
-        r = r if isinstance(r, range) else range(*r)
-        if len(r) == 0:
-            raise HTTPException(422, f"this {num_ws}-layer generator has no {styles} styles")
-        return r.start, r.stop
-    lo, hi = styles
-    if not 0 <= lo <= hi < num_ws:
-        raise HTTPException(422, f"style layers must lie in 0..{num_ws - 1}, got {lo}-{hi}")
-    return lo, hi + 1
+    try:
+        r = style_range(styles if isinstance(styles, str) else (styles[0], styles[1] + 1), num_ws)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return r.start, r.stop
 
 
 def build_app(source: ModelSource, limits: StudioLimits, perceptual: bool = True) -> FastAPI:
@@ -234,14 +230,14 @@ def build_app(source: ModelSource, limits: StudioLimits, perceptual: bool = True
     @app.post("/api/mix")
     def mix(req: MixRequest) -> dict[str, Any]:
         from stylegan.projector import render_ws
+        from stylegan.sampling import mix_ws
 
         studio.check_count(len(req.rows) * len(req.cols) + len(req.rows) + len(req.cols), "images (mixes + parents)")
         with studio.job(), torch.no_grad():
             G = studio.generator(req.version)
             lo, hi = _styles_range(req.styles, int(G.num_ws))
             dst, src = studio.ws(G, req.rows, req), studio.ws(G, req.cols, req)
-            mixed = dst[:, None].repeat(1, len(src), 1, 1)
-            mixed[:, :, lo:hi] = src[None, :, lo:hi]
+            mixed = mix_ws(src, dst, range(lo, hi))
             imgs = render_ws(G, torch.cat([src, dst, mixed.flatten(0, 1)]), noise_mode=req.noise_mode)
         urls = [png_data_url(im) for im in imgs]
         n_src, n_dst = len(src), len(dst)

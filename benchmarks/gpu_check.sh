@@ -12,7 +12,6 @@
 # prefect, mlflow or dvc; installs nothing. Options: python3 benchmarks/gpu_check.py -h
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1
 export PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$PWD/.inductor-cache}"
 exec "${PYTHON:-python3}" -u benchmarks/gpu_check.py "$@"

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1
+set -a; . flows/telemetry.env; set +a   # telemetry off (the one list)
 # Prefect keeps its temporary server's database in the project unless you have your own.
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
 git rev-parse --is-inside-work-tree >/dev/null 2>&1 || git init -q   # DVC stages need a git repo

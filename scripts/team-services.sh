@@ -30,7 +30,7 @@ PREFECT_PORT=${PREFECT_PORT:-4200}
 POOL=${POOL:-pokegan}
 DEPLOY=${DEPLOY:-1}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1
+set -a; . "$ROOT"/flows/telemetry.env; set +a   # telemetry off (the one list)
 [ -x .venv/bin/python ] && export PATH="$ROOT/.venv/bin:$PATH"
 
 PGDATA=$TEAM_DIR/postgres

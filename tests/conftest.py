@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-# Telemetry off for every test, whatever the caller's environment says.
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-os.environ["DVC_NO_ANALYTICS"] = "1"
-os.environ["DO_NOT_TRACK"] = "1"
+# Telemetry off for every test, whatever the caller's environment says (flows/__init__.py only
+# imports os: no orchestration package is loaded here).
+from flows import telemetry_env
+
+os.environ.update(telemetry_env())
 
 # Tiny models run fastest single-threaded (and far faster on a shared, busy machine).
 torch.set_num_threads(1)

@@ -102,14 +102,15 @@ def project_env(repo: Path, prefect_home: Path) -> dict[str, str]:
     stage's flow skips starting a temporary one)."""
     from prefect.settings import PREFECT_API_URL  # here, not at the top: library tests import this module
 
+    from flows import telemetry_env
+
     db = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
     return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "MLFLOW_TRACKING_URI": db, "MLFLOW_REGISTRY_URI": db,
         "PREFECT_HOME": str(prefect_home), "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
+        **telemetry_env(),
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
     }

@@ -317,3 +317,18 @@ def test_detector_finds_private_names() -> None:
     for needle in ("import _hidden", "stylegan.c._secret", "stylegan.a._inner", "stylegan.c._g", "stylegan._mod"):
         assert needle in text, needle
     assert "stylegan.fine" not in text and "__all__" not in text  # its own privates, a stdlib one, dunders
+
+
+def test_telemetry_switches_have_one_home() -> None:
+    """flows/telemetry.env is the one list: the scripts source it, Python reads it, no copy."""
+    from flows import TELEMETRY_FILE, telemetry_env
+
+    root = TELEMETRY_FILE.parents[1]
+    wanted = {"PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS", "DO_NOT_TRACK"}
+    assert wanted <= set(telemetry_env())
+    for script in ("scripts/main.sh", "scripts/test.sh", "scripts/team-services.sh"):
+        assert "flows/telemetry.env; set +a" in (root / script).read_text(), script
+    copies = [p for p in [*root.glob("*/*.py"), *root.glob("*/*/*.py"), *root.glob("*/*.sh")]
+              if ".venv" not in p.parts and p != Path(__file__) and p != TELEMETRY_FILE
+              and "DVC_NO_ANALYTICS" in p.read_text()]
+    assert not copies, f"telemetry variables spelled out outside {TELEMETRY_FILE.name}: {copies}"

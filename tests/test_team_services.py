@@ -26,6 +26,7 @@ import pytest
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
+from flows import telemetry_env
 from tests.flows_helpers import REPO, sprite_folder, tiny_params, write_params
 from tests.helpers import free_port, stop_group
 
@@ -91,8 +92,7 @@ def team() -> Iterator[dict[str, Any]]:
         **{k: str(v) for k, v in ports.items()},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(project), "TEAM_DIR": str(base / "team"), "POOL": "pokegan-test",
-        "PREFECT_HOME": str(base / "client-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
+        "PREFECT_HOME": str(base / "client-home"), **telemetry_env(),
     }
     script = ["bash", str(project / "scripts" / "team-services.sh")]
     worker = None

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from flows import telemetry_env
 from tests.faults import _faultlib as fl
 from tests.helpers import free_port, stop_group
 
@@ -65,7 +66,7 @@ def server(tmp_path: Path) -> Any:
     port = free_port()
     bindir = Path(sys.executable).parent  # mlflow serve starts uvicorn from PATH
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+           **telemetry_env()}
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen([str(bindir / "mlflow"), "models", "serve", "-m", str(model), "--env-manager", "local",
                              "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=log, stderr=log,

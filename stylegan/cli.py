@@ -694,6 +694,18 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 _ADDERS += [_add_fetch, _add_prepare]
 
 
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    from stylegan import profile  # config only: no torch at parser build time
+
+    p = sub.add_parser("profile", help="apply a params overlay such as params-gpu.yaml: print the -S overrides "
+                       "for dvc exp run $(pokegan profile params-gpu.yaml), or --write params.yaml")
+    profile.add_arguments(p)
+    p.set_defaults(func=profile.run)
+
+
+_ADDERS += [_add_profile]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

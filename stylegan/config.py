@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -448,15 +450,130 @@ def load_params(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Override values are spelled as `dvc exp run -S` reads them (Hydra's override grammar), so one
+# `section.key=value` means the same to dvc, to the flows' -S and to the CLI's --set: JSON, or
+# Hydra's unquoted forms {8:256,16:128} (int keys stay ints), [xflip,hue], Null/TRUE, 1_000, 'quoted'.
+_INT = re.compile(r"[+-]?(0|[1-9](_?[0-9])*)")
+_FLOAT = re.compile(r"[+-]?((([0-9](_?[0-9])*)?\.[0-9](_?[0-9])*|[0-9](_?[0-9])*\.)([eE][+-]?[0-9]+)?"
+                    r"|[0-9](_?[0-9])*[eE][+-]?[0-9]+|inf|nan)", re.IGNORECASE)
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")  # strings Hydra reads unquoted, inside [] and {} too
+
+
+def _primitive(text: str) -> Any:
+    """An unquoted scalar as Hydra types it: null, true/false (any case), int, float, else the string."""
+    text = text.strip()
+    if text.lower() == "null":
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if _INT.fullmatch(text):
+        return int(text.replace("_", ""))
+    if _FLOAT.fullmatch(text):
+        return float(text.replace("_", ""))
+    return text
+
+
+def _element(text: str, i: int, stops: str) -> tuple[Any, int]:
+    """Parse one list item / dict key or value from ``text[i:]``; returns it and the index after it."""
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i < len(text) and text[i] in "[{":
+        close = "]" if text[i] == "[" else "}"
+        items: list[Any] = []
+        table: dict[Any, Any] = {}
+        i += 1
+        while True:
+            while i < len(text) and text[i].isspace():
+                i += 1
+            if i < len(text) and text[i] == close and not items and not table:
+                return (items if close == "]" else table), i + 1
+            if close == "]":
+                item, i = _element(text, i, ",]")
+                items.append(item)
+            else:
+                key, i = _element(text, i, ":")
+                while i < len(text) and text[i].isspace():
+                    i += 1
+                if i >= len(text) or text[i] != ":":
+                    raise ValueError(f"expected ':' after the key {key!r}")
+                table[key], i = _element(text, i + 1, ",}")
+            while i < len(text) and text[i].isspace():
+                i += 1
+            if i < len(text) and text[i] == ",":
+                i += 1
+            elif i < len(text) and text[i] == close:
+                return (items if close == "]" else table), i + 1
+            else:
+                raise ValueError(f"expected ',' or {close!r} at character {i}")
+    if i < len(text) and text[i] in "'\"":
+        quote, out, i = text[i], [], i + 1
+        while i < len(text) and text[i] != quote:
+            if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in (quote, "\\"):
+                i += 1
+            out.append(text[i])
+            i += 1
+        if i >= len(text):
+            raise ValueError("unterminated quoted string")
+        i += 1
+        while i < len(text) and text[i].isspace():
+            i += 1
+        return "".join(out), i
+    start = i
+    while i < len(text) and text[i] not in stops:
+        i += 1
+    if text[start:i].strip() == "":
+        raise ValueError(f"missing value at character {start}")
+    return _primitive(text[start:i]), i
+
+
+def parse_value(raw: str) -> Any:
+    """An override's value: JSON when it is JSON, else as Hydra (`dvc exp run -S`) reads it."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        pass
+    if not raw.strip() or raw.strip()[0] not in "[{'\"":
+        return _primitive(raw)  # a bare scalar: cuda:0, data/raw, 0-63 stay strings
+    try:
+        value, end = _element(raw, 0, "")
+        if raw[end:].strip():
+            raise ValueError(f"unexpected {raw[end:].strip()!r} after the value")
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(f"cannot read the value {raw!r}: {exc}; spell lists [1,2], tables {{8:256,16:128}}, "
+                          "strings with spaces 'in quotes'") from None
+    return value
+
+
+def format_value(value: Any) -> str:
+    """``value`` spelled so that parse_value and `dvc exp run -S` both read it back exactly."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)  # inf, -inf, nan
+    if isinstance(value, str):
+        if _PLAIN.fullmatch(value) and _primitive(value) == value:
+            return value
+        if "\\" in value or "${" in value:
+            raise ConfigError(f"cannot spell {value!r} as an override value (a backslash or ${{ in it)")
+        return "'" + value.replace("'", "\\'") + "'"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, int | str) or isinstance(k, bool) or (isinstance(k, str) and format_value(k) != k):
+                raise ConfigError(f"cannot spell the table key {k!r} as an override (ints and plain names only)")
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot spell {value!r} ({type(value).__name__}) as an override value")
+
+
 def set_override(params: dict[str, Any], assignment: str) -> None:
-    """Apply ``section.key=value`` (value parsed as JSON when possible) to a params dict in place."""
+    """Apply ``section.key=value`` (value read by ``parse_value``) to a params dict in place."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like section.key=value")
     dotted, raw = assignment.split("=", 1)
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
+    value = parse_value(raw)
     keys = dotted.strip().split(".")
     node = params
     for key in keys[:-1]:

@@ -34,7 +34,7 @@ STATIC = Path(__file__).with_name("static")
 NoiseMode = Literal["const", "random", "none"]
 
 
-class Item(BaseModel):
+class ImageRef(BaseModel):
     """One image: a seed, or a projection the server holds."""
 
     model_config = ConfigDict(extra="forbid")
@@ -42,13 +42,13 @@ class Item(BaseModel):
     projection: str | None = Field(default=None, max_length=32)
 
     @model_validator(mode="after")
-    def _one(self) -> Item:
+    def _one(self) -> ImageRef:
         if (self.seed is None) == (self.projection is None):
             raise ValueError("an item is {'seed': N} or {'projection': ID}")
         return self
 
 
-class Look(BaseModel):
+class RenderSettings(BaseModel):
     """What every rendering request shares: the version and the truncation / noise settings."""
 
     model_config = ConfigDict(extra="forbid")
@@ -58,25 +58,25 @@ class Look(BaseModel):
     noise_mode: NoiseMode = "const"
 
 
-class RenderRequest(Look):
-    items: list[Item] = Field(min_length=1)
+class RenderRequest(RenderSettings):
+    items: list[ImageRef] = Field(min_length=1)
 
 
-class MixRequest(Look):
-    rows: list[Item] = Field(min_length=1)  # destinations, down the left
-    cols: list[Item] = Field(min_length=1)  # sources across the top: their `styles` layers are copied in
+class MixRequest(RenderSettings):
+    rows: list[ImageRef] = Field(min_length=1)  # destinations, down the left
+    cols: list[ImageRef] = Field(min_length=1)  # sources across the top: their `styles` layers are copied in
     styles: Literal["coarse", "middle", "fine"] | tuple[int, int] = "coarse"  # or an inclusive layer range
 
 
-class InterpolateRequest(Look):
-    items: list[Item] = Field(min_length=2)
+class InterpolateRequest(RenderSettings):
+    items: list[ImageRef] = Field(min_length=2)
     steps: int = Field(default=16, ge=1)
     space: Literal["w", "z"] = "w"
     loop: bool = True
 
 
-class WRequest(Look):
-    item: Item
+class WRequest(RenderSettings):
+    item: ImageRef
 
 
 def png_data_url(img: np.ndarray) -> str:
@@ -113,18 +113,18 @@ class Studio:
         except LookupError as exc:
             raise HTTPException(404, str(exc).splitlines()[0]) from None
 
-    def ws(self, G: torch.nn.Module, items: list[Item], look: Look) -> torch.Tensor:
-        """(N, num_ws, w_dim) for the items, truncated as ``look`` says."""
+    def ws(self, G: torch.nn.Module, items: list[ImageRef], settings: RenderSettings) -> torch.Tensor:
+        """(N, num_ws, w_dim) for the items, truncated as ``settings`` says."""
         from stylegan.sampling import seeds_to_z
 
-        if look.cutoff is not None and look.cutoff > G.num_ws:
+        if settings.cutoff is not None and settings.cutoff > G.num_ws:
             raise HTTPException(422, f"cutoff must be in 1..{G.num_ws} (this generator's style layers)")
         dev = next(G.parameters()).device
         out = []
         for it in items:
             if it.seed is not None:
-                w = G.mapping(seeds_to_z([it.seed], G.z_dim).to(dev), truncation_psi=look.psi,
-                              truncation_cutoff=look.cutoff)
+                w = G.mapping(seeds_to_z([it.seed], G.z_dim).to(dev), truncation_psi=settings.psi,
+                              truncation_cutoff=settings.cutoff)
             else:
                 with self._lock:
                     p = self.projections.get(it.projection)
@@ -134,7 +134,7 @@ class Studio:
                 if p["ws"].shape != (G.num_ws, G.w_dim):
                     raise HTTPException(422, f"projection {it.projection} was fitted to v{p['version']}, whose ws "
                                              "do not fit this version; project it again here")
-                w = G.mapping.truncate(p["ws"][None].to(dev), look.psi, look.cutoff)
+                w = G.mapping.truncate(p["ws"][None].to(dev), settings.psi, settings.cutoff)
             out.append(w)
         return torch.cat(out)
 

@@ -1,15 +1,32 @@
-"""GAN losses as pure functions of logits (and, for penalties, of the images they came from).
+"""GAN losses: pure functions of logits, and one loss object per family that runs a step's phases.
 
-Each returns a scalar mean over the batch. Weights (``r1_gamma / 2``, the lazy-R1 interval,
-``wgan_lambda``) are applied by the caller, so the functions stay free of configuration.
+The functions return a scalar mean over the batch; weights (``r1_gamma / 2``, the lazy-R1
+interval, ``wgan_lambda``) are applied by their caller, so they stay free of configuration.
+
+The objects (``LogisticLoss``, ``WganGpLoss``; ``build_loss`` picks one from ``train.loss``) are
+what the Trainer's step calls, as StyleGAN2-ADA's ``training/loss.py``: each runs G and D for its
+D phase (main loss, plus the penalty on the steps that have one) and its G phase, augments
+everything D sees and owns the autocast regions and fp32 islands. A phase returns the loss to
+minimise with its graph; the backward, the GradScaler and the optimizer step are the Trainer's
+(the scaler wraps the optimizer step: unscaling, the inf check that may skip it, and its state
+checkpointed next to the optimizer's), so a loss object never touches an optimizer.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from stylegan.device import autocast
+
+if TYPE_CHECKING:
+    from stylegan.augment import AdaController, AugmentPipe
+    from stylegan.config import TrainConfig
 
 
 def _check_logits(*logits: torch.Tensor) -> None:
@@ -96,3 +113,197 @@ def wgan_gp_d_loss(
     fake_logits = D(fakes.detach())
     penalty = gradient_penalty(D, reals, fakes, generator=generator, weights=weights)
     return wgan_d_loss(real_logits, fake_logits, wgan_epsilon) + wgan_lambda * penalty, penalty
+
+
+# -- loss objects ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepArgs:
+    """Where in the schedule a step's phases run."""
+
+    resolution: int
+    alpha: float  # fade-in weight, for the plain D of the double-backward passes (R1, GP)
+    alpha_in: float | torch.Tensor  # the same for the G / D forwards (a device tensor when compiled)
+    batch_size: int  # the global batch (all ranks together)
+
+
+@dataclass(frozen=True)
+class DResult:
+    """The D phase's outcome."""
+
+    loss: torch.Tensor  # what D's backward minimises (graph attached), penalty included
+    penalty: torch.Tensor  # R1 / GP before its weight (a zero on a step without it)
+    regularised: bool  # whether the penalty was computed this step (ticks average it over those)
+
+
+Rows = Callable[[int], torch.Tensor]  # global batch size -> this rank's rows of it, on the device
+
+
+class GANLoss:
+    """A loss family's phases. Subclasses define ``d_phase`` and ``_g_main``.
+
+    ``G_fwd`` / ``D_fwd`` may be torch.compile'd; ``D`` is the plain discriminator, for passes
+    that need a double backward (compiled graphs lack it). Augmentation is on when both
+    ``augment_pipe`` and ``ada`` (the controller whose ``p`` the pipe reads) are given.
+    """
+
+    def __init__(
+        self,
+        *,
+        G_fwd: Callable[..., torch.Tensor],
+        D: torch.nn.Module,
+        D_fwd: Callable[..., torch.Tensor],
+        device: torch.device,
+        amp_dtype: torch.dtype | None,  # autocast dtype (None = fp32)
+        mixing_prob: float,  # style mixing probability of G's training forwards
+        augment_pipe: AugmentPipe | None = None,
+        ada: AdaController | None = None,
+        aug_gen: torch.Generator | None = None,  # the augmentation's stream (the checkpoint carries it)
+        rows: Rows,
+        world_size: int = 1,
+    ) -> None:
+        self.G_fwd, self.D, self.D_fwd = G_fwd, D, D_fwd
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.mixing_prob = mixing_prob
+        self.augment_pipe, self.ada, self.aug_gen = augment_pipe, ada, aug_gen
+        self.rows = rows
+        self.world_size = world_size
+
+    def d_phase(self, step: int, reals: torch.Tensor, z: torch.Tensor, at: StepArgs) -> DResult:
+        """D's loss on ``reals`` and on fakes from latents ``z`` at training ``step`` (0-based)."""
+        raise NotImplementedError
+
+    def _g_main(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def g_phase(self, z: torch.Tensor, at: StepArgs) -> torch.Tensor:
+        """G's loss on fakes from ``z``; G's forward also moves ``w_avg`` (update_w_avg)."""
+        with self._autocast():
+            fakes = self.G_fwd(z, update_w_avg=True, **self._g_kwargs(at))
+            fake_logits = self.D_fwd(self.augment(fakes), resolution=at.resolution, alpha=at.alpha_in)
+        return self._g_main(fake_logits.float())
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees: ``x`` through the augmentation pipe at the current p (identity when off)."""
+        if self.augment_pipe is None or self.ada is None:
+            return x
+        # In fp32 whatever the autocast around it: the colour matrices are statistics of a sort.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            if self.world_size == 1:
+                return self.augment_pipe(x.float(), self.ada.p, self.aug_gen)
+            B = x.shape[0] * self.world_size
+            # Drawn for the global batch, this rank's rows kept: N processes augment as one does.
+            return self.augment_pipe(x.float(), self.ada.p, self.aug_gen, shard=(B, self.rows(B)))
+
+    def _g_kwargs(self, at: StepArgs) -> dict[str, Any]:
+        # G draws its noise and mixing latents for the global batch and keeps this rank's rows.
+        shard = None if self.world_size == 1 else (at.batch_size, self.rows(at.batch_size))
+        return {"resolution": at.resolution, "alpha": at.alpha_in, "mixing_prob": self.mixing_prob,
+                "noise_mode": "random", "shard": shard}
+
+    def _fakes(self, z: torch.Tensor, at: StepArgs) -> torch.Tensor:
+        """Fakes for D's phase: no graph into G."""
+        with torch.no_grad(), self._autocast():
+            return self.G_fwd(z, **self._g_kwargs(at))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.amp_dtype)
+
+
+class LogisticLoss(GANLoss):
+    """Non-saturating logistic loss with R1 on reals, lazily every ``r1_interval`` D steps (StyleGAN)."""
+
+    def __init__(self, *, r1_gamma: Callable[[int], float], r1_interval: int = 1, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.r1_gamma = r1_gamma  # resolution -> R1 weight (train.r1_gamma_at)
+        self.r1_interval = r1_interval
+
+    def r1_due(self, step: int, resolution: int) -> bool:
+        """Whether the D phase of ``step`` computes R1: every ``r1_interval``-th step, weight > 0."""
+        return self.r1_gamma(resolution) > 0 and step % self.r1_interval == 0
+
+    def r1_weight(self, resolution: int) -> float:
+        """R1's weight when applied: gamma / 2, times the interval to keep its strength (lazy R1)."""
+        return self.r1_gamma(resolution) * 0.5 * self.r1_interval
+
+    def d_phase(self, step: int, reals: torch.Tensor, z: torch.Tensor, at: StepArgs) -> DResult:
+        res = at.resolution
+        do_r1 = self.r1_due(step, res)
+        fakes = self._fakes(z, at)
+        with self._autocast():
+            fake_logits = self.D_fwd(self.augment(fakes.detach()), resolution=res, alpha=at.alpha_in)
+        if do_r1:
+            real_logits, r1 = self._d_reg(reals, at)
+        else:
+            r1 = torch.zeros((), device=self.device)
+            with self._autocast():
+                real_logits = self.D_fwd(self.augment(reals), resolution=res, alpha=at.alpha_in)
+        if self.ada is not None:
+            self.ada.accumulate(real_logits, at.batch_size)
+        loss = logistic_d_loss(real_logits.float(), fake_logits.float())
+        if do_r1:
+            loss = loss + r1 * self.r1_weight(res)
+        return DResult(loss, r1, do_r1)
+
+    def _d_reg(self, reals: torch.Tensor, at: StepArgs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The R1 pass: D's real logits (which the main loss uses too) and the penalty.
+
+        R1 is the gradient w.r.t. the clean reals, through the augmentation (as ADA), by the
+        plain D (double backward)."""
+        reals_g = reals.detach().requires_grad_(True)
+        with self._r1_autocast():
+            real_logits = self.D(self.augment(reals_g), resolution=at.resolution, alpha=at.alpha)
+        return real_logits, r1_penalty(real_logits.float(), reals_g)  # fp32, as reals_g and its gradient
+
+    def _r1_autocast(self) -> contextlib.AbstractContextManager:
+        # bf16 keeps fp32's range, so the R1 pass may run in it (the penalty itself is summed in
+        # fp32); in fp16 the unscaled input gradients of the double backward would underflow.
+        return self._autocast() if self.amp_dtype == torch.bfloat16 else contextlib.nullcontext()
+
+    def _g_main(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return logistic_g_loss(fake_logits)
+
+
+class WganGpLoss(GANLoss):
+    """WGAN-GP with Progressive GAN's drift term; the penalty on every D step.
+
+    The D phase runs in fp32 (outside autocast; only G's forward of the fakes autocasts): the
+    penalty needs the plain D's double backward, and its terms share that D."""
+
+    def __init__(self, *, wgan_lambda: float = 10.0, wgan_epsilon: float = 0.001, gen: torch.Generator,
+                 **kw: Any) -> None:
+        super().__init__(**kw)
+        self.wgan_lambda, self.wgan_epsilon = wgan_lambda, wgan_epsilon
+        # The mixing points' stream: the trainer's device generator (flips, latents), which the
+        # checkpoint carries.
+        self.gen = gen
+
+    def d_phase(self, step: int, reals: torch.Tensor, z: torch.Tensor, at: StepArgs) -> DResult:
+        fakes = self._fakes(z, at)
+        # Drawn for the global batch, this rank's rows kept.
+        B = at.batch_size
+        t = torch.rand(B, 1, 1, 1, device=self.device, dtype=reals.dtype, generator=self.gen)
+        loss, gp = wgan_gp_d_loss(
+            lambda x: self.D(self.augment(x), resolution=at.resolution, alpha=at.alpha),
+            reals,
+            fakes.float(),
+            wgan_lambda=self.wgan_lambda,
+            wgan_epsilon=self.wgan_epsilon,
+            weights=t[self.rows(B)],
+        )
+        return DResult(loss, gp, True)
+
+    def _g_main(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return wgan_g_loss(fake_logits)
+
+
+def build_loss(train_cfg: TrainConfig, *, gen: torch.Generator, **kw: Any) -> GANLoss:
+    """The loss object for ``train_cfg.loss`` (``kw``: GANLoss's arguments; ``gen``: the device
+    generator WGAN-GP draws its mixing points from)."""
+    if train_cfg.loss == "logistic":
+        return LogisticLoss(r1_gamma=train_cfg.r1_gamma_at, r1_interval=train_cfg.r1_interval, **kw)
+    if train_cfg.loss == "wgan-gp":
+        return WganGpLoss(wgan_lambda=train_cfg.wgan_lambda, wgan_epsilon=train_cfg.wgan_epsilon, gen=gen, **kw)
+    raise ValueError(f"unknown train.loss {train_cfg.loss!r}; use logistic or wgan-gp")

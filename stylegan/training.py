@@ -22,8 +22,8 @@ nothing that depends on the number of processes.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import functools
 import math
 import os
 import random
@@ -60,7 +60,7 @@ from stylegan.checkpoint import (
 from stylegan.config import ModelConfig, TrainConfig, to_dict
 from stylegan.data import PackedDataset, available_resolutions
 from stylegan.data.prefetch import BatchPrefetcher
-from stylegan.device import amp_dtype, autocast, resolve_device
+from stylegan.device import amp_dtype, resolve_device
 from stylegan.layers import downsample2x, upsample2x
 from stylegan.networks import Discriminator, Generator
 from stylegan.sampling import generate, image_grid, save_png
@@ -173,7 +173,8 @@ class Trainer:
         self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self._prefetcher = BatchPrefetcher(device=self.device) if train_cfg.prefetch else None
         self._pending_gen_state: torch.Tensor | None = None  # index stream before the prefetched batch
-        # What D sees goes through augment_pipe (reals, fakes and the R1 pass); ada tunes its p.
+        # The loss augments what D sees (reals, fakes, the R1 pass) with these; ada tunes p. Kept here
+        # as training state: the checkpoint carries ada and aug_gen, ticks report p.
         self.augment_pipe: AugmentPipe | None = None
         self.ada: AdaController | None = None
         if train_cfg.augment != "none":
@@ -184,6 +185,12 @@ class Trainer:
         # Its own stream on the device, the same on every rank: each draws for the global batch
         # and keeps its rows, so N processes augment as one does.
         self.aug_gen = torch.Generator(device=self.device).manual_seed(seed + AUG_SEED_OFFSET)
+        # train.loss's phases (stylegan/losses.py): G/D forwards, penalties, augmentation, autocast.
+        self.loss = losses.build_loss(
+            train_cfg, G_fwd=self._G_fwd, D=self.D, D_fwd=self._D_fwd, device=self.device,
+            amp_dtype=self.amp_dtype, mixing_prob=model_cfg.style_mixing_prob, augment_pipe=self.augment_pipe,
+            ada=self.ada, aug_gen=self.aug_gen, gen=self.dev_gen, world_size=world_size,
+            rows=functools.partial(self._rows, on_device=True))
 
         self.cur_nimg = 0  # images shown so far (all ranks together)
         self.step = 0  # training steps (one D + one G update each) so far
@@ -292,14 +299,6 @@ class Trainer:
         cfg.recompile_limit = max(cfg.recompile_limit, COMPILE_RECOMPILE_LIMIT)
         # dynamic=False: shapes change only at stage boundaries, where a specialised graph is best.
         return torch.compile(net, backend="inductor" if c is True else c, dynamic=False)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.device, self.amp_dtype)
-
-    def _r1_autocast(self) -> contextlib.AbstractContextManager:
-        # bf16 keeps fp32's range, so the R1 pass may run in it (the penalty itself is summed in
-        # fp32); in fp16 the unscaled input gradients of the double backward would underflow.
-        return self._autocast() if self.amp_dtype == torch.bfloat16 else contextlib.nullcontext()
 
     def close(self) -> None:
         """Stop the prefetch worker (also done when the trainer is garbage collected)."""
@@ -523,12 +522,6 @@ class Trainer:
             rows = self._shards[batch_size] = (cpu, cpu.to(self.device))
         return rows[1] if on_device else rows[0]
 
-    def _shard(self, batch_size: int) -> tuple[int, torch.Tensor] | None:
-        """What G needs to draw its random inputs (noise, mixing latents) for the global batch."""
-        if self.world_size == 1:
-            return None
-        return (batch_size, self._rows(batch_size, on_device=True))
-
     def _draw_indices(self, ds: PackedDataset, B: int) -> np.ndarray:
         """The next global batch of B indices from the seeded host stream; this rank's rows."""
         return torch.randint(len(ds), (B,), generator=self.gen)[self._rows(B)].numpy()
@@ -596,83 +589,30 @@ class Trainer:
         checkpointing (``run``/``run_stage`` add those). Returns loss_G, loss_D and r1 as detached
         0-dim tensors on the training device: nothing in a step waits for the device."""
         phase = phase or self.phase
-        t, m = self.train_cfg, self.model_cfg
         if phase.resolution != self.cur_resolution:
             self._enter_stage(phase)
         for opt in (self.opt_G, self.opt_D):
             for group in opt.param_groups:
                 group["lr"] = phase.lr * group.get("lr_mul", 1.0)
-        res, alpha = phase.resolution, phase.alpha
-        alpha_in: float | torch.Tensor = alpha
-        if t.compile is not False:
-            alpha_in = self._alpha.fill_(alpha)  # in place: no new host tensor, no recompile
+        alpha_in: float | torch.Tensor = phase.alpha
+        if self.train_cfg.compile is not False:
+            alpha_in = self._alpha.fill_(phase.alpha)  # in place: no new host tensor, no recompile
+        at = losses.StepArgs(phase.resolution, phase.alpha, alpha_in, phase.batch_size)
         b = phase.batch_size // self.world_size
-        g_kwargs = {"resolution": res, "alpha": alpha_in, "mixing_prob": m.style_mixing_prob, "noise_mode": "random",
-                    "shard": self._shard(phase.batch_size)}
 
-        # --- D step ---
         reals = self._reals(phase)
         self._prefetch_next(phase)  # gathered while this step computes
         z = self._latents(b)
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
-        with torch.no_grad(), self._autocast():
-            fakes = self._G_fwd(z, **g_kwargs)
-        r1 = torch.zeros((), device=self.device)
-        r1_gamma = t.r1_gamma_at(res)
-        do_r1 = r1_gamma > 0 and self.step % t.r1_interval == 0
-        if t.loss == "logistic":
-            with self._autocast():
-                fake_logits = self._D_fwd(self._augment(fakes.detach()), resolution=res, alpha=alpha_in)
-            if do_r1:
-                # R1 is the gradient w.r.t. the clean reals, through the augmentation (as ADA).
-                reals_g = reals.detach().requires_grad_(True)
-                with self._r1_autocast():
-                    real_logits = self.D(self._augment(reals_g), resolution=res, alpha=alpha)
-                r1 = losses.r1_penalty(real_logits.float(), reals_g)  # fp32, as reals_g and its gradient
-            else:
-                with self._autocast():
-                    real_logits = self._D_fwd(self._augment(reals), resolution=res, alpha=alpha_in)
-            if self.ada is not None:
-                self.ada.accumulate(real_logits, phase.batch_size)
-            loss_D = losses.logistic_d_loss(real_logits.float(), fake_logits.float())
-            if do_r1:
-                # Lazy regularisation: applied every r1_interval steps, scaled to keep its strength.
-                loss_D = loss_D + r1 * (r1_gamma * 0.5 * t.r1_interval)
-        else:
-            # WGAN-GP in fp32 (its penalty needs the plain D's double backward); the interpolation
-            # points come from the device generator, whose state the checkpoint carries, drawn for
-            # the global batch (this rank's rows kept).
-            B = phase.batch_size
-            gp_t = torch.rand(B, 1, 1, 1, device=self.device, dtype=reals.dtype, generator=self.dev_gen)
-            loss_D, r1 = losses.wgan_gp_d_loss(
-                lambda x: self.D(self._augment(x), resolution=res, alpha=alpha),
-                reals,
-                fakes.float(),
-                wgan_lambda=t.wgan_lambda,
-                wgan_epsilon=t.wgan_epsilon,
-                weights=gp_t[self._rows(B, on_device=True)],
-            )
-        self.opt_D.zero_grad(set_to_none=True)
-        self.scaler_D.scale(loss_D).backward()
-        self._sync_grads(self.D)
-        self.scaler_D.step(self.opt_D)
-        self.scaler_D.update()
+        d = self.loss.d_phase(self.step, reals, z, at)
+        self._update(self.D, self.opt_D, self.scaler_D, d.loss)
 
-        # --- G step ---
         z = self._latents(b)
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
-        with self._autocast():
-            fakes = self._G_fwd(z, update_w_avg=True, **g_kwargs)
-            fake_logits = self._D_fwd(self._augment(fakes), resolution=res, alpha=alpha_in)
-        g_loss = losses.logistic_g_loss if t.loss == "logistic" else losses.wgan_g_loss
-        loss_G = g_loss(fake_logits.float())
-        self.opt_G.zero_grad(set_to_none=True)
-        self.scaler_G.scale(loss_G).backward()
-        self._sync_grads(self.G)
-        self.scaler_G.step(self.opt_G)
-        self.scaler_G.update()
+        loss_G = self.loss.g_phase(z, at)
+        self._update(self.G, self.opt_G, self.scaler_G, loss_G)
         self.D.requires_grad_(True)
 
         self._update_ema(phase.batch_size)
@@ -680,19 +620,18 @@ class Trainer:
             self.ada.update(self.world_size)  # on the device: no host sync
         self.cur_nimg += phase.batch_size
         self.step += 1
-        self._r1_applied = do_r1 if t.loss == "logistic" else True  # lazy R1: ticks average r1 over these steps only
-        return {"loss_G": loss_G.detach(), "loss_D": loss_D.detach(), "r1": r1.detach()}
+        self._r1_applied = d.regularised  # lazy R1: ticks average r1 over these steps only
+        return {"loss_G": loss_G.detach(), "loss_D": d.loss.detach(), "r1": d.penalty.detach()}
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """What D sees: ``x`` through the augmentation pipe at the current p (identity when off)."""
-        if self.augment_pipe is None or self.ada is None:
-            return x
-        # In fp32 whatever the autocast around it: the colour matrices are statistics of a sort.
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            if self.world_size == 1:
-                return self.augment_pipe(x.float(), self.ada.p, self.aug_gen)
-            shard = self._shard(x.shape[0] * self.world_size)
-            return self.augment_pipe(x.float(), self.ada.p, self.aug_gen, shard=shard)
+    def _update(self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                loss: torch.Tensor) -> None:
+        """Backward ``loss`` into ``net`` (scaled: fp16), average over ranks, step (the scaler skips a
+        step whose gradients overflowed)."""
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        self._sync_grads(net)
+        scaler.step(opt)
+        scaler.update()
 
     @torch.no_grad()
     def _update_ema(self, batch_size: int) -> None:

@@ -18,7 +18,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import tracking
 from flows.common import (
     METRICS_DIR,
     MODEL_DIR,
@@ -29,6 +28,7 @@ from flows.common import (
     resolve,
     write_json,
 )
+from flows.tracking import datasets, logged_model, registry, store
 from stylegan.config import EvaluateConfig, section
 
 
@@ -89,15 +89,15 @@ def compute_metrics(
 
 @task(name="log-and-promote", cache_policy=NO_CACHE)
 def log_and_promote(root: str, registered: dict[str, Any], metrics: dict[str, float], cfg: EvaluateConfig,
-                    reg: Any, reports_dir: str, data_cfg: Any | None = None) -> tracking.Decision:
+                    reg: Any, reports_dir: str, data_cfg: Any | None = None) -> registry.Decision:
     """Log the metrics (linked to the logged model and the evaluation dataset), then the champion rule."""
     logger = get_run_logger()
-    client = tracking.setup(root)
+    client = store.setup(root)
     run_id = registered["run_id"]
     step = round(float(registered.get("kimg", 0.0)) * 1000)
-    dataset = tracking.prepared_dataset(root, data_cfg, "evaluation") if data_cfg is not None else None
-    tracking.log_model_metrics(client, run_id, metrics, step=step, dataset=dataset,
-                               model_id=tracking.model_id_of(client, reg.name, registered["version"]))
+    dataset = datasets.prepared_dataset(root, data_cfg, "evaluation") if data_cfg is not None else None
+    logged_model.log_model_metrics(client, run_id, metrics, step=step, dataset=dataset,
+                                   model_id=logged_model.model_id_of(client, reg.name, registered["version"]))
     if Path(reports_dir).is_dir():
         client.log_artifacts(run_id, reports_dir, "reports")
     if cfg.champion_metric not in metrics:
@@ -111,7 +111,7 @@ def log_and_promote(root: str, registered: dict[str, Any], metrics: dict[str, fl
     protocol = {"resolution": int(registered["resolution"]), "num_samples": cfg.num_samples,
                 "num_real": cfg.num_real, "truncation_psi": cfg.truncation_psi,
                 "data": client.get_run(run_id).data.tags.get("data.fingerprint")}
-    decision = tracking.apply_champion_rule(
+    decision = registry.apply_champion_rule(
         client, reg.name, registered["version"], cfg.champion_metric, metrics[cfg.champion_metric],
         higher_is_better=cfg.higher_is_better, champion_alias=reg.champion_alias, protocol=protocol,
     )
@@ -141,7 +141,7 @@ def evaluate_flow(
                          f"{reg.name!r}; re-run the train stage")
 
     # Before any metric: never measure one generator and promote another.
-    check_export_matches(export_dir, registered, tracking.setup(root_p))
+    check_export_matches(export_dir, registered, store.setup(root_p))
     metrics = compute_metrics(str(export_dir), str(resolve(root_p, data_cfg.out_dir)), cfg, str(metrics_dir),
                               str(reports_dir))
     decision = log_and_promote(str(root_p), registered, metrics, cfg, reg, str(reports_dir), data_cfg)

@@ -17,8 +17,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import tracking
 from flows.common import base_parser, load_run_params, resolve, write_json
+from flows.tracking import registry, store
 from stylegan.config import section
 from stylegan.io import OutputDirError
 
@@ -27,19 +27,19 @@ def load_registered_generator(uri: str, device: str = "cpu", root: str | Path = 
     """The Generator behind a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI.
 
     Reads the pickle-free export inside the logged model (no model code is run). A missing
-    model, alias or version raises ``tracking.RegistryError`` (a LookupError) naming what exists.
+    model, alias or version raises ``registry.RegistryError`` (a LookupError) naming what exists.
     """
     import mlflow
 
     from stylegan.checkpoint import load_generator
 
-    client = tracking.setup(root)
-    mv = tracking.resolve_version(client, uri)
+    client = store.setup(root)
+    mv = registry.resolve_version(client, uri)
     with tempfile.TemporaryDirectory(prefix="pokegan-model-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=tmp))
         found = sorted(local.rglob("generator.safetensors"))
         if not found:
-            raise tracking.RegistryError(
+            raise registry.RegistryError(
                 f"{uri} (v{mv.version}) holds no generator.safetensors; it was not logged by pokegan's train flow"
             )
         G = load_generator(found[0].parent, device=device)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sample_flow(params_path=args.params, overrides=args.overrides, root=args.root, model_uri=args.model)
-    except (tracking.RegistryError, OutputDirError) as exc:
+    except (registry.RegistryError, OutputDirError) as exc:
         print(f"sample: error: {exc}", file=sys.stderr)
         return 2
     return 0

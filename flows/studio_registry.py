@@ -1,7 +1,7 @@
 """The studio's view of the MLflow registry: versions, their eval metrics and promotion decisions.
 
 Imported by ``stylegan.studio`` only when it serves a ``models:/`` URI (the library never
-imports mlflow); the same store as everything else (``tracking.setup``: ``MLFLOW_TRACKING_URI``
+imports mlflow); the same store as everything else (``store.setup``: ``MLFLOW_TRACKING_URI``
 or the project's SQLite store).
 """
 
@@ -11,18 +11,18 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from flows import tracking
+from flows.tracking import registry, store
 
 
 def resolve(uri: str, root: str | Path = ".") -> tuple[str, str]:
     """``models:/NAME@ALIAS`` (or ``/VERSION``) -> (name, version); RegistryError naming what exists."""
-    mv = tracking.resolve_version(tracking.setup(root), uri)
+    mv = registry.resolve_version(store.setup(root), uri)
     return mv.name, str(mv.version)
 
 
 def list_versions(name: str, root: str | Path = ".") -> list[dict[str, Any]]:
     """Every version of ``name``, newest first: aliases, eval metrics, promotion decision and reason."""
-    client = tracking.setup(root)
+    client = store.setup(root)
     aliases: dict[str, list[str]] = {}
     for alias, version in client.get_registered_model(name).aliases.items():
         aliases.setdefault(str(version), []).append(alias)

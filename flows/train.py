@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -31,13 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import tracking
 from flows.common import METRICS_DIR, MODEL_DIR, REGISTERED, RUNS_DIR, base_parser, load_run_params, resolve, write_json
+from flows.tracking import callback, datasets, logged_model, provenance, registry, runs, store
 from stylegan.config import ModelConfig, TrainConfig, section
+from stylegan.io import atomic_write_bytes
 
 TICK_COLUMNS = ("kimg", "stage", "resolution", "alpha", "lr", "batch_size", "loss_G", "loss_D", "r1",
                 "images_per_sec", "sec_per_tick", "augment_p", "ada_rt")
@@ -84,12 +88,11 @@ class TickLog:
             # Ticks after the checkpoint we resume from will be trained (and logged) again.
             with path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if float(r["kimg"]) <= resume_kimg + 1e-9]
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, TICK_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, TICK_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(path, text.getvalue().encode())
 
     def on_tick(self, stats: Mapping[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
@@ -217,9 +220,9 @@ def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
     logger.info("stage %dx%d: starting at kimg %.3f (from %s)", resolution, resolution, start_kimg,
                 trainer.resumed_from or "scratch")
     ticks = TickLog(Path(job["run_dir"]) / "ticks.csv", trainer.kimg)
-    client = tracking.MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
+    client = MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
     progress = Progress(job["total_kimg"], trainer.kimg, job["progress_artifact"])
-    callbacks = [tracking.MlflowTrainingCallback(client, job["mlflow_run_id"]), ticks, progress]
+    callbacks = [callback.MlflowTrainingCallback(client, job["mlflow_run_id"]), ticks, progress]
     try:
         if multi:
             del trainer
@@ -279,7 +282,7 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
     # The highest fully trained stage; metadata ties the file back to its MLflow run.
     sha = export_generator_dir(trainer, out, {"mlflow_run_id": job["mlflow_run_id"], "run_key": job["key"]})
 
-    client = tracking.MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
+    client = MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
     reg = job["registry"]
     existing = _version_with_sha(client, reg.name, sha)
     if existing is not None:
@@ -289,9 +292,9 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
         client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
         log(f"generator unchanged; {reg.name} v{version} is {reg.candidate_alias} again")
     else:
-        info = tracking.log_generator_model(job["mlflow_run_id"], out, step=round(trainer.kimg * 1000))
+        info = logged_model.log_generator_model(job["mlflow_run_id"], out, step=round(trainer.kimg * 1000))
         model_uri = info.model_uri
-        version = tracking.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
+        version = registry.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
                                     tags={"generator.sha256": sha, "resolution": str(final_resolution),
                                           "kimg": f"{trainer.kimg:.3f}", "run_key": job["key"],
                                           **job.get("lineage", {})})
@@ -306,7 +309,7 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
 def _version_with_sha(client: Any, name: str, sha: str) -> Any | None:
     try:
         versions = client.search_model_versions(f"name = '{name}'")
-    except tracking.MlflowException:
+    except MlflowException:
         return None
     # Search results may come without tags; read each version (a handful) in full.
     for v in sorted(versions, key=lambda v: -int(v.version)):
@@ -321,8 +324,8 @@ def _end_mlflow_run(status: str, reason: str) -> Any:
 
     def hook(flow: Any, flow_run: Any, state: Any) -> None:
         root = Path(str((flow_run.parameters or {}).get("root", "."))).resolve()
-        ended = tracking.end_runs_of_flow_run(tracking.default_tracking_uri(root), str(flow_run.id), status,
-                                              f"{reason}: {state.message or state.name}")
+        ended = runs.end_runs_of_flow_run(store.default_tracking_uri(root), str(flow_run.id), status,
+                                          f"{reason}: {state.message or state.name}")
         if ended:
             print(f"MLflow run(s) {', '.join(ended)} marked {status} ({reason})", file=sys.stderr)
 
@@ -340,9 +343,9 @@ def _open_mlflow_run(client: Any, run_dir: Path, key: str, root: Path) -> str:
                 run = client.get_run(saved["run_id"])
                 client.update_run(run.info.run_id, status="RUNNING")
                 return run.info.run_id
-            except tracking.MlflowException:
+            except MlflowException:
                 pass
-    exp_id = tracking.ensure_experiment(client, tracking.EXPERIMENT, root)
+    exp_id = store.ensure_experiment(client, store.EXPERIMENT, root)
     tags = {"pokegan.run_key": key, "pokegan.stage": "train"}
     run = client.create_run(exp_id, run_name=f"train-{key[:8]}", tags=tags)
     write_json(marker, {"run_id": run.info.run_id, "tracking_uri": client.tracking_uri})
@@ -365,7 +368,7 @@ def resolve_init_from(client: Any, params: dict[str, Any], root: Path, registry_
         return {}
     tags: dict[str, str] = {"parent.init_from": str(spec)}
     if str(spec).startswith("models:/"):
-        mv = tracking.resolve_version(client, str(spec))
+        mv = registry.resolve_version(client, str(spec))
         target = root / INIT_DIR / f"{mv.name}-v{mv.version}"
         if not (target / "generator.safetensors").is_file():
             import tempfile
@@ -376,7 +379,7 @@ def resolve_init_from(client: Any, params: dict[str, Any], root: Path, registry_
                                                                  dst_path=tmp))
                 found = sorted(local.rglob("generator.safetensors"))
                 if not found:
-                    raise tracking.RegistryError(f"{spec} (v{mv.version}) holds no generator.safetensors; "
+                    raise registry.RegistryError(f"{spec} (v{mv.version}) holds no generator.safetensors; "
                                                  "it was not logged by pokegan's train flow")
                 staged = Path(tmp) / "export"
                 shutil.copytree(found[0].parent, staged)
@@ -410,7 +413,7 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     params = load_run_params(root_p / params_path, overrides or [])
     logged_params = json.loads(json.dumps(params))  # as written (a models:/ init_from stays a URI)
     reg = section(params, "registry")
-    client = tracking.setup(root_p)
+    client = store.setup(root_p)
     lineage = resolve_init_from(client, params, root_p, reg.name)
     model_cfg: ModelConfig = section(params, "model")
     train_cfg: TrainConfig = section(params, "train")
@@ -431,26 +434,24 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     run_dir.mkdir(parents=True, exist_ok=True)
     # The resolved params (file + overrides) for torchrun's workers, which read a params file.
     params_file = run_dir / "params.yaml"
-    tmp = params_file.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(params, sort_keys=False))
-    os.replace(tmp, params_file)
+    atomic_write_bytes(params_file, yaml.safe_dump(params, sort_keys=False).encode())
     logger.info("run directory %s (params + data key %s)", run_dir, key)
 
-    for dead in tracking.reap_dead_runs(client):
+    for dead in runs.reap_dead_runs(client):
         logger.warning("MLflow run %s was left RUNNING by a killed process; marked KILLED", dead)
     run_id = _open_mlflow_run(client, run_dir, key, root_p)
     from prefect.runtime import flow_run
 
-    tracking.claim_run(client, run_id, flow_run.id)
-    changed = tracking.log_params(client, run_id, logged_params)
+    runs.claim_run(client, run_id, flow_run.id)
+    changed = provenance.log_params(client, run_id, logged_params)
     if changed:
         logger.info("continuing run %s with %s", key, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     for k, v in lineage.items():
         client.set_tag(run_id, k, v)
-    for k, v in tracking.source_tags(root_p, data_cfg.out_dir).items():
+    for k, v in provenance.source_tags(root_p, data_cfg.out_dir).items():
         client.set_tag(run_id, k, v)
     client.set_tag(run_id, "data.fingerprint", fingerprint)
-    tracking.log_dataset(client, run_id, tracking.prepared_dataset(root_p, data_cfg), "training")
+    datasets.log_dataset(client, run_id, datasets.prepared_dataset(root_p, data_cfg), "training")
 
     from stylegan.transfer import effective_train_config
 
@@ -465,7 +466,7 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
            "lineage": lineage}
     results = []
     try:
-        with tracking.system_metrics(run_id, client.tracking_uri):
+        with runs.system_metrics(run_id, client.tracking_uri):
             for st in plan:
                 results.append(train_stage(st.resolution, job))
     except BaseException:

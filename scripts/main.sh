@@ -14,7 +14,7 @@ git rev-parse --is-inside-work-tree >/dev/null 2>&1 || git init -q   # DVC stage
 dvc repro "$@"
 
 uri="$(python - <<'PY'
-from flows.tracking import default_tracking_uri
+from flows.tracking.store import default_tracking_uri
 from stylegan.config import load_params, section
 reg = section(load_params("params.yaml"), "registry")
 print(f"models:/{reg.name}@{reg.champion_alias}|{default_tracking_uri('.')}")

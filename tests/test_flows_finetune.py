@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
-from flows import tracking
+from flows.tracking import registry, store
 from flows.train import train_flow
 from tests.flows_helpers import packed_data, tiny_params, write_params
 
@@ -21,7 +21,7 @@ def test_finetune_from_the_registry_and_train_longer(tmp_path: Path, mlflow_stor
     packed_data(tmp_path / "data" / "prepared")
     params = tiny_params(train={"stab_kimg": 0.032, "fade_kimg": 0.032, "snapshot_kimg": 1.0, "tick_kimg": 0.016})
     write_params(tmp_path / "params.yaml", params)
-    client = tracking.setup(tmp_path)
+    client = store.setup(tmp_path)
 
     # v1: 8x8 only.
     v1 = train_flow(params_path="params.yaml", root=str(tmp_path), overrides=["train.max_resolution=8"])
@@ -49,6 +49,6 @@ def test_finetune_from_the_registry_and_train_longer(tmp_path: Path, mlflow_stor
     assert mv.tags["parent.sha256"] == client.get_model_version("pokemon-stylegan", "1").tags["generator.sha256"]
     run = client.get_run(ft["run_id"]).data
     assert run.params["train.init_from"] == "models:/pokemon-stylegan/1" and run.tags["parent.version"]
-    with pytest.raises(tracking.RegistryError, match="has no alias 'nope'"):
+    with pytest.raises(registry.RegistryError, match="has no alias 'nope'"):
         train_flow(params_path="params.yaml", root=str(tmp_path),
                    overrides=["train.init_from=models:/pokemon-stylegan@nope"])

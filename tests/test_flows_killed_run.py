@@ -19,22 +19,24 @@ import pytest
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
-from flows import tracking
+from mlflow import MlflowClient
+
+from flows.tracking import runs, store
 from tests.flows_helpers import REPO, packed_data, tiny_params, write_params
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 
 
-def _wait_for_training_run(client: tracking.MlflowClient, pid: int, proc: subprocess.Popen, timeout: float) -> str:
+def _wait_for_training_run(client: MlflowClient, pid: int, proc: subprocess.Popen, timeout: float) -> str:
     """The run id once the process has tagged its run and logged a tick (it is mid-training)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the training ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
-        exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+        exp = client.get_experiment_by_name(store.EXPERIMENT)
         if exp is not None:
-            runs = client.search_runs([exp.experiment_id], f"tags.`{tracking.PID_TAG}` = '{pid}'")
-            if runs and client.get_metric_history(runs[0].info.run_id, "kimg"):
-                return runs[0].info.run_id
+            found = client.search_runs([exp.experiment_id], f"tags.`{runs.PID_TAG}` = '{pid}'")
+            if found and client.get_metric_history(found[0].info.run_id, "kimg"):
+                return found[0].info.run_id
         time.sleep(0.2)
     raise AssertionError(f"no training run of process {pid} within {timeout} s")
 
@@ -53,7 +55,7 @@ def test_sigkilled_training_is_marked_killed_by_the_next(
            "MLFLOW_TRACKING_URI": mlflow_store}
     proc = subprocess.Popen([sys.executable, "-m", "flows.train", "--root", str(tmp_path)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = tracking.setup(tmp_path)
+    client = store.setup(tmp_path)
     try:
         run_id = _wait_for_training_run(client, proc.pid, proc, timeout=240)
         os.kill(proc.pid, signal.SIGKILL)
@@ -71,24 +73,24 @@ def test_sigkilled_training_is_marked_killed_by_the_next(
     assert dead.info.status == "KILLED" and dead.info.end_time is not None
     assert f"process {proc.pid}" in dead.data.tags["pokegan.ended"]
     assert nxt["run_id"] != run_id and client.get_run(nxt["run_id"]).info.status == "FINISHED"
-    assert tracking.reap_dead_runs(client) == []  # nothing left to reap
+    assert runs.reap_dead_runs(client) == []  # nothing left to reap
 
 
 def test_live_runs_are_not_reaped_and_hooks_end_their_runs(mlflow_store: str, tmp_path: Path) -> None:
     from flows.train import _end_mlflow_run
 
-    client = tracking.setup(tmp_path)
-    exp = tracking.ensure_experiment(client, tracking.EXPERIMENT, tmp_path)
+    client = store.setup(tmp_path)
+    exp = store.ensure_experiment(client, store.EXPERIMENT, tmp_path)
     alive = client.create_run(exp).info.run_id
-    tracking.claim_run(client, alive, "flow-run-1")
+    runs.claim_run(client, alive, "flow-run-1")
     other = client.create_run(exp).info.run_id
-    tracking.claim_run(client, other, "flow-run-2")
-    assert tracking.reap_dead_runs(client) == []  # this process owns both
+    runs.claim_run(client, other, "flow-run-2")
+    assert runs.reap_dead_runs(client) == []  # this process owns both
     assert client.get_run(alive).info.status == "RUNNING"
 
     # A pid that now belongs to another (younger) process is a dead owner too.
-    client.set_tag(alive, tracking.PID_START_TAG, "1.0")
-    assert tracking.reap_dead_runs(client) == [alive]
+    client.set_tag(alive, runs.PID_START_TAG, "1.0")
+    assert runs.reap_dead_runs(client) == [alive]
 
     hook = _end_mlflow_run("KILLED", "the flow run was cancelled")
     state = SimpleNamespace(message="cancelled by a user", name="Cancelled")

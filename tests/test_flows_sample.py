@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
-from flows import tracking
+from flows.tracking import logged_model, registry, store
 from tests.flows_helpers import tiny_params, write_params
 
 pytestmark = pytest.mark.pipeline
@@ -30,10 +30,10 @@ def registered(tmp_path: Path, mlflow_store: str) -> dict[str, str]:
     torch.manual_seed(0)
     G = Generator(section(params, "model"))
     export_generator(G, tmp_path / "export", 16)
-    client = tracking.setup(tmp_path)
-    run = client.create_run(tracking.ensure_experiment(client, tracking.EXPERIMENT, tmp_path))
-    info = tracking.log_generator_model(run.info.run_id, tmp_path / "export")
-    version = tracking.register(client, info.model_uri, "pokemon-stylegan", "candidate", run.info.run_id)
+    client = store.setup(tmp_path)
+    run = client.create_run(store.ensure_experiment(client, store.EXPERIMENT, tmp_path))
+    info = logged_model.log_generator_model(run.info.run_id, tmp_path / "export")
+    version = registry.register(client, info.model_uri, "pokemon-stylegan", "candidate", run.info.run_id)
     write_params(tmp_path / "params.yaml", params)
     return {"version": version, "uri": info.model_uri}
 
@@ -81,9 +81,9 @@ def test_load_registered_generator_and_errors(registered: dict[str, str], tmp_pa
     G = load_registered_generator("models:/pokemon-stylegan@candidate", root=tmp_path)
     assert G.img_resolution == 16 and G.registry_version == "1"
     assert load_registered_generator("models:/pokemon-stylegan/1", root=tmp_path).registry_version == "1"
-    with pytest.raises(tracking.RegistryError, match=r"has no alias 'champion'; aliases: candidate -> v1"):
+    with pytest.raises(registry.RegistryError, match=r"has no alias 'champion'; aliases: candidate -> v1"):
         load_registered_generator("models:/pokemon-stylegan@champion", root=tmp_path)
-    with pytest.raises(tracking.RegistryError, match=r"no registered model 'other'.*pokemon-stylegan"):
+    with pytest.raises(registry.RegistryError, match=r"no registered model 'other'.*pokemon-stylegan"):
         load_registered_generator("models:/other@champion", root=tmp_path)
 
 

@@ -11,41 +11,41 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from flows import tracking
+from flows.tracking import callback, provenance, registry, store
 
 
 def test_flatten_nested_params() -> None:
-    flat = tracking.flatten({"train": {"lrs": {64: 0.002}, "betas": [0.0, 0.99], "lr": 0.001, "batch_sizes": {}},
-                             "model": {"mapping_width": None}})
+    flat = provenance.flatten({"train": {"lrs": {64: 0.002}, "betas": [0.0, 0.99], "lr": 0.001, "batch_sizes": {}},
+                              "model": {"mapping_width": None}})
     assert flat == {"train.lrs.64": "0.002", "train.betas": "[0.0, 0.99]", "train.lr": "0.001",
                     "train.batch_sizes": "{}", "model.mapping_width": "None"}
 
 
 def test_default_store_is_sqlite_under_mlruns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert store.default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
     assert (tmp_path / "mlruns").is_dir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
-    assert tracking.default_tracking_uri(tmp_path) == "http://tracking.example:5000"
+    assert store.default_tracking_uri(tmp_path) == "http://tracking.example:5000"
 
 
 def test_experiment_artifacts_beside_the_db(mlflow_store: str, tmp_path: Path) -> None:
-    client = tracking.setup(tmp_path)
-    exp_id = tracking.ensure_experiment(client, "exp", tmp_path)
-    assert tracking.ensure_experiment(client, "exp", tmp_path) == exp_id
+    client = store.setup(tmp_path)
+    exp_id = store.ensure_experiment(client, "exp", tmp_path)
+    assert store.ensure_experiment(client, "exp", tmp_path) == exp_id
     location = client.get_experiment(exp_id).artifact_location
     assert location == (tmp_path / "mlruns" / "artifacts").as_uri()
 
 
 def test_params_callback_and_tags(mlflow_store: str, tmp_path: Path) -> None:
-    client = tracking.setup(tmp_path)
-    run = client.create_run(tracking.ensure_experiment(client, "exp", tmp_path))
+    client = store.setup(tmp_path)
+    run = client.create_run(store.ensure_experiment(client, "exp", tmp_path))
     run_id = run.info.run_id
-    tracking.log_params(client, run_id, {"train": {"lr": 0.002, "lrs": {32: 0.001}}})
-    tracking.log_params(client, run_id, {"train": {"lr": 0.002, "lrs": {32: 0.001}}})  # resume: no duplicate error
+    provenance.log_params(client, run_id, {"train": {"lr": 0.002, "lrs": {32: 0.001}}})
+    provenance.log_params(client, run_id, {"train": {"lr": 0.002, "lrs": {32: 0.001}}})  # resume: no duplicate error
     assert client.get_run(run_id).data.params == {"train.lr": "0.002", "train.lrs.32": "0.001"}
 
-    cb = tracking.MlflowTrainingCallback(client, run_id)
+    cb = callback.MlflowTrainingCallback(client, run_id)
     for kimg, loss in ((0.5, 1.5), (1.25, 0.75)):
         cb.on_tick({"kimg": kimg, "loss_G": loss, "loss_D": 2 * loss, "r1": 0.1, "resolution": 8, "alpha": 1.0,
                     "lr": 0.002, "images_per_sec": 100.0, "batch_size": 32, "stage": 0, "sec_per_tick": 5.0})
@@ -55,7 +55,7 @@ def test_params_callback_and_tags(mlflow_store: str, tmp_path: Path) -> None:
 
     # A resumed training (a new process, a new callback) retrains the ticks after its checkpoint
     # at 0.5 kimg: the one already logged is not logged twice, the new one is.
-    resumed = tracking.MlflowTrainingCallback(client, run_id)
+    resumed = callback.MlflowTrainingCallback(client, run_id)
     for kimg, loss in ((1.25, 0.75), (2.0, 0.5)):
         resumed.on_tick({"kimg": kimg, "loss_G": loss, "resolution": 8})
     history = client.get_metric_history(run_id, "loss_G")
@@ -67,7 +67,7 @@ def test_params_callback_and_tags(mlflow_store: str, tmp_path: Path) -> None:
     cb.on_stage_end(SimpleNamespace(resolution=8, kimg=1.25, seconds=3.0, checkpoint=tmp_path / "stage-8.pt"))
     assert client.get_metric_history(run_id, "stage_seconds")[0].step == 1250
     # A resumed callback does not log the same snapshot step again; a new step is logged.
-    again = tracking.MlflowTrainingCallback(client, run_id)
+    again = callback.MlflowTrainingCallback(client, run_id)
     again.on_snapshot(8, 1.25, Image.new("RGB", (16, 16), "white"), tmp_path / "x.png")
     again.on_snapshot(8, 2.0, Image.new("RGB", (16, 16), "white"), tmp_path / "x.png")
     files = sorted(f.path for f in client.list_artifacts(run_id, "images") if f.path.endswith(".png"))
@@ -85,75 +85,75 @@ def test_source_tags_name_commit_and_data_hash(tmp_path: Path) -> None:
         "schema: '2.0'\nstages:\n  prepare:\n    cmd: x\n    outs:\n    - path: data/prepared\n"
         "      hash: md5\n      md5: abc123.dir\n"
     )
-    tags = tracking.source_tags(tmp_path)
+    tags = provenance.source_tags(tmp_path)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert tags["git.commit"] == head and tags["git.dirty"] == "false"
     assert tags["data.dvc_hash"] == "abc123.dir"
     (tmp_path / "f.txt").write_text("y")
-    assert tracking.source_tags(tmp_path)["git.dirty"] == "true"
+    assert provenance.source_tags(tmp_path)["git.dirty"] == "true"
 
 
 def _versions(client, tmp_path: Path, n: int) -> list[str]:
-    run = client.create_run(tracking.ensure_experiment(client, "exp", tmp_path))
-    return [tracking.register(client, (tmp_path / f"m{i}").as_uri(), "gan", "candidate", run.info.run_id)
+    run = client.create_run(store.ensure_experiment(client, "exp", tmp_path))
+    return [registry.register(client, (tmp_path / f"m{i}").as_uri(), "gan", "candidate", run.info.run_id)
             for i in range(n)]
 
 
 def test_champion_rule_promotes_only_improvements(mlflow_store: str, tmp_path: Path) -> None:
-    client = tracking.setup(tmp_path)
+    client = store.setup(tmp_path)
     v1, v2, v3 = _versions(client, tmp_path, 3)
     assert client.get_registered_model("gan").aliases == {"candidate": int(v3)}
 
-    d1 = tracking.apply_champion_rule(client, "gan", v1, "fd", 10.0)
+    d1 = registry.apply_champion_rule(client, "gan", v1, "fd", 10.0)
     assert d1.promoted and d1.previous_version is None and "no champion yet" in d1.reason
-    d2 = tracking.apply_champion_rule(client, "gan", v2, "fd", 12.0)
+    d2 = registry.apply_champion_rule(client, "gan", v2, "fd", 12.0)
     assert not d2.promoted and d2.previous_version == v1 and d2.previous_value == 10.0
     assert str(client.get_model_version_by_alias("gan", "champion").version) == v1
     tags = client.get_model_version("gan", v2).tags
     assert tags["promotion.decision"] == "rejected" and "does not beat" in tags["promotion.reason"]
-    d3 = tracking.apply_champion_rule(client, "gan", v3, "fd", 8.0)
+    d3 = registry.apply_champion_rule(client, "gan", v3, "fd", 8.0)
     assert d3.promoted and "beats champion v1" in d3.reason
     assert str(client.get_model_version_by_alias("gan", "champion").version) == v3
     assert client.get_model_version("gan", v3).tags["promotion.decision"] == "promoted"
 
 
 def test_champion_rule_higher_is_better(mlflow_store: str, tmp_path: Path) -> None:
-    client = tracking.setup(tmp_path)
+    client = store.setup(tmp_path)
     v1, v2 = _versions(client, tmp_path, 2)
-    tracking.apply_champion_rule(client, "gan", v1, "precision", 0.5, higher_is_better=True)
-    assert not tracking.apply_champion_rule(client, "gan", v2, "precision", 0.4, higher_is_better=True).promoted
-    assert tracking.apply_champion_rule(client, "gan", v2, "precision", 0.6, higher_is_better=True).promoted
+    registry.apply_champion_rule(client, "gan", v1, "precision", 0.5, higher_is_better=True)
+    assert not registry.apply_champion_rule(client, "gan", v2, "precision", 0.4, higher_is_better=True).promoted
+    assert registry.apply_champion_rule(client, "gan", v2, "precision", 0.6, higher_is_better=True).promoted
     assert str(client.get_model_version_by_alias("gan", "champion").version) == v2
 
 
 def test_champion_rule_compares_only_like_with_like(mlflow_store: str, tmp_path: Path) -> None:
-    client = tracking.setup(tmp_path)
+    client = store.setup(tmp_path)
     v1, v2, v3, v4 = _versions(client, tmp_path, 4)
     p32 = {"resolution": 32, "num_samples": 500, "num_real": 2000, "truncation_psi": 1.0, "data": "abc"}
-    assert tracking.apply_champion_rule(client, "gan", v1, "fd", 50.0, protocol=p32).promoted
+    assert registry.apply_champion_rule(client, "gan", v1, "fd", 50.0, protocol=p32).promoted
     # A better number measured on fewer samples is not comparable: the champion stays.
-    d2 = tracking.apply_champion_rule(client, "gan", v2, "fd", 10.0, protocol={**p32, "num_samples": 100})
+    d2 = registry.apply_champion_rule(client, "gan", v2, "fd", 10.0, protocol={**p32, "num_samples": 100})
     assert not d2.promoted and "not comparable" in d2.reason and "num_samples 500 vs 100" in d2.reason
     # A lower-resolution model does not take over, however good its number.
-    assert not tracking.apply_champion_rule(client, "gan", v3, "fd", 1.0, protocol={**p32, "resolution": 16}).promoted
+    assert not registry.apply_champion_rule(client, "gan", v3, "fd", 1.0, protocol={**p32, "resolution": 16}).promoted
     assert str(client.get_model_version_by_alias("gan", "champion").version) == v1
     # A higher-resolution model supersedes it even with a worse number, and says why.
-    d4 = tracking.apply_champion_rule(client, "gan", v4, "fd", 80.0, protocol={**p32, "resolution": 64})
+    d4 = registry.apply_champion_rule(client, "gan", v4, "fd", 80.0, protocol={**p32, "resolution": 64})
     assert d4.promoted and "supersedes" in d4.reason and "resolution 32 vs 64" in d4.reason
     assert str(client.get_model_version_by_alias("gan", "champion").version) == v4
     assert json.loads(client.get_model_version("gan", v4).tags["eval.protocol"])["resolution"] == 64
 
 
 def test_registry_errors_name_what_exists(mlflow_store: str, tmp_path: Path) -> None:
-    client = tracking.setup(tmp_path)
+    client = store.setup(tmp_path)
     (v1,) = _versions(client, tmp_path, 1)
-    assert str(tracking.resolve_version(client, "models:/gan@candidate").version) == v1
-    assert str(tracking.resolve_version(client, "models:/gan/latest").version) == v1
-    with pytest.raises(tracking.RegistryError, match=r"no registered model 'nope'.*registered models: gan"):
-        tracking.resolve_version(client, "models:/nope@champion")
-    with pytest.raises(tracking.RegistryError, match=r"no alias 'champion'; aliases: candidate -> v1; versions: 1"):
-        tracking.resolve_version(client, "models:/gan@champion")
-    with pytest.raises(tracking.RegistryError, match=r"no version 7"):
-        tracking.resolve_version(client, "models:/gan/7")
+    assert str(registry.resolve_version(client, "models:/gan@candidate").version) == v1
+    assert str(registry.resolve_version(client, "models:/gan/latest").version) == v1
+    with pytest.raises(registry.RegistryError, match=r"no registered model 'nope'.*registered models: gan"):
+        registry.resolve_version(client, "models:/nope@champion")
+    with pytest.raises(registry.RegistryError, match=r"no alias 'champion'; aliases: candidate -> v1; versions: 1"):
+        registry.resolve_version(client, "models:/gan@champion")
+    with pytest.raises(registry.RegistryError, match=r"no version 7"):
+        registry.resolve_version(client, "models:/gan/7")
     with pytest.raises(ValueError, match="not a registry URI"):
-        tracking.resolve_version(client, "runs:/abc/generator")
+        registry.resolve_version(client, "runs:/abc/generator")

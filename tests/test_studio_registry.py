@@ -15,7 +15,8 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from flows import studio_registry, tracking
+from flows import studio_registry
+from flows.tracking import logged_model, registry, store
 
 pytestmark = pytest.mark.pipeline
 
@@ -32,16 +33,16 @@ def test_studio_lists_and_switches_registered_versions(tmp_path: Path, mlflow_st
     from stylegan.sampling import generate
     from stylegan.studio import ModelSource, create_app
 
-    client = tracking.setup(tmp_path)
-    exp = tracking.ensure_experiment(client, tracking.EXPERIMENT, tmp_path)
+    client = store.setup(tmp_path)
+    exp = store.ensure_experiment(client, store.EXPERIMENT, tmp_path)
     for v, seed in (("1", 0), ("2", 1)):
         torch.manual_seed(seed)
         G = Generator(ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=8))
         export_generator(G.eval(), tmp_path / f"export{v}")
         run = client.create_run(exp)
         client.log_metric(run.info.run_id, "eval.swd", 10.0 * int(v))
-        info = tracking.log_generator_model(run.info.run_id, tmp_path / f"export{v}")
-        assert tracking.register(client, info.model_uri, "pokemon-stylegan", "candidate", run.info.run_id) == v
+        info = logged_model.log_generator_model(run.info.run_id, tmp_path / f"export{v}")
+        assert registry.register(client, info.model_uri, "pokemon-stylegan", "candidate", run.info.run_id) == v
         client.set_model_version_tag("pokemon-stylegan", v, "eval.fd_effnet", str(50.0 - int(v)))
         client.set_model_version_tag("pokemon-stylegan", v, "promotion.decision", "promoted")
         client.set_model_version_tag("pokemon-stylegan", v, "promotion.reason", f"reason of v{v}")

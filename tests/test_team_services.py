@@ -126,7 +126,7 @@ def _pg(team: dict[str, Any], db: str, sql: str) -> int:
 def test_pipeline_runs_on_the_team_servers(team: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
-    from flows import tracking
+    from flows.tracking import datasets, logged_model
 
     assert "export MLFLOW_TRACKING_URI=" in team["start_out"] and "prefect worker start --pool" in team["start_out"]
     first, second = team["runs"]
@@ -141,13 +141,13 @@ def test_pipeline_runs_on_the_team_servers(team: dict[str, Any], monkeypatch: py
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_G")][-1] == 96
     assert "eval.fd_effnet" in run.data.metrics and "system/cpu_utilization_percentage" in run.data.metrics
-    digest = tracking.dvc_tree_hash(team["project"] / "data" / "prepared")
+    digest = datasets.dvc_tree_hash(team["project"] / "data" / "prepared")
     inputs = {(i.dataset.name, i.dataset.digest, i.tags[0].value) for i in run.inputs.dataset_inputs}
     assert inputs == {("sprites", digest, "training"), ("sprites (evaluation)", digest, "evaluation")}
 
     model = client.get_registered_model("pokemon-stylegan")
     assert model.aliases == {"candidate": "1", "champion": "1"}
-    model_id = tracking.model_id_of(client, "pokemon-stylegan", "1")
+    model_id = logged_model.model_id_of(client, "pokemon-stylegan", "1")
     linked = {(m.key, m.dataset_name) for m in client.get_logged_model(model_id).metrics}
     assert ("eval.fd_effnet", "sprites (evaluation)") in linked
     assert ("loss_G", None) in linked  # the last tick's losses, at the step the model was logged
@@ -175,12 +175,12 @@ def test_mlflow_ui_shows_dataset_model_metrics_system_metrics_and_image_steps(
     playwright = pytest.importorskip("playwright.sync_api")
     from mlflow import MlflowClient
 
-    from flows import tracking
+    from flows.tracking import logged_model
 
     client = MlflowClient(tracking_uri=team["mlflow_url"], registry_uri=team["mlflow_url"])
     exp = client.get_experiment_by_name("pokegan")
     (run,) = client.search_runs([exp.experiment_id])
-    run_id, model_id = run.info.run_id, tracking.model_id_of(client, "pokemon-stylegan", "1")
+    run_id, model_id = run.info.run_id, logged_model.model_id_of(client, "pokemon-stylegan", "1")
     shots = Path(os.environ.get("POKEGAN_UI_SCREENSHOTS") or tmp_path_factory.mktemp("mlflow-ui"))
     shots.mkdir(parents=True, exist_ok=True)
     url = f"{team['mlflow_url']}/#/experiments/{exp.experiment_id}"

@@ -171,7 +171,7 @@ def prepare_child(data: dict[str, Any], root: str, kills: list[Kill], log: str |
 
 def publish_job(spec: dict[str, Any]) -> dict[str, Any]:
     """The job dict ``flows.train.publish`` takes, from plain values (children cannot share clients)."""
-    from flows import tracking
+    from flows.tracking import store
     from stylegan.config import load_params, section
 
     os.environ["MLFLOW_TRACKING_URI"] = spec["tracking_uri"]
@@ -179,7 +179,7 @@ def publish_job(spec: dict[str, Any]) -> dict[str, Any]:
     return {"model_cfg": section(params, "model"), "train_cfg": section(params, "train"),
             "data_root": Path(spec["data_root"]), "run_dir": Path(spec["run_dir"]),
             "export_dir": Path(spec["export_dir"]), "registered_path": Path(spec["registered"]),
-            "tracking_uri": tracking.setup(spec["root"]).tracking_uri, "registry": section(params, "registry"),
+            "tracking_uri": store.setup(spec["root"]).tracking_uri, "registry": section(params, "registry"),
             "mlflow_run_id": spec["run_id"], "key": spec["key"]}
 
 
@@ -233,21 +233,21 @@ def tracked_train_child(params: str, data: str, run_dir: str, export: str, uri: 
     Exit 3 with the callback's one-line message when the store goes down."""
     import torch
 
-    from flows import tracking
+    from flows.tracking import callback, store
     from stylegan.config import load_params, section
     from stylegan.training import Trainer
 
     torch.set_num_threads(1)  # as `pokegan train --threads 1`, so the weights can be compared bit for bit
     os.environ["MLFLOW_TRACKING_URI"] = uri
     cfg = load_params(params)
-    client = tracking.setup(Path(run_dir).parent)
-    callbacks: list[Any] = [tracking.MlflowTrainingCallback(client, run_id)]
+    client = store.setup(Path(run_dir).parent)
+    callbacks: list[Any] = [callback.MlflowTrainingCallback(client, run_id)]
     if lock_at_tick:
         callbacks.insert(0, _LockStore(uri.removeprefix("sqlite:///"), lock_at_tick))
     trainer = Trainer(section(cfg, "model"), section(cfg, "train"), data, run_dir, device="cpu", callbacks=callbacks)
     try:
         trainer.run()
-    except tracking.TrackingUnavailable as exc:
+    except callback.TrackingUnavailable as exc:
         print(f"train: error: {exc}", file=sys.stderr, flush=True)
         os._exit(3)
     trainer.export(export)

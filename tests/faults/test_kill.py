@@ -149,14 +149,14 @@ def _registry_consistent(client: Any, name: str) -> dict[str, str]:
 def test_kill_during_export_and_registration_recovers(project: dict[str, Any], tmp_path: Path,
                                                       mlflow_store: str) -> None:
     pytest.importorskip("mlflow")
-    from flows import tracking
     from flows.evaluate import ExportMismatchError, check_export_matches
+    from flows.tracking import store
     from flows.train import publish
     from stylegan.training import Trainer
 
     root = tmp_path
-    client = tracking.setup(root)
-    run_id = client.create_run(tracking.ensure_experiment(client, tracking.EXPERIMENT, root)).info.run_id
+    client = store.setup(root)
+    run_id = client.create_run(store.ensure_experiment(client, store.EXPERIMENT, root)).info.run_id
     export, registered = root / "models" / "generator", root / "models" / "registered.json"
 
     def spec(seed: int) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def test_kill_during_export_and_registration_recovers(project: dict[str, Any], t
     # Then weights A again (already registered): kills around the export swap and the record.
     alias = ("call", 1, "mlflow.tracking.client:MlflowClient.set_registered_model_alias")
     plan = [
-        (1, "before logging the model", ("call", 1, "flows.tracking:log_generator_model")),
+        (1, "before logging the model", ("call", 1, "flows.tracking.logged_model:log_generator_model")),
         (1, "after creating the version, before its alias", alias),  # logged and registered, alias not moved
         (0, "before the export swap", ("replace", 1, f"src={export}")),
         (0, "between the export renames", ("replace", 1, f"dst={export}")),

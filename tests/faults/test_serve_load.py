@@ -50,7 +50,8 @@ def server(tmp_path: Path) -> Any:
     import mlflow
     import torch
 
-    from flows import tracking
+    import stylegan
+    from flows.tracking import logged_model
     from stylegan.checkpoint import export_generator
     from stylegan.config import section
     from stylegan.networks import Generator
@@ -59,10 +60,10 @@ def server(tmp_path: Path) -> Any:
     torch.manual_seed(0)  # an untrained 16x16 generator serves as well as a trained one here
     export_generator(Generator(section(tiny_params(), "model")), tmp_path / "export", 16)
     model = tmp_path / "model"
-    mlflow.pyfunc.save_model(  # the model the train flow logs (tracking.log_generator_model), saved locally
-        str(model), python_model=str(tracking.PYFUNC_CODE), artifacts={"generator": str(tmp_path / "export")},
-        code_paths=[str(Path(tracking.stylegan.__file__).parent)], signature=tracking.model_signature(),
-        pip_requirements=tracking.PIP_REQUIREMENTS)  # no input example: its validation loads the model (seconds)
+    mlflow.pyfunc.save_model(  # the model the train flow logs (logged_model.log_generator_model), saved locally
+        str(model), python_model=str(logged_model.PYFUNC_CODE), artifacts={"generator": str(tmp_path / "export")},
+        code_paths=[str(Path(stylegan.__file__).parent)], signature=logged_model.model_signature(),
+        pip_requirements=logged_model.PIP_REQUIREMENTS)  # no input example: its validation loads the model (seconds)
     port = free_port()
     bindir = Path(sys.executable).parent  # mlflow serve starts uvicorn from PATH
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -29,10 +29,10 @@ def test_tracking_store_down_mid_run_stops_clearly_and_resumes(
     project: dict[str, Any], tmp_path: Path, mlflow_store: str
 ) -> None:
     pytest.importorskip("mlflow")
-    from flows import tracking
+    from flows.tracking import store
 
-    client = tracking.setup(tmp_path)
-    run_id = client.create_run(tracking.ensure_experiment(client, tracking.EXPERIMENT, tmp_path)).info.run_id
+    client = store.setup(tmp_path)
+    run_id = client.create_run(store.ensure_experiment(client, store.EXPERIMENT, tmp_path)).info.run_id
     run_dir, export = tmp_path / "run", tmp_path / "export"
     args = (str(project["params"]), str(project["data"]), str(run_dir), str(export), mlflow_store, run_id)
     t0 = time.perf_counter()

@@ -1,12 +1,15 @@
 """The whole chain as one Prefect flow: fetch -> prepare -> train -> evaluate -> sample.
 
 Each step is the flow the DVC stage of the same name runs, called as a subflow from a cached
-task, so a deployment of this flow does what `dvc repro` does, skipping included: a step's
-cache key is the hash of what its DVC stage depends on (the values of the params it lists in
-dvc.yaml and the content of its deps: code files and the previous steps' outputs; for a
-local data source also its files), and its result is persisted under ``.prefect/results``.
-A rerun with nothing changed finds every step in the cache ("Cached" in the UI) and does no
-work; a cached step whose outputs have changed or vanished since is run again.
+task, so a deployment of this flow does what `dvc repro` does, and DVC alone decides what is
+stale: one in-process `dvc status` of the five stages per run (asked again, for the later
+stages only, after a step ran and so changed their deps). A stage DVC reports changed (params,
+deps or outs against dvc.lock, or not in it yet) runs, and is then committed as `dvc repro`
+commits it (dvc.lock updated, outs in the DVC cache); an up-to-date one is found in Prefect's
+task cache ("Cached" in the UI) and does no work. The cache key is the stage's DVC run-cache
+key (the hash of what dvc.lock records of its cmd, deps and params); results persist under
+``.prefect/results``. ``-S`` overrides (or a ``--params`` file other than params.yaml) are what
+DVC reads as the stages' params, as with `dvc exp run -S`, so dvc.lock records what ran.
 
     python -m flows.pipeline --params params.yaml [-S train.max_resolution=16] [--force]
 """
@@ -14,110 +17,122 @@ work; a cached step whose outputs have changed or vanished since is run again.
 from __future__ import annotations
 
 import hashlib
-import json
+import shutil
 import sys
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import chdir, contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 
 from flows.common import base_parser, load_run_params, resolve
-from stylegan.config import section
-from stylegan.io import sha256_file
+from stylegan.config import section, set_override
 
 STEPS = ("fetch", "prepare", "train", "evaluate", "sample")
 RESULTS_DIR = ".prefect/results"  # persisted step results: the cache that lets a rerun skip work
-_SKIP_PARTS = {"__pycache__", ".pytest_cache"}
+DEFAULT_PARAMS = "params.yaml"  # the params file dvc.yaml's stages read
 
 
-def _hash_path(path: Path) -> str:
-    """Content hash of a file or a folder (every file, by relative path); 'missing' when absent."""
-    if path.is_file():
-        return sha256_file(path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for p in sorted(path.rglob("*")):
-            rel = p.relative_to(path)
-            if p.is_file() and not _SKIP_PARTS & set(rel.parts) and p.suffix != ".pyc":
-                h.update(f"{rel.as_posix()}\0{_hash_path(p)}\n".encode())
-        return h.hexdigest()
-    return "missing"
+class DvcStages:
+    """DVC's view of the pipeline's stages (its Python API, in process): what is stale, each
+    stage's run-cache key, and the commit of a finished step to dvc.lock.
 
+    When the run's params differ from what DVC would read (``overrides``, or ``params_path`` not
+    params.yaml), DVC reads them from a copy of ``params_path`` with the overrides applied, as
+    `dvc exp run -S` would write params.yaml; dvc.lock then records the values a step ran with.
+    """
 
-def _stat_path(path: Path) -> str:
-    """A cheap fingerprint (names, sizes, mtimes) of a data source outside the project."""
-    if path.is_file():
-        st = path.stat()
-        return f"{st.st_size}:{st.st_mtime_ns}"
-    if path.is_dir():
-        h = hashlib.sha256()
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                h.update(f"{p.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
-    return "missing"
+    def __init__(self, root: str | Path, params_path: str = DEFAULT_PARAMS, overrides: Iterable[str] = ()) -> None:
+        from dvc.exceptions import NotDvcRepoError
+        from dvc.repo import Repo
 
+        self.root = Path(root).resolve()
+        try:
+            self.repo = Repo(str(self.root))
+        except NotDvcRepoError:
+            raise FileNotFoundError(f"{self.root} is not a DVC project; flows.pipeline asks DVC what is stale, so "
+                                    "run it in a pokegan project root (--root) or `dvc init` there first") from None
+        self._tmp: Path | None = None
+        self._params: str | None = None  # the effective params file DVC reads instead of params.yaml
+        source, overrides = resolve(self.root, params_path).resolve(), list(overrides)
+        if source != self.root / DEFAULT_PARAMS or overrides:
+            from dvc.utils.serialize import MODIFIERS
 
-def _entry_path(entry: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    if isinstance(entry, dict):
-        (path, opts), = entry.items()
-        return str(path), dict(opts or {})
-    return str(entry), {}
+            self._tmp = Path(tempfile.mkdtemp(prefix="pokegan-pipeline-params-"))
+            effective = self._tmp / f"params{source.suffix}"  # DVC picks its loader by the suffix
+            shutil.copyfile(source, effective)
+            with MODIFIERS[source.suffix.lower()](str(effective)) as data:  # round trip: other values as read
+                for assignment in overrides:
+                    set_override(data, assignment)
+            self._params = str(effective)
 
+    def close(self) -> None:
+        self.repo.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
-def dvc_stages(root: str | Path) -> dict[str, Any]:
-    """The stages of the project's dvc.yaml (what each step reads and writes)."""
-    path = Path(root) / "dvc.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; flows.pipeline runs in a pokegan project root (--root)")
-    return (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    @contextmanager
+    def _session(self) -> Iterator[None]:
+        """The repo lock, from the project root: DVC's stage code reads paths relative to the
+        working directory, as its CLI runs there."""
+        from dvc.repo import lock_repo
 
+        with chdir(self.root), lock_repo(self.repo):
+            yield
 
-def _param_values(params: dict[str, Any], specs: Iterable[Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for spec in specs:  # "section" / "section.key", or {params-file: [keys]}
-        for name in [spec] if isinstance(spec, str) else [k for keys in spec.values() for k in keys or []]:
-            node: Any = params
-            for part in str(name).split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            values[str(name)] = node
-    return values
+    def _stage(self, name: str) -> Any:
+        """The stage as dvc.yaml and dvc.lock declare it now, reading the run's params."""
+        from dvc.dependency.param import ParamsDependency
 
+        stage = self.repo.stage.load_one(name=name)
+        default = str(self.root / DEFAULT_PARAMS)
+        for dep in stage.deps:
+            if self._params and isinstance(dep, ParamsDependency) and dep.fs_path == default:
+                dep.fs_path = self._params
+        return stage
 
-def step_fingerprint(root: str | Path, stage: str, params: dict[str, Any]) -> str:
-    """Hash of the step's inputs as its DVC stage declares them: param values and deps' content."""
-    root = Path(root)
-    spec = dvc_stages(root)[stage]
-    deps = {p: _hash_path(root / p) for p in (_entry_path(e)[0] for e in spec.get("deps") or [])}
-    blob: dict[str, Any] = {"stage": stage, "params": _param_values(params, spec.get("params") or []), "deps": deps}
-    if stage == "fetch":
-        from stylegan.data.sources import uses_package
+    def status(self, stages: Iterable[str]) -> dict[str, list[Any]]:
+        """`dvc status <stages>`: the stale ones, each with what changed (as ``dvc status --json``)."""
+        changed: dict[str, list[Any]] = {}
+        with self._session():
+            for name in stages:  # what Repo.status does for each target
+                changed.update(self._stage(name).status(check_updates=True))
+        if self._params:  # the params file by the name dvc.yaml gives it, not the effective copy's
+            for entries in changed.values():
+                for entry in entries:
+                    if isinstance(entry, dict) and self._params in entry.get("changed deps", {}):
+                        deps = entry["changed deps"]
+                        deps[DEFAULT_PARAMS] = deps.pop(self._params)
+        return changed
 
-        data = section(params, "data")
-        if not uses_package(data):  # a folder or zip outside the project: its files are an input too
-            blob["source"] = _stat_path(resolve(root, data.source))
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+    def key(self, name: str) -> str:
+        """The stage's DVC run-cache key now: its dvc.lock entry (cmd, deps' hashes, params' values)
+        for the workspace, outs by path only (``dvc.stage.cache``); what dvc.lock holds once it ran."""
+        from dvc.stage.serialize import to_single_stage_lockfile
+        from dvc.utils import dict_sha256
+        from dvc_data.hashfile.meta import Meta
 
+        with self._session():
+            stage = self._stage(name)
+            stage.save_deps(allow_missing=True)
+            entry = to_single_stage_lockfile(stage)
+        entry["outs"] = [out["path"] for out in entry.get("outs", [])]
+        return dict_sha256(entry, exclude=[Meta.PARAM_SIZE, Meta.PARAM_NFILES])
 
-def outputs_state(root: str | Path, stage: str) -> dict[str, str]:
-    """What the step's outputs are now; ``persist`` outputs (checkpoints) only need to exist."""
-    root = Path(root)
-    spec = dvc_stages(root)[stage]
-    state = {}
-    for entry in [*(spec.get("outs") or []), *(spec.get("metrics") or []), *(spec.get("plots") or [])]:
-        path, opts = _entry_path(entry)
-        p = root / path
-        state[path] = ("present" if p.exists() else "missing") if opts.get("persist") else _hash_path(p)
-    return state
+    def commit(self, name: str) -> None:
+        """Record a finished step in dvc.lock as `dvc repro` does after running the stage."""
+        with self._session():
+            stage = self._stage(name)
+            uncached = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
+            stage.save(run_cache=not uncached)
+            stage.commit()
+            stage.dump(update_pipeline=False)
 
 
 def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    root = parameters["root"]
-    params = load_run_params(Path(root) / parameters["params_path"], parameters["overrides"])
-    return f"pokegan-{parameters['stage']}-{step_fingerprint(root, parameters['stage'], params)}"
+    return f"pokegan-{parameters['stage']}-dvc-{parameters['dvc_key']}"
 
 
 def _step_flow(stage: str) -> Callable[..., Any]:
@@ -140,50 +155,75 @@ def _fetch_flow(params_path: str = "params.yaml", overrides: list[str] | None = 
 
 @task(name="step", task_run_name="{stage}", cache_key_fn=_cache_key, persist_result=True,
       retries=0)
-def run_step(stage: str, params_path: str, overrides: list[str], root: str) -> dict[str, Any]:
-    """Run one step (its flow, as a subflow); the result records what its outputs were."""
-    result = _step_flow(stage)(params_path=params_path, overrides=overrides, root=root)
-    return {"result": result, "outputs": outputs_state(root, stage)}
+def run_step(stage: str, params_path: str, overrides: list[str], root: str, dvc_key: str) -> dict[str, Any]:
+    """Run one step (its flow, as a subflow); cached under ``dvc_key``, the stage's DVC run-cache key."""
+    return {"result": _step_flow(stage)(params_path=params_path, overrides=overrides, root=root)}
+
+
+def _describe(changes: list[Any], limit: int = 4) -> str:
+    """DVC's status entries of one stage in a line: "changed deps: data/raw; changed outs: samples"."""
+    parts = []
+    for change in changes:
+        if not isinstance(change, dict):
+            parts.append(str(change))  # "changed command", "always changed"
+            continue
+        for kind, entries in change.items():
+            names = sorted(map(str, entries))
+            more = f", +{len(names) - limit} more" if len(names) > limit else ""
+            parts.append(f"{kind}: {', '.join(names[:limit])}{more}")
+    return "; ".join(parts)
 
 
 @flow(name="pokegan-pipeline", log_prints=True)
-def pipeline_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
+def pipeline_flow(params_path: str = DEFAULT_PARAMS, overrides: list[str] | None = None, root: str = ".",
                   skip_prepare: bool = False, force: bool = False) -> dict[str, Any]:
     """Fetch, prepare, train (stage by stage), evaluate + champion rule, sample from the registry.
 
-    Steps whose inputs are unchanged since a finished run are skipped (cached); ``force`` runs
-    every step; ``skip_prepare`` reuses data/prepared as it is (no check that it is current).
+    DVC decides what is stale (``dvc status``); stale steps run and are committed to dvc.lock,
+    the others are skipped (cached); ``force`` runs every step; ``skip_prepare`` reuses
+    data/prepared as it is (no check that it is current).
     """
     from prefect.filesystems import LocalFileSystem
 
     logger = get_run_logger()
     overrides = list(overrides or [])
     root_p = str(Path(root).resolve())
-    # A saved block (Prefect wants result storage known to the server), one per project folder.
-    storage = LocalFileSystem(basepath=str(Path(root_p) / RESULTS_DIR))
-    storage.save(f"pokegan-results-{hashlib.sha256(root_p.encode()).hexdigest()[:12]}", overwrite=True)
-    data_dir = resolve(root_p, section(load_run_params(Path(root_p) / params_path, overrides), "data").out_dir)
-    results: dict[str, Any] = {}
-    steps: dict[str, str] = {}
-    for stage in STEPS:
-        if stage == "prepare" and skip_prepare and (data_dir / "manifest.csv").exists():
-            logger.info("skip_prepare: using the prepared data in %s", data_dir)
-            steps[stage] = "skipped"
-            continue
-        step = run_step.with_options(name=stage, result_storage=storage, refresh_cache=force or None)
-        state = step(stage, params_path, overrides, root_p, return_state=True)
-        record = state.result()
-        if state.name == "Cached" and record["outputs"] != outputs_state(root_p, stage):
-            changed = sorted(k for k, v in outputs_state(root_p, stage).items() if record["outputs"].get(k) != v)
-            logger.info("%s: inputs unchanged but outputs %s changed since; running it again", stage, changed)
-            state = step.with_options(refresh_cache=True)(stage, params_path, overrides, root_p, return_state=True)
+    dvc = DvcStages(root_p, params_path, overrides)
+    try:
+        # A saved block (Prefect wants result storage known to the server), one per project folder.
+        storage = LocalFileSystem(basepath=str(Path(root_p) / RESULTS_DIR))
+        storage.save(f"pokegan-results-{hashlib.sha256(root_p.encode()).hexdigest()[:12]}", overwrite=True)
+        data_dir = resolve(root_p, section(load_run_params(Path(root_p) / params_path, overrides), "data").out_dir)
+        stale = dvc.status(STEPS)  # one `dvc status` per run, asked again only after a step ran
+        logger.info("dvc status: %s", ", ".join(stale) + " changed" if stale else "every stage up to date")
+        first_stale = dict(stale)
+        results: dict[str, Any] = {}
+        steps: dict[str, str] = {}
+        for i, stage in enumerate(STEPS):
+            if stage == "prepare" and skip_prepare and (data_dir / "manifest.csv").exists():
+                logger.info("skip_prepare: using the prepared data in %s", data_dir)
+                steps[stage] = "skipped"
+                continue
+            must_run = force or stage in stale
+            if stage in stale:
+                logger.info("%s: DVC reports it changed (%s); running it", stage, _describe(stale[stage]))
+            step = run_step.with_options(name=stage, result_storage=storage, refresh_cache=must_run or None)
+            state = step(stage, params_path, overrides, root_p, dvc.key(stage), return_state=True)
             record = state.result()
-        steps[stage] = "cached" if state.name == "Cached" else "ran"
-        if steps[stage] == "cached":
-            logger.info("%s: inputs and outputs unchanged since the last run; skipped", stage)
-        results[stage] = record["result"]
+            results[stage] = record["result"]
+            if state.name == "Cached":
+                steps[stage] = "cached"
+                logger.info("%s: up to date in dvc.lock; skipped", stage)
+                continue
+            if not must_run:
+                logger.info("%s: up to date in dvc.lock but no result of it in %s, so it ran", stage, RESULTS_DIR)
+            steps[stage] = "ran"
+            dvc.commit(stage)
+            stale = dvc.status(STEPS[i + 1:])  # its outputs are the next stages' deps
+    finally:
+        dvc.close()
     return {"registered": results.get("train"), "evaluation": results.get("evaluate"),
-            "samples": results.get("sample"), "steps": steps}
+            "samples": results.get("sample"), "steps": steps, "stale": first_stale}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -918,9 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     slug = re.sub(r"[^a-z0-9]+", "-", str(info["name"]).lower()).strip("-") or "device"
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / f"gpu_check-{stamp}-{'cpu-quick' if args.cpu_quick else slug}.json"
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    tmp_path.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp_path, path)
+    from stylegan.io import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(result, indent=2, default=str).encode())
     say(f"# wrote {path} ({result['wall_s']:.0f} s)")
     log.close()
     return status

@@ -399,9 +399,7 @@ def _add_mix(sub: argparse._SubParsersAction) -> None:
 
 
 def _video(args: argparse.Namespace) -> int:
-    import torch
-
-    from stylegan.sampling import interpolate_ws, parse_seeds, save_animation, seeds_to_z, slerp
+    from stylegan.sampling import interpolate, parse_seeds, save_animation
 
     seeds = parse_seeds(args.seeds)
     if len(seeds) < 2:
@@ -420,20 +418,8 @@ def _video(args: argparse.Namespace) -> int:
             raise ValueError("--output .mp4 needs imageio-ffmpeg: pip install 'pokegan[video]' (or write a .gif)") \
                 from None
     G = _open_model(args)
-    dev = next(G.parameters()).device
-    with torch.no_grad():
-        z = seeds_to_z(seeds, G.z_dim).to(dev)
-        if args.space == "z":  # slerp in Z, then map every frame
-            keys = torch.cat([z, z[:1]]) if args.loop else z
-            ts = [i / args.frames for i in range(args.frames)]
-            zs = [slerp(keys[k : k + 1], keys[k + 1 : k + 2], t) for k in range(len(keys) - 1) for t in ts]
-            zs = torch.cat(zs if args.loop else [*zs, keys[-1:]])
-            from stylegan.projector import render_ws
-
-            frames = render_ws(G, G.mapping(zs, truncation_psi=args.psi), noise_mode=args.noise_mode)
-        else:
-            ws = G.mapping(z, truncation_psi=args.psi)
-            frames = interpolate_ws(G, ws, steps=args.frames, noise_mode=args.noise_mode, loop=args.loop)
+    frames = interpolate(G, seeds, steps=args.frames, space=args.space, truncation_psi=args.psi,
+                         noise_mode=args.noise_mode, loop=args.loop)
     path = save_animation(frames, args.output, fps=args.fps, scale=args.scale)
     print(f"wrote {len(frames)} frames ({args.space} {'slerp' if args.space == 'z' else 'lerp'}) to {path}", flush=True)
     return 0

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -73,30 +73,21 @@ class _Writes:
         return getattr(self._f, name)
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
-    """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, then rename.
-
-    The temp file is flushed and fsynced before ``os.replace``, so a crash at any point leaves
-    either the old file or the complete new one, and no temp file behind on a Python error
-    (a full disk included: the ``OSError`` propagates, the old file is untouched).
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def _renamed_over(path: Path, suffix: str) -> Iterator[tuple[int, Path]]:
+    """The one temp-then-rename of the library: ``(fd, name)`` of a fresh temp file beside
+    ``path``; when the block ends it is fsynced, renamed over ``path`` and the folder fsynced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        # mkstemp makes 0600 files; give the result the permissions a plain open() would, so a
-        # tracker, a server or a teammate can read checkpoints, exports and images.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            out = _Writes(f)
-            try:
-                write(out)
-            except Exception as exc:
-                if out.error is not None and out.error is not exc:
-                    raise out.error from exc
-                raise
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            # mkstemp makes 0600 files; give the result the permissions a plain open() would, so a
+            # tracker, a server or a teammate can read checkpoints, exports and images.
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            yield fd, Path(tmp)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -105,7 +96,35 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
             exc.filename = str(path)  # "[Errno 28] No space left on device: '<the file>'", not a bare errno
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
+    """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, then rename.
+
+    The temp file is flushed and fsynced before ``os.replace``, so a crash at any point leaves
+    either the old file or the complete new one, and no temp file behind on a Python error
+    (a full disk included: the ``OSError`` propagates, the old file is untouched).
+    """
+    path = Path(path)
+    with _renamed_over(path, ".tmp") as (fd, _), os.fdopen(fd, "wb", closefd=False) as f:
+        out = _Writes(f)
+        try:
+            write(out)
+        except Exception as exc:
+            if out.error is not None and out.error is not exc:
+                raise out.error from exc
+            raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """``atomic_write`` for writers that need a file name (ffmpeg): a temp file beside ``path``
+    to write by name, renamed over ``path`` when the block ends without an error (and deleted
+    when it raises). ``suffix`` ends the temp name: ffmpeg picks the container by it (only
+    ``.tmp`` ones are ``remove_stale_temp_files``' to delete)."""
+    with _renamed_over(Path(path), suffix) as (_, tmp):
+        yield tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

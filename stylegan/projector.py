@@ -385,14 +385,13 @@ def render_ws(
     noise_mode: str = "const",
 ) -> np.ndarray:
     """uint8 ``(N, R, R, 3)`` images of explicit ws (a projection, a studio edit)."""
-    from stylegan.sampling import to_uint8
+    from stylegan.sampling import synthesize
 
-    dev = next(G.parameters()).device
     if noise:
+        dev = next(G.parameters()).device
         G = copy.deepcopy(G)
         bufs = _noise_buffers(G)
         for k, v in noise.items():
             bufs[k].copy_(v.to(dev))
         noise_mode = "const"
-    return np.concatenate([to_uint8(G.synthesis(ws[i : i + 32].to(dev), noise_mode=noise_mode))
-                           for i in range(0, len(ws), 32)])
+    return synthesize(G, ws, noise_mode=noise_mode)

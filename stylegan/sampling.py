@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from stylegan.io import atomic_write
+from stylegan.io import atomic_path, atomic_write
 
 StyleRange = str | tuple[int, int] | range
 
@@ -81,6 +81,33 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
+def in_chunks(
+    run: Callable[[torch.Tensor], torch.Tensor],  # a batch of inputs -> float images (N, 3, H, W) in [-1, 1]
+    inputs: torch.Tensor,  # (N, ...): zs for G, ws for G.synthesis
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """uint8 ``(N, H, W, 3)``: ``run`` over ``inputs`` ``batch_size`` rows at a time, concatenated.
+
+    The one chunked-rendering loop (``generate``, ``synthesize``, so interpolation, the projector
+    and the studio): memory is bounded by ``batch_size``, not by N.
+    """
+    return np.concatenate([to_uint8(run(inputs[i : i + batch_size].to(device)))
+                           for i in range(0, len(inputs), batch_size)])
+
+
+@torch.no_grad()
+def synthesize(
+    G: torch.nn.Module,
+    ws: torch.Tensor,  # (N, num_ws, w_dim)
+    noise_mode: str = "const",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """uint8 ``(N, R, R, 3)`` images of explicit ws, ``G.synthesis`` over ``batch_size`` at a time."""
+    return in_chunks(lambda w: G.synthesis(w, noise_mode=noise_mode), ws, batch_size, _device_of(G, None))
+
+
+@torch.no_grad()
 def generate(
     G: torch.nn.Module,
     seeds: Sequence[int] | str | None = None,
@@ -98,19 +125,11 @@ def generate(
         raise ValueError("pass exactly one of seeds or z")
     zs = seeds_to_z(parse_seeds(seeds), G.z_dim) if seeds is not None else torch.as_tensor(z).float()
     assert zs.ndim == 2 and zs.shape[1] == G.z_dim, f"z must be (N, {G.z_dim}), got {tuple(zs.shape)}"
-    dev = _device_of(G, device)
-    out = []
-    for i in range(0, len(zs), batch_size):
-        img = G(
-            zs[i : i + batch_size].to(dev),
-            resolution=resolution,
-            alpha=alpha,
-            truncation_psi=truncation_psi,
-            truncation_cutoff=truncation_cutoff,
-            noise_mode=noise_mode,
-        )
-        out.append(to_uint8(img))
-    return np.concatenate(out)
+    return in_chunks(
+        lambda batch: G(batch, resolution=resolution, alpha=alpha, truncation_psi=truncation_psi,
+                        truncation_cutoff=truncation_cutoff, noise_mode=noise_mode),
+        zs, batch_size, _device_of(G, device),
+    )
 
 
 def iter_generate(
@@ -235,6 +254,35 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
 
 
+def path_length(keyframes: int, steps: int, loop: bool = False) -> int:
+    """Frames of a ``keyframe_path`` through ``keyframes`` keys: ``(K - 1) * steps + 1``, or
+    ``K * steps`` with ``loop`` (the first frame is not repeated)."""
+    return steps * keyframes if loop else steps * (keyframes - 1) + 1
+
+
+def keyframe_path(
+    keys: torch.Tensor,  # (K, ...) keyframes, K >= 2: zs (K, z_dim), or ws (K, num_ws, w_dim)
+    steps: int,  # points per transition
+    loop: bool = False,  # also walk from the last keyframe back to the first (a seamless animation)
+    space: str = "w",  # "w": lerp (perceptually smooth in W); "z": slerp along the great circle (Z)
+) -> torch.Tensor:
+    """The points of an animation through ``keys`` in order, ``path_length(K, steps, loop)`` of them:
+    ``steps`` per transition at ``t = i / steps``, then the last key (without ``loop``).
+
+    The one interpolation path of the library: ``interpolate`` (so ``pokegan video``, the
+    studio's z slerp and the reports' GIF) and ``interpolate_ws`` (the studio's w lerp) walk it.
+    """
+    if len(keys) < 2 or steps < 1:
+        raise ValueError("interpolation needs at least two keyframes and steps >= 1")
+    if space not in ("w", "z"):
+        raise ValueError(f"space must be 'w' or 'z', got {space!r}")
+    mix = slerp if space == "z" else torch.lerp
+    keys = torch.cat([keys, keys[:1]]) if loop else keys
+    ts = [i / steps for i in range(steps)]
+    path = [mix(keys[k : k + 1], keys[k + 1 : k + 2], t) for k in range(len(keys) - 1) for t in ts]
+    return torch.cat(path if loop else [*path, keys[-1:]])
+
+
 @torch.no_grad()
 def interpolate(
     G: torch.nn.Module,
@@ -244,25 +292,22 @@ def interpolate(
     truncation_psi: float = 1.0,
     noise_mode: str = "const",
     device: str | torch.device | None = None,
+    loop: bool = False,  # also walk from the last seed back to the first (a seamless animation)
+    truncation_cutoff: int | None = None,
 ) -> np.ndarray:
-    """uint8 frames ``((len(seeds) - 1) * steps + 1, H, W, 3)`` walking through ``seeds`` in order."""
+    """uint8 frames ``(path_length(len(seeds), steps, loop), H, W, 3)`` walking through ``seeds`` in order."""
     seeds = parse_seeds(seeds)
     if len(seeds) < 2 or steps < 1:
         raise ValueError("interpolate needs at least two seeds and steps >= 1")
-    if space not in ("w", "z"):
-        raise ValueError(f"space must be 'w' or 'z', got {space!r}")
     dev = _device_of(G, device)
     z = seeds_to_z(seeds, G.z_dim).to(dev)
-    ts = [i / steps for i in range(steps)]
-    if space == "z":
-        zs = torch.cat([slerp(z[k : k + 1], z[k + 1 : k + 2], t) for k in range(len(seeds) - 1) for t in ts] + [z[-1:]])
-        ws = G.mapping(zs, truncation_psi=truncation_psi)
+    if space == "z":  # slerp in Z, then map every frame
+        ws = G.mapping(keyframe_path(z, steps, loop, "z"), truncation_psi=truncation_psi,
+                       truncation_cutoff=truncation_cutoff)
     else:
-        w = G.mapping(z, truncation_psi=truncation_psi)
-        pairs = range(len(seeds) - 1)
-        ws = torch.cat([torch.lerp(w[k : k + 1], w[k + 1 : k + 2], t) for k in pairs for t in ts] + [w[-1:]])
-    frames = [to_uint8(G.synthesis(ws[i : i + 32], noise_mode=noise_mode)) for i in range(0, len(ws), 32)]
-    return np.concatenate(frames)
+        ws = keyframe_path(G.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff),
+                           steps, loop)
+    return synthesize(G, ws, noise_mode=noise_mode)
 
 
 @torch.no_grad()
@@ -278,14 +323,7 @@ def interpolate_ws(
     ``(K - 1) * steps + 1`` frames, or ``K * steps`` with ``loop`` (the first frame is not repeated).
     """
     assert ws.ndim == 3 and ws.shape[1:] == (G.num_ws, G.w_dim), f"ws must be (K, {G.num_ws}, {G.w_dim})"
-    if len(ws) < 2 or steps < 1:
-        raise ValueError("interpolation needs at least two keyframes and steps >= 1")
-    keys = torch.cat([ws, ws[:1]]) if loop else ws
-    ts = [i / steps for i in range(steps)]
-    path = [torch.lerp(keys[k : k + 1], keys[k + 1 : k + 2], t) for k in range(len(keys) - 1) for t in ts]
-    frames = torch.cat(path if loop else [*path, keys[-1:]])
-    out = [to_uint8(G.synthesis(frames[i : i + 32], noise_mode=noise_mode)) for i in range(0, len(frames), 32)]
-    return np.concatenate(out)
+    return synthesize(G, keyframe_path(ws, steps, loop), noise_mode=noise_mode)
 
 
 def save_animation(
@@ -323,26 +361,15 @@ def save_animation(
     ph, pw = (16 - h % 16) % 16, (16 - w % 16) % 16
     if ph or pw:
         arr = np.pad(arr, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=255)
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".mp4") as tmp:  # ffmpeg picks the container by the temp name's suffix
         writer = imageio_ffmpeg.write_frames(
-            tmp, (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+            str(tmp), (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
             quality=8, macro_block_size=16, ffmpeg_log_level="error",
         )
         writer.send(None)
         for f in arr:
             writer.send(np.ascontiguousarray(f))
         writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -110,6 +110,22 @@ def test_video_gif_and_mp4(export: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert meta["size"] == (32, 32) and len(frames) == 12
 
 
+@pytest.mark.parametrize("space", ["w", "z"])
+@pytest.mark.parametrize("loop", [True, False])
+def test_video_frames_are_sampling_interpolate(export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               space: str, loop: bool) -> None:
+    """`pokegan video` draws sampling.interpolate's frames, bit for bit (no path of its own)."""
+    import stylegan.sampling as sampling
+
+    written: list[np.ndarray] = []
+    monkeypatch.setattr(sampling, "save_animation", lambda frames, path, **kw: written.append(frames) or Path(path))
+    assert main(["video", "--model", str(export), "--seeds", "4,0,2", "--frames", "3", "--space", space,
+                 "--loop" if loop else "--no-loop", "--trunc", "0.7", "--output", str(tmp_path / "v.gif")]) == 0
+    expected = sampling.interpolate(_G(export), [4, 0, 2], steps=3, space=space, truncation_psi=0.7, loop=loop)
+    assert len(written) == 1 and len(expected) == (9 if loop else 7)
+    np.testing.assert_array_equal(written[0], expected)
+
+
 def test_video_mp4_without_imageio_ffmpeg_is_one_line(export: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)

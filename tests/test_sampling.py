@@ -7,18 +7,26 @@ import pytest
 import torch
 from PIL import Image
 
+from stylegan import sampling
 from stylegan.config import ModelConfig
 from stylegan.networks import Generator
 from stylegan.sampling import (
     generate,
     image_grid,
+    in_chunks,
     interpolate,
+    interpolate_ws,
+    keyframe_path,
     mix_styles,
     noise_variation,
     parse_seeds,
+    path_length,
     save_images,
     seeds_to_z,
+    slerp,
     style_mixing_grid,
+    synthesize,
+    to_uint8,
 )
 
 
@@ -122,6 +130,69 @@ def test_interpolate_hits_the_endpoints(G: Generator, space: str) -> None:
     assert step < np.abs(ends[1].astype(int) - ends[0]).mean()
     with pytest.raises(ValueError):
         interpolate(G, [0], steps=4)
+
+
+@pytest.mark.parametrize("space", ["w", "z"])
+@pytest.mark.parametrize("loop", [False, True])
+def test_keyframe_path_is_the_one_walk_through_keyframes(space: str, loop: bool) -> None:
+    keys = seeds_to_z([0, 5, 9], 16) if space == "z" else torch.randn(3, 4, 16)
+    path = keyframe_path(keys, 4, loop=loop, space=space)
+    assert len(path) == path_length(3, 4, loop) == (12 if loop else 9)
+    for k in range(3):  # every keyframe is on the path, exactly, at its step
+        assert torch.equal(path[4 * k], keys[k])
+    assert torch.equal(path[-1], keys[-1]) if not loop else not torch.equal(path[-1], keys[0])  # no repeated first
+    mix = slerp if space == "z" else torch.lerp
+    assert torch.equal(path[5], mix(keys[1:2], keys[2:3], 1 / 4)[0])
+    if loop:  # the way back from the last keyframe to the first
+        assert torch.equal(path[11], mix(keys[2:3], keys[:1], 3 / 4)[0])
+    with pytest.raises(ValueError, match="two keyframes"):
+        keyframe_path(keys[:1], 4, loop=loop, space=space)
+    with pytest.raises(ValueError, match="space"):
+        keyframe_path(keys, 4, space="x")
+
+
+@pytest.mark.parametrize("space", ["w", "z"])
+@pytest.mark.parametrize("loop", [False, True])
+def test_interpolate_renders_keyframe_path(G: Generator, space: str, loop: bool) -> None:
+    seeds, psi = [3, 1, 7], 0.7
+    z = seeds_to_z(seeds, G.z_dim)
+    with torch.no_grad():
+        if space == "z":
+            ws = G.mapping(keyframe_path(z, 5, loop, "z"), truncation_psi=psi)
+        else:
+            ws = keyframe_path(G.mapping(z, truncation_psi=psi), 5, loop)
+        expected = to_uint8(torch.cat([G.synthesis(ws[i : i + 32], noise_mode="const") for i in range(0, len(ws), 32)]))
+        frames = interpolate(G, seeds, steps=5, space=space, truncation_psi=psi, loop=loop)
+        np.testing.assert_array_equal(frames, expected)
+        if space == "w":  # explicit ws (the studio's keyframes) walk the same path
+            keys = G.mapping(z, truncation_psi=psi)
+            np.testing.assert_array_equal(interpolate_ws(G, keys, steps=5, loop=loop), frames)
+
+
+def test_chunked_rendering_has_one_loop_and_matches_one_batch(G: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    with torch.no_grad():
+        ws = G.mapping(seeds_to_z(list(range(7)), G.z_dim))
+        chunks = [G.synthesis(ws[i : i + 3], noise_mode="const") for i in (0, 3, 6)]
+        one_batch = to_uint8(G.synthesis(ws, noise_mode="const"))
+    # Chunks of 3 are the chunks' images concatenated, bit for bit, and one batch's up to float rounding.
+    np.testing.assert_array_equal(synthesize(G, ws, batch_size=3), np.concatenate([to_uint8(c) for c in chunks]))
+    assert np.abs(synthesize(G, ws, batch_size=3).astype(int) - one_batch).max() <= 1
+    np.testing.assert_array_equal(synthesize(G, ws, batch_size=7), one_batch)
+    # Every renderer of many images goes through in_chunks (no second copy of the loop).
+    from stylegan.projector import render_ws
+
+    calls: list[int] = []
+
+    def counting(run, inputs, batch_size, device):  # type: ignore[no-untyped-def]
+        calls.append(batch_size)
+        return in_chunks(run, inputs, batch_size, device)
+
+    monkeypatch.setattr(sampling, "in_chunks", counting)
+    generate(G, seeds=[0, 1], batch_size=5)
+    render_ws(G, ws)
+    interpolate(G, [0, 1], steps=2, space="z")
+    interpolate_ws(G, ws[:2], steps=2)
+    assert calls == [5, 32, 32, 32]
 
 
 def test_image_grid_and_save_images(tmp_path: Path) -> None:

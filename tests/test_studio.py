@@ -80,6 +80,30 @@ def test_interpolation_w_and_z(client: TestClient, export: Path) -> None:
     assert len(z["frames"]) == 6  # looped: 2 transitions x 3
 
 
+@pytest.mark.parametrize("space", ["w", "z"])
+@pytest.mark.parametrize("loop", [True, False])
+def test_interpolation_frames_are_the_librarys(client: TestClient, export: Path, space: str, loop: bool) -> None:
+    """The studio walks sampling's keyframe path: z slerp is sampling.interpolate bit for bit, w lerp is
+    sampling.interpolate_ws through the studio's own ws (each seed mapped alone, as it renders them)."""
+    from stylegan.sampling import interpolate, interpolate_ws, seeds_to_z
+
+    G = load_generator(export)
+    r = client.post("/api/interpolate", json={"items": [{"seed": 4}, {"seed": 0}, {"seed": 2}], "steps": 3,
+                                              "space": space, "loop": loop, "psi": 0.6, "cutoff": 2})
+    frames = np.stack([decode(u) for u in r.json()["frames"]])
+    if space == "z":
+        expected = interpolate(G, [4, 0, 2], steps=3, space="z", truncation_psi=0.6, truncation_cutoff=2, loop=loop)
+    else:
+        with torch.no_grad():
+            ws = torch.cat([G.mapping(seeds_to_z([s], G.z_dim), truncation_psi=0.6, truncation_cutoff=2)
+                            for s in (4, 0, 2)])
+        expected = interpolate_ws(G, ws, steps=3, loop=loop)
+        seeds_path = interpolate(G, [4, 0, 2], steps=3, truncation_psi=0.6, truncation_cutoff=2, loop=loop)
+        assert np.abs(frames.astype(int) - seeds_path).max() <= 1  # the CLI's path: seeds mapped as one batch
+    assert len(frames) == (9 if loop else 7)
+    np.testing.assert_array_equal(frames, expected)
+
+
 def test_projection_upload_edit_and_download(client: TestClient, export: Path, tmp_path: Path) -> None:
     G = load_generator(export)
     save_png(generate(G, seeds=[6], truncation_psi=0.7)[0], tmp_path / "t.png")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,22 @@ def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+def batched_features(
+    images: np.ndarray | torch.Tensor,  # uint8 NHWC or NCHW (``to_nchw_uint8``)
+    batch_size: int,
+    device: torch.device,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],  # uint8 NCHW batch on ``device`` -> the net's input
+    features: Callable[[torch.Tensor], torch.Tensor],  # the net's input -> (n, feature_dim)
+    feature_dim: int,  # the width of an empty result
+) -> np.ndarray:
+    """float64 ``(N, feature_dim)``: ``features(preprocess(batch))`` ``batch_size`` images at a time
+    (the EfficientNet and the Inception extractors)."""
+    imgs = to_nchw_uint8(images)
+    out = [features(preprocess(imgs[i : i + batch_size].to(device))).double().cpu()
+           for i in range(0, imgs.shape[0], batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, feature_dim))
+
+
 class FeatureExtractor:
     """Batched pooled features of a pretrained network; uint8 images in, float64 numpy out."""
 
@@ -252,14 +269,9 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        imgs = to_nchw_uint8(images)
-        out = []
-        for i in range(0, imgs.shape[0], self.batch_size):
-            x = preprocess(imgs[i : i + self.batch_size].to(self.device))
-            out.append(self.fast.features(x.contiguous(memory_format=torch.channels_last)).double().cpu())
-        if not out:
-            return np.zeros((0, FEATURE_DIM))
-        return torch.cat(out).numpy()
+        return batched_features(images, self.batch_size, self.device, preprocess,
+                                lambda x: self.fast.features(x.contiguous(memory_format=torch.channels_last)),
+                                FEATURE_DIM)
 
     @torch.inference_mode()
     def logits(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:

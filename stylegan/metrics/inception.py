@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylegan.metrics.effnet import MissingWeightsError, load_state_dict_file, to_nchw_uint8
+from stylegan.metrics.effnet import MissingWeightsError, batched_features, load_state_dict_file
 
 WEIGHTS_GLOB = "pt_inception-2015-12-05-*.pth"
 INPUT_SIZE = 299
@@ -256,9 +256,4 @@ class InceptionFeatureExtractor:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        imgs = to_nchw_uint8(images)
-        out = []
-        for i in range(0, imgs.shape[0], self.batch_size):
-            x = preprocess(imgs[i : i + self.batch_size].to(self.device))
-            out.append(self.net.features(x).double().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, FEATURE_DIM))
+        return batched_features(images, self.batch_size, self.device, preprocess, self.net.features, FEATURE_DIM)

@@ -247,24 +247,18 @@ def build_app(source: ModelSource, limits: StudioLimits, perceptual: bool = True
 
     @app.post("/api/interpolate")
     def interpolate(req: InterpolateRequest) -> dict[str, Any]:
-        from stylegan.projector import render_ws
-        from stylegan.sampling import interpolate_ws, seeds_to_z, slerp
+        from stylegan.sampling import interpolate as interpolate_seeds
+        from stylegan.sampling import interpolate_ws, path_length
 
-        n_frames = req.steps * (len(req.items) if req.loop else len(req.items) - 1) + (0 if req.loop else 1)
-        studio.check_count(n_frames, "frames", limits.max_frames)
+        studio.check_count(path_length(len(req.items), req.steps, req.loop), "frames", limits.max_frames)
         with studio.job(), torch.no_grad():
             G = studio.generator(req.version)
             if req.space == "z":
                 if any(it.seed is None for it in req.items):
                     raise HTTPException(422, "z slerp needs seeds (a projection has no z); use w lerp")
-                dev = next(G.parameters()).device
-                z = seeds_to_z([it.seed for it in req.items], G.z_dim).to(dev)
-                keys = torch.cat([z, z[:1]]) if req.loop else z
-                ts = [i / req.steps for i in range(req.steps)]
-                zs = [slerp(keys[k : k + 1], keys[k + 1 : k + 2], t) for k in range(len(keys) - 1) for t in ts]
-                zs = torch.cat(zs if req.loop else [*zs, keys[-1:]])
-                ws = G.mapping(zs, truncation_psi=req.psi, truncation_cutoff=req.cutoff)
-                frames = render_ws(G, ws, noise_mode=req.noise_mode)
+                frames = interpolate_seeds(G, [it.seed for it in req.items], steps=req.steps, space="z",
+                                           truncation_psi=req.psi, truncation_cutoff=req.cutoff,
+                                           noise_mode=req.noise_mode, loop=req.loop)
             else:
                 frames = interpolate_ws(G, studio.ws(G, req.items, req), steps=req.steps,
                                         noise_mode=req.noise_mode, loop=req.loop)

@@ -1,9 +1,9 @@
 """Staged progressive training as a Prefect flow: one task per resolution.
 
-Each stage task builds a Trainer on the run directory, which resumes from the newest
-checkpoint there (the previous stage's final one, or a rolling one of this stage if an
-earlier attempt died), so a retry continues where it stopped and a finished stage is
-skipped. The run directory is keyed by the model and train params, the prepared data and
+Each stage task reads where the run directory stands (``stylegan.train_state.run_progress``)
+and trains on from the newest checkpoint there (the previous stage's final one, or a rolling
+one of this stage if an earlier attempt died), so a retry continues where it stopped and a
+finished stage is skipped. The run directory is keyed by the model and train params, the prepared data and
 the training code, so a changed param, dataset or model code starts a fresh run instead of
 resuming a foreign one, and going back to earlier params finds their checkpoints again.
 
@@ -203,29 +203,31 @@ def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
     inputs serialise and the MLflow client and progress bar are made here, in the task.
     """
     from stylegan.shared import StageResult
+    from stylegan.train_state import run_progress
     from stylegan.training import Trainer
 
     logger = get_run_logger()
     model_cfg, train_cfg = job["model_cfg"], job["train_cfg"]
     multi = train_cfg.nproc_per_node > 1
-    # With torchrun the workers own the GPUs; this process only reads where the run stands.
-    trainer = Trainer(model_cfg, train_cfg, job["data_root"], job["run_dir"],
-                      device="cpu" if multi else train_cfg.device, callbacks=())
-    if trainer.stage_done(resolution):
+    # Where the run stands, from the newest checkpoint's header (the same checks as resuming; no
+    # networks built); with torchrun the workers own the GPUs and build the trainers.
+    at = run_progress(job["run_dir"], model_cfg, train_cfg, job["data_root"])
+    if at.done(resolution):
         logger.info("stage %dx%d already complete in %s (params match); skipped", resolution, resolution,
                     job["run_dir"])
-        return {"resolution": resolution, "skipped": True, "start_kimg": trainer.kimg, "kimg": trainer.kimg,
+        return {"resolution": resolution, "skipped": True, "start_kimg": at.kimg, "kimg": at.kimg,
                 "seconds": 0.0}
-    start_kimg = trainer.kimg  # > the previous stage's end when a retry resumes mid-stage
+    trainer = None if multi else Trainer(model_cfg, train_cfg, job["data_root"], job["run_dir"],
+                                         device=train_cfg.device, callbacks=())
+    start_kimg = at.kimg  # > the previous stage's end when a retry resumes mid-stage
     logger.info("stage %dx%d: starting at kimg %.3f (from %s)", resolution, resolution, start_kimg,
-                trainer.resumed_from or "scratch")
-    ticks = TickLog(Path(job["run_dir"]) / "ticks.csv", trainer.kimg)
+                at.checkpoint or "scratch")
+    ticks = TickLog(Path(job["run_dir"]) / "ticks.csv", at.kimg)
     client = MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
-    progress = Progress(job["total_kimg"], trainer.kimg, job["progress_artifact"])
+    progress = Progress(job["total_kimg"], at.kimg, job["progress_artifact"])
     callbacks = [callback.MlflowTrainingCallback(client, job["mlflow_run_id"]), ticks, progress]
     try:
-        if multi:
-            del trainer
+        if trainer is None:
             events = Path(job["run_dir"]) / f"events-{resolution}.jsonl"
             cmd = torchrun_stage_command(resolution, job, events)
             logger.info("stage %dx%d on %d processes: %s", resolution, resolution, train_cfg.nproc_per_node,
@@ -255,15 +257,15 @@ def export_and_register(job: dict[str, Any], final_resolution: int) -> dict[str,
     return publish(job, final_resolution, get_run_logger().info)
 
 
-def export_generator_dir(trainer: Any, out: Path, metadata: dict[str, Any]) -> str:
-    """Export ``trainer``'s G_ema into ``out`` (a swap: never deleted first); returns the weights' sha256.
+def export_generator_dir(export: Callable[[Path], Any], out: Path) -> str:
+    """``export(folder)`` into ``out`` (a swap: never deleted first); returns the weights' sha256.
 
     ``out`` must be missing, empty or an earlier export (``stylegan.io.replace_dir``).
     """
     from stylegan.checkpoint import WEIGHTS_NAME
     from stylegan.io import replace_dir, sha256_file
 
-    replace_dir(out, lambda tmp: trainer.export(tmp, metadata=metadata), what=f"generator export {out}")
+    replace_dir(out, export, what=f"generator export {out}")
     return sha256_file(out / WEIGHTS_NAME)
 
 
@@ -275,12 +277,15 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
     registering the same weights twice; ``registered.json`` is written last, atomically, and the
     evaluate flow refuses to promote when it and the export disagree (``check_export_matches``).
     """
-    from stylegan.training import Trainer
+    from stylegan.train_state import export_run, run_progress
 
-    trainer = Trainer(job["model_cfg"], job["train_cfg"], job["data_root"], job["run_dir"], device="cpu")
+    run_dir, model_cfg, train_cfg = job["run_dir"], job["model_cfg"], job["train_cfg"]
+    kimg = run_progress(run_dir, model_cfg, train_cfg, job["data_root"]).kimg
     out = job["export_dir"]
-    # The highest fully trained stage; metadata ties the file back to its MLflow run.
-    sha = export_generator_dir(trainer, out, {"mlflow_run_id": job["mlflow_run_id"], "run_key": job["key"]})
+    # The highest fully trained stage, from the run's newest checkpoint (no trainer built); metadata
+    # ties the file back to its MLflow run.
+    meta = {"mlflow_run_id": job["mlflow_run_id"], "run_key": job["key"]}
+    sha = export_generator_dir(lambda tmp: export_run(run_dir, tmp, model_cfg, train_cfg, meta), out)
 
     client = MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
     reg = job["registry"]
@@ -292,16 +297,16 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
         client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
         log(f"generator unchanged; {reg.name} v{version} is {reg.candidate_alias} again")
     else:
-        info = logged_model.log_generator_model(job["mlflow_run_id"], out, step=round(trainer.kimg * 1000))
+        info = logged_model.log_generator_model(job["mlflow_run_id"], out, step=round(kimg * 1000))
         model_uri = info.model_uri
         version = registry.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
                                     tags={"generator.sha256": sha, "resolution": str(final_resolution),
-                                          "kimg": f"{trainer.kimg:.3f}", "run_key": job["key"],
+                                          "kimg": f"{kimg:.3f}", "run_key": job["key"],
                                           **job.get("lineage", {})})
         log(f"registered {reg.name} v{version} ({reg.candidate_alias}) from run {job['mlflow_run_id']}")
     registered = {"name": reg.name, "version": str(version), "alias": reg.candidate_alias, "model_uri": model_uri,
                   "run_id": job["mlflow_run_id"], "generator_sha256": sha, "resolution": final_resolution,
-                  "kimg": float(trainer.kimg), "tracking_uri": client.tracking_uri}
+                  "kimg": float(kimg), "tracking_uri": client.tracking_uri}
     write_json(job["registered_path"], registered)
     return registered
 

@@ -21,11 +21,14 @@ parameter objects draw from the global RNG, which the trainer's exact resume can
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 
 from stylegan.config import AUGMENT_OPS
+
+if TYPE_CHECKING:
+    from stylegan.config import TrainConfig
 
 # Operation names, in the order they are applied (geometric, then colour, then cutout).
 OPS = AUGMENT_OPS
@@ -301,3 +304,11 @@ class AdaController:
         self._steps = int(state["steps"])
         self._images = int(state["images"])
 
+
+def from_train_config(train_cfg: TrainConfig, device: torch.device) -> tuple[AugmentPipe | None, AdaController | None]:
+    """The pipe and controller ``train.augment`` asks for (``none``: neither; ``fixed``: p never moves)."""
+    if train_cfg.augment == "none":
+        return None, None
+    ada = AdaController(target=train_cfg.ada_target, speed_kimg=train_cfg.ada_kimg, interval=train_cfg.ada_interval,
+                        p=train_cfg.augment_p, adjust=train_cfg.augment == "ada", device=device)
+    return AugmentPipe(ops=train_cfg.augment_ops), ada

@@ -92,8 +92,17 @@ def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha256: str
 # The sources whose bytes define what a training run computes. An orchestrator keys its run
 # folders by this too, so editing the model or the trainer retrains instead of resuming (or
 # silently skipping to) checkpoints that older code wrote.
-TRAINING_CODE = ("layers.py", "networks.py", "losses.py", "schedule.py", "training.py", "augment.py", "transfer.py",
-                 "device.py", "distributed.py", "data/dataset.py", "data/prefetch.py")
+TRAINING_CODE = ("layers.py", "networks.py", "losses.py", "schedule.py", "training.py", "train_state.py", "batches.py",
+                 "ticks.py", "augment.py", "transfer.py", "device.py", "distributed.py", "data/dataset.py",
+                 "data/prefetch.py")
+# The train stage's library code: dvc.yaml's train deps under stylegan/ are exactly these
+# (tests/test_checkpoint.py), and every module the trainer imports is one of them. The ones
+# past TRAINING_CODE are read by training but do not decide the weights it computes, so they
+# are not hashed into the run key: config.py's defaults reach it through the params hash, and
+# checkpoint.py, io.py (file formats), sampling.py (snapshot grids) and shared.py (the stage
+# result record) are bookkeeping. Editing one reruns the DVC stage, which finds its run folder
+# and resumes or skips; editing TRAINING_CODE starts a fresh run.
+TRAIN_STAGE_CODE = (*TRAINING_CODE, "config.py", "checkpoint.py", "io.py", "sampling.py", "shared.py")
 
 
 def code_fingerprint() -> str:
@@ -111,13 +120,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; clear errors for missing or corrupt files."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; clear errors for missing or corrupt files.
+
+    ``mmap``: tensors stay on disk until touched (reading a few small fields of a large file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a pokegan checkpoint "
@@ -251,11 +263,21 @@ def export_generator(
     The exported generator is built for exactly that resolution (its ``img_resolution``),
     so samplers never see untrained higher blocks. ``metadata`` must be JSON-able.
     """
+    return export_generator_state(G_ema.state_dict(), G_ema.cfg, out_dir, resolution, metadata)
+
+
+def export_generator_state(
+    state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    out_dir: str | Path,
+    resolution: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """``export_generator`` from a G_ema state dict (a checkpoint's), no network needed."""
     from safetensors.torch import save as st_save
 
-    cfg: ModelConfig = G_ema.cfg
     resolution = resolution or cfg.max_resolution
-    small_cfg, tensors = trim_generator_state(G_ema.state_dict(), cfg, resolution)
+    small_cfg, tensors = trim_generator_state(state, cfg, resolution)
     out_dir = Path(out_dir)
     info = {
         "format": GENERATOR_FORMAT,

@@ -80,3 +80,21 @@ def fp32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
 def pin_memory_available(device: torch.device) -> bool:
     """Page-locked host memory helps (and exists) only for copies to a CUDA device."""
     return device.type == "cuda" and torch.cuda.is_available()
+
+
+COMPILE_RECOMPILE_LIMIT = 64  # graphs per forward: about 2 per stage (grad mode, update_w_avg)
+
+
+def compile_forward(net: torch.nn.Module, spec: bool | str) -> torch.nn.Module:
+    """``net`` under ``torch.compile`` as ``train.compile`` asks (``False``: ``net`` itself; ``True``:
+    inductor; else a backend name). State dicts stay those of the plain module."""
+    if spec is False:
+        return net
+    import torch._dynamo
+
+    # Each stage (resolution, batch size) and grad mode is its own graph; the default limit (8)
+    # would silently fall back to eager after a few stages.
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, COMPILE_RECOMPILE_LIMIT)
+    # dynamic=False: shapes change only at stage boundaries, where a specialised graph is best.
+    return torch.compile(net, backend="inductor" if spec is True else spec, dynamic=False)

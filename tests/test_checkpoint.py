@@ -20,13 +20,9 @@ from stylegan.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from stylegan.config import ModelConfig, TrainConfig
+from stylegan.config import TrainConfig
 from stylegan.networks import Generator
-
-
-def tiny_model(**kw: int | bool) -> ModelConfig:
-    base = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16, "max_resolution": 16}
-    return ModelConfig(**{**base, **kw})
+from tests.helpers import tiny_model_config as tiny_model
 
 
 class Evil:
@@ -208,8 +204,9 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path: Pat
     # Checkpoints, exports and images must be readable by whoever reads the run (a tracker, a
     # server, a teammate): the mode a plain open() gives under the current umask.
     import stat
+    from importlib.util import find_spec
 
-    from stylegan.sampling import save_png
+    from stylegan.sampling import save_animation, save_png
 
     plain = tmp_path / "plain"
     plain.write_bytes(b"")
@@ -219,6 +216,34 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path: Pat
         save_checkpoint(tmp_path / "ckpt.pt", {"x": torch.zeros(1)}),
         export_generator(Generator(tiny_model(max_resolution=8)), tmp_path / "export"),
         save_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "img.png"),
+        save_animation(np.zeros((2, 16, 16, 3), np.uint8), tmp_path / "anim.gif"),
     ]
+    if find_spec("imageio_ffmpeg") is not None:  # ffmpeg writes by name, into stylegan.io.atomic_path's temp file
+        paths.append(save_animation(np.zeros((2, 16, 16, 3), np.uint8), tmp_path / "anim.mp4"))
     for p in [*paths, tmp_path / "export" / "generator.json"]:
         assert stat.S_IMODE(p.stat().st_mode) == usual, f"{p.name}: {oct(p.stat().st_mode)} != {oct(usual)}"
+
+
+def test_dvc_train_stage_and_the_run_key_read_one_list_of_training_code() -> None:
+    """dvc.yaml's train deps under stylegan/ are ``TRAIN_STAGE_CODE`` (whose ``TRAINING_CODE`` part the
+    run key hashes), no more, no less, and cover every library module the train stage imports: a
+    module added to one list, or a new import of the trainer, fails here until the other follows."""
+    import subprocess
+    import sys
+
+    yaml = pytest.importorskip("yaml")
+    root = Path(ckpt.__file__).resolve().parents[1]
+    deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    lib = [d.removeprefix("stylegan/") for d in deps if d.startswith("stylegan/")]
+    assert len(lib) == len(set(lib)) and len(ckpt.TRAIN_STAGE_CODE) == len(set(ckpt.TRAIN_STAGE_CODE))
+    assert sorted(lib) == sorted(ckpt.TRAIN_STAGE_CODE)
+    assert ckpt.TRAIN_STAGE_CODE[: len(ckpt.TRAINING_CODE)] == ckpt.TRAINING_CODE
+    assert all((root / "stylegan" / name).is_file() for name in ckpt.TRAIN_STAGE_CODE)
+    # What the train flow imports from the library (flows/train.py, its workers, the trainer).
+    mods = ("training", "checkpoint", "config", "distributed", "io", "schedule", "shared", "transfer", "sampling")
+    probe = (f"import sys; import {', '.join('stylegan.' + m for m in mods)}; "
+             "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'stylegan'))")
+    files = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=root).stdout
+    imported = {Path(f).resolve().relative_to(root / "stylegan").as_posix() for f in files.split()}
+    # Package __init__ files only name things (stylegan.data's lazily): they compute nothing.
+    assert imported - {"__init__.py", "data/__init__.py"} <= set(ckpt.TRAIN_STAGE_CODE), imported

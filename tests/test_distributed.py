@@ -117,14 +117,14 @@ def test_two_processes_train_what_one_process_trains(runs: dict[str, Any]) -> No
 
 
 def test_checkpoints_resume_across_process_counts(runs: dict[str, Any]) -> None:
-    end = runs["one"]._state()
+    end = runs["one"].checkpoint_state()
     launch = runs["launch"]
     assert launch.returncode == 0, launch.stdout + launch.stderr
     # Written by 1 process (after step 1), resumed by 2 to the end: the uninterrupted run's stream.
     assert f"resumed from {runs['root'] / 'two' / 'checkpoints' / 'ckpt-000000008.pt'}" in launch.stdout
     _assert_same_nets(end, load_checkpoint(runs["root"] / "two" / "checkpoints" / "stage-8.pt"))
     # Written by 2 processes (at SPLIT), resumed by 1 to the end: the same again.
-    _assert_same_nets(end, runs["two_then_one"]._state())
+    _assert_same_nets(end, runs["two_then_one"].checkpoint_state())
 
 
 def test_pokegan_train_on_two_processes_trains_to_the_end_and_exports(runs: dict[str, Any]) -> None:

@@ -16,14 +16,13 @@ import torch
 from stylegan.checkpoint import CheckpointError, export_generator, load_generator
 from stylegan.config import ConfigError, ModelConfig
 from stylegan.networks import Generator
-
-TINY = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 64, "fmap_max": 16, "max_resolution": 8}
+from tests.helpers import tiny_model_config
 
 
 @pytest.fixture
 def G() -> torch.nn.Module:
     torch.manual_seed(0)
-    return Generator(ModelConfig(**TINY)).eval()
+    return Generator(tiny_model_config(fmap_base=64, max_resolution=8)).eval()
 
 
 def _record_generate(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -139,6 +138,21 @@ def test_model_config_has_upper_bounds() -> None:
             from_dict(ModelConfig, {key: limit * 2}, "model")
 
 
+def test_the_documented_model_bounds_are_model_limits() -> None:
+    """docs/interfaces.md lists the bounds (the one copy outside the code; operations.md links to it)."""
+    import re
+
+    from stylegan.config import MODEL_LIMITS
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    text = " ".join((docs / "interfaces.md").read_text().split())
+    para = text[text.index("Upper bounds of `ModelConfig`") :].split(". ", 1)[0]
+    documented = {name: int(limit) for names, limit in re.findall(r"((?:`\w+`,? )+)<= (\d+)", para)
+                  for name in re.findall(r"`(\w+)`", names)}
+    assert documented == MODEL_LIMITS
+    assert "<= 2048" not in (docs / "operations.md").read_text()  # no second copy of the numbers
+
+
 def test_tampered_generator_json_fails_before_the_network_is_built(G: torch.nn.Module, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import stylegan.checkpoint as ckpt
@@ -225,19 +239,19 @@ def test_export_swaps_and_refuses_foreign_folders(G: torch.nn.Module, tmp_path: 
     from flows.train import export_generator_dir
     from stylegan.io import OutputDirError
 
-    class Trainer:
-        def __init__(self, scale: float) -> None:
-            self.scale = scale
-
-        def export(self, out: Path, metadata: Any = None) -> Path:
+    def exporter(scale: float) -> Any:
+        """What publish hands over: ``export(folder)`` writing a generator whose const is scaled."""
+        def export(out: Path) -> Path:
             with torch.no_grad():
                 g = Generator(G.cfg)
                 g.load_state_dict(G.state_dict())
-                g.synthesis.b4.const.mul_(self.scale)
-            return export_generator(g, out, 8, metadata)
+                g.synthesis.b4.const.mul_(scale)
+            return export_generator(g, out, 8, {})
+
+        return export
 
     out = tmp_path / "models" / "generator"
-    first = export_generator_dir(Trainer(1.0), out, {})
+    first = export_generator_dir(exporter(1.0), out)
     real = os.replace
 
     def fail_swap(src: Any, dst: Any) -> None:
@@ -247,13 +261,13 @@ def test_export_swaps_and_refuses_foreign_folders(G: torch.nn.Module, tmp_path: 
 
     monkeypatch.setattr(os, "replace", fail_swap)
     with pytest.raises(OSError):
-        export_generator_dir(Trainer(2.0), out, {})
+        export_generator_dir(exporter(2.0), out)
     monkeypatch.setattr(os, "replace", real)
     assert hashlib.sha256((out / "generator.safetensors").read_bytes()).hexdigest() == first  # never deleted first
     assert sorted(p.name for p in out.parent.iterdir()) == ["generator"]  # no temp or old folder left
-    assert export_generator_dir(Trainer(2.0), out, {}) != first
+    assert export_generator_dir(exporter(2.0), out) != first
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("keep")
     with pytest.raises(OutputDirError, match="did not create"):
-        export_generator_dir(Trainer(1.0), tmp_path / "mine", {})
+        export_generator_dir(exporter(1.0), tmp_path / "mine")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep"

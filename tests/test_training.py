@@ -8,61 +8,18 @@ import pytest
 import torch
 
 from stylegan.checkpoint import CheckpointError, load_checkpoint
-from stylegan.config import ModelConfig, TrainConfig
 from stylegan.sampling import generate
 from stylegan.training import Trainer, resolve_device
-from tests.helpers import write_noise_data
-
-COLOUR = np.array([230, 60, 40], np.uint8)
-
-
-
-def write_toy_data(root: Path, resolutions: tuple[int, ...] = (4, 8, 16), n: int = 64) -> Path:
-    """Solid-colour images (a fixed colour, every resolution), as the prepare stage packs them."""
-    root.mkdir(parents=True, exist_ok=True)
-    for r in resolutions:
-        np.save(root / f"images_{r}.npy", np.broadcast_to(COLOUR[None, :, None, None], (n, 3, r, r)).copy())
-    return root
-
-
-def tiny_model() -> ModelConfig:
-    return ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=16)
-
-
-def tiny_train(**kw: Any) -> TrainConfig:
-    base: dict[str, Any] = {
-        "start_resolution": 4,
-        "max_resolution": 8,
-        "fade_kimg": 0.016,
-        "stab_kimg": 0.016,
-        "batch_size": 4,
-        "tick_kimg": 0.008,
-        "snapshot_kimg": 0.02,
-        "keep_checkpoints": 2,
-        "grid_seeds": [0, 1, 2, 3],
-        "device": "cpu",
-    }
-    base.update(kw)
-    return TrainConfig(**base)
+from tests.helpers import TOY_COLOUR as COLOUR
+from tests.helpers import assert_same_training_state as _assert_same_state
+from tests.helpers import tiny_model_config as tiny_model
+from tests.helpers import tiny_train_config as tiny_train
+from tests.helpers import write_noise_data, write_toy_data
 
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     return write_toy_data(tmp_path / "data")
-
-
-def _assert_same_state(a: Trainer, b: Trainer) -> None:
-    for name in ("G", "D", "G_ema"):
-        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
-        assert sa.keys() == sb.keys()
-        for k in sa:
-            assert torch.equal(sa[k], sb[k]), f"{name}.{k} differs"
-    for name in ("opt_G", "opt_D"):
-        sa, sb = getattr(a, name).state_dict()["state"], getattr(b, name).state_dict()["state"]
-        for i in sa:
-            for k in sa[i]:
-                assert torch.equal(sa[i][k], sb[i][k]), f"{name} state {i}.{k} differs"
-    assert (a.cur_nimg, a.step) == (b.cur_nimg, b.step)
 
 
 @pytest.mark.parametrize(
@@ -237,11 +194,11 @@ def test_mirror_flips_come_from_the_trainer_rng(tmp_path: Path) -> None:
         a[:, 2, :, r // 2 :] = 255
         np.save(root / f"images_{r}.npy", a)
     trainer = Trainer(tiny_model(), tiny_train(batch_size=16), root, tmp_path / "run")
-    reals = trainer._reals(trainer.phase)
+    reals = trainer.batches.reals(trainer.phase)
     red_left = (reals[:, 0, :, 0] > 0).all(dim=1)
     assert 0 < int(red_left.sum()) < 16
     no_mirror = Trainer(tiny_model(), tiny_train(batch_size=16, mirror=False), root, tmp_path / "run2")
-    assert bool((no_mirror._reals(no_mirror.phase)[:, 0, :, 0] > 0).all())
+    assert bool((no_mirror.batches.reals(no_mirror.phase)[:, 0, :, 0] > 0).all())
 
 
 def test_device_resolution() -> None:
@@ -343,12 +300,12 @@ def test_reals_fade_in_like_the_generator_output(tmp_path: Path) -> None:
     trainer.run_stage(4)
     phase = trainer.phase
     assert phase.resolution == 8 and phase.alpha < 1.0
-    state = trainer.gen.get_state(), trainer.dev_gen.get_state()
-    sharp = trainer._reals(replace(phase, alpha=1.0))
+    state = trainer.rng.index_gen.get_state(), trainer.rng.device_gen.get_state()
+    sharp = trainer.batches.reals(replace(phase, alpha=1.0))
     for alpha in (0.0, 0.3):
-        trainer.gen.set_state(state[0])  # the same images ...
-        trainer.dev_gen.set_state(state[1])  # ... and flips
-        faded = trainer._reals(replace(phase, alpha=alpha))
+        trainer.rng.index_gen.set_state(state[0])  # the same images ...
+        trainer.rng.device_gen.set_state(state[1])  # ... and flips
+        faded = trainer.batches.reals(replace(phase, alpha=alpha))
         expected = torch.lerp(upsample2x(downsample2x(sharp)), sharp, alpha)
         assert torch.allclose(faded, expected, atol=1e-6)
     assert not torch.allclose(faded, sharp, atol=1e-2)  # the blend changes random data

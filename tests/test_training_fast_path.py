@@ -22,8 +22,10 @@ from stylegan.data.dataset import PackedDataset
 from stylegan.data.prefetch import BatchPrefetcher
 from stylegan.device import amp_dtype, normalize_amp
 from stylegan.training import EMA_FOLLOWED_BUFFERS, Trainer
+from tests.helpers import assert_same_training_state as _assert_same_state
+from tests.helpers import tiny_model_config as tiny_model
+from tests.helpers import tiny_train_config as tiny_train
 from tests.helpers import write_noise_data
-from tests.test_training import _assert_same_state, tiny_model, tiny_train
 
 
 @pytest.fixture
@@ -34,14 +36,14 @@ def noisy_data(tmp_path: Path) -> Path:
 
 def _record_reals(trainer: Trainer) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
-    plain = trainer._reals
+    plain = trainer.batches.reals
 
     def reals(phase: Any) -> torch.Tensor:
         x = plain(phase)
         seen.append(x.clone())
         return x
 
-    trainer._reals = reals  # type: ignore[method-assign]
+    trainer.batches.reals = reals  # type: ignore[method-assign]
     return seen
 
 
@@ -58,7 +60,7 @@ def test_train_step_never_reads_back_from_the_device(
     trainer.train_step()
     trainer.train_step()  # into the 8x8 fade-in: both paths, reals blended, a prefetched batch pending
     assert trainer.phase.resolution == 8 and 0 < trainer.phase.alpha < 1
-    assert trainer._prefetcher is not None and trainer._prefetcher.pending_key is not None
+    assert trainer.batches.prefetcher is not None and trainer.batches.prefetcher.pending_key is not None
     # torch's foreach Adam keeps its step counters on the host by design (fused Adam, used on CUDA,
     # keeps them on the device); reading those is no device sync. Anything else is.
     host_counters = {id(s["step"]) for opt in (trainer.opt_G, trainer.opt_D) for s in opt.state.values()}
@@ -119,7 +121,7 @@ def test_prefetch_on_off_and_resume_see_the_same_batches(noisy_data: Path, tmp_p
     seen_on = _record_reals(on)
     on.run(max_steps=7)  # across the 4 -> 8 stage boundary into the fade-in
     off = Trainer(m, tiny_train(prefetch=False), noisy_data, tmp_path / "off")
-    assert off._prefetcher is None
+    assert off.batches.prefetcher is None
     seen_off = _record_reals(off)
     off.run(max_steps=7)
     assert len(seen_on) == 7 and all(torch.equal(a, b) for a, b in zip(seen_on, seen_off, strict=True))
@@ -128,7 +130,7 @@ def test_prefetch_on_off_and_resume_see_the_same_batches(noisy_data: Path, tmp_p
     # Stopped after 3 steps with the 4th batch already gathered: the resumed run reads it again.
     split = Trainer(m, tiny_train(), noisy_data, tmp_path / "split")
     split.run(max_steps=3)
-    assert split._pending_gen_state is not None
+    assert split.batches.pending_index_state is not None
     split.close()
     resumed = Trainer(m, tiny_train(), noisy_data, tmp_path / "split")
     seen = _record_reals(resumed)

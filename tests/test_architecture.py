@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("stylegan", "flows")
 # Orchestration the library must not import (dvc_data / dvc_objects are DVC's own libraries).
 ORCHESTRATION = {"flows", "prefect", "mlflow", "dvc", "dvc_data", "dvc_objects"}
-# The composition root: the only stylegan modules allowed to import orchestration (lazily).
-ORCHESTRATION_ALLOWED = {"stylegan.cli"}
+# The composition root's hooks (the CLI package's model loading and studio registry): the only
+# stylegan modules allowed to import orchestration (lazily).
+ORCHESTRATION_ALLOWED = {"stylegan.cli.models"}
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,10 @@ def test_graph_is_plausible() -> None:
     assert len(graph.edges) >= 150, len(graph.edges)
     kinds = {(e.src, e.dst): e.kind for e in graph.edges}
     assert kinds[("stylegan.training", "stylegan.networks")] == "top"
-    assert kinds[("stylegan.cli", "flows.sample")] == "lazy"  # the allowed registry hook
-    assert kinds[("stylegan.cli", "stylegan.config")] in {"typing", "lazy"}
+    assert kinds[("stylegan.cli.models", "flows.sample")] == "lazy"  # the allowed registry hook
+    assert kinds[("stylegan.cli.models", "flows.studio_registry")] == "lazy"
+    assert kinds[("stylegan.cli.train", "stylegan.config")] in {"typing", "lazy"}
+    assert kinds[("stylegan.cli", "stylegan.cli.sample")] == "top"  # the parser assembly
     assert kinds[("flows.train", "stylegan.training")] == "lazy"
     assert {"top", "lazy", "typing"} <= {e.kind for e in graph.edges}
     assert any(e.dst == "mlflow" for e in graph.external)
@@ -281,7 +284,7 @@ _SYNTHETIC = {
     "stylegan.b": ("def f():\n    from stylegan.c import helper\n    return helper\n", False),
     "stylegan.c": ("def helper():\n    import stylegan.a\n    return stylegan.a\n", False),
     "stylegan.d": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from stylegan.a import x\n", False),
-    "stylegan.cli": ("def run():\n    from flows.x import go\n    import mlflow\n", False),
+    "stylegan.cli.models": ("def run():\n    from flows.x import go\n    import mlflow\n", False),
     "stylegan.lib": ("def run():\n    import prefect\n    from flows import x\n    from dvc.fs import F\n", False),
     "stylegan.priv": ("from stylegan.c import _hidden, __all__\nfrom stylegan import c\nc._secret\n"
                       "import stylegan.a\nstylegan.a._inner()\ngetattr(c, '_g')\nfrom . import _mod\n", False),
@@ -332,3 +335,41 @@ def test_telemetry_switches_have_one_home() -> None:
               if ".venv" not in p.parts and p != Path(__file__) and p != TELEMETRY_FILE
               and "DVC_NO_ANALYTICS" in p.read_text()]
     assert not copies, f"telemetry variables spelled out outside {TELEMETRY_FILE.name}: {copies}"
+
+
+def _test_module_imports(source: str) -> list[str]:
+    """Every import in ``source`` (at any depth) of a test module: ``tests.test_*`` or ``tests.faults.test_*``,
+    as ``import tests.test_x``, ``from tests.test_x import y`` or ``from tests import test_x``."""
+
+    def is_test_module(name: str) -> bool:
+        parts = name.split(".")
+        return (len(parts) >= 2 and parts[0] == "tests" and parts[1].startswith("test_")) or (
+            len(parts) >= 3 and parts[:2] == ["tests", "faults"] and parts[2].startswith("test_"))
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [f"import {a.name}" for a in node.names if is_test_module(a.name)]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if is_test_module(node.module):
+                found.append(f"from {node.module} import ...")
+            else:
+                found += [f"from {node.module} import {a.name}" for a in node.names
+                          if is_test_module(f"{node.module}.{a.name}")]
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in helpers modules (tests/helpers.py, tests/flows_helpers.py, tests/faults/_faultlib.py,
+    conftest.py), never in a test module another one imports: each test file runs, and reads, on its own."""
+    probe = ("import tests.test_a\nfrom tests.test_b import x\nfrom tests import test_c, helpers\n"
+             "from tests.faults import test_d, _faultlib\ndef f():\n    from tests.faults.test_e import y\n"
+             "from tests.helpers import tiny_model_config\nfrom tests.flows_helpers import tiny_params\n")
+    assert _test_module_imports(probe) == [
+        "import tests.test_a", "from tests.test_b import ...", "from tests import test_c",
+        "from tests.faults import test_d", "from tests.faults.test_e import ...",
+    ]
+    files = sorted([*(REPO / "tests").glob("*.py"), *(REPO / "tests" / "faults").glob("*.py")])
+    assert len(files) > 40
+    offenders = {str(p.relative_to(REPO)): found for p in files if (found := _test_module_imports(p.read_text()))}
+    assert not offenders, f"test modules importing test modules (move the shared code to tests/helpers.py): {offenders}"

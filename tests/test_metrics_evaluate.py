@@ -17,8 +17,7 @@ from stylegan.cli import main
 from stylegan.config import EvaluateConfig
 from stylegan.metrics import effnet, evaluate_generator, inception, reference
 from stylegan.metrics.reference import ReferenceSet, file_hash
-from tests.test_metrics_reports import tiny_generator
-from tests.test_metrics_swd import blobs
+from tests.helpers import blob_images, tiny_generator
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +29,7 @@ def _no_inception_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prepared")
-    np.save(root / "images_32.npy", blobs(40, 11))
+    np.save(root / "images_32.npy", blob_images(40, 11))
     return root
 
 
@@ -118,7 +117,7 @@ def test_inception_weights_lookup_and_loading(tmp_path: Path) -> None:
     torch.save(inception.FIDInceptionV3().state_dict(), hub / "pt_inception-2015-12-05-6726825d.pth")
     extractor = inception.InceptionFeatureExtractor()
     assert extractor.weights.parent == hub
-    assert extractor(blobs(2, 0)).shape == (2, inception.FEATURE_DIM)
+    assert extractor(blob_images(2, 0)).shape == (2, inception.FEATURE_DIM)
     torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
     with pytest.raises(effnet.UnusableWeightsError, match="not the FID Inception"):
         inception.load_fid_inception(tmp_path / "wrong.pth")
@@ -177,7 +176,7 @@ def test_reference_cache_follows_the_data_and_the_feature_version(tmp_path: Path
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     root, cache = tmp_path / "prepared", tmp_path / "cache"
     root.mkdir()
-    np.save(root / "images_32.npy", blobs(20, 0))
+    np.save(root / "images_32.npy", blob_images(20, 0))
     net = CountingExtractor()
     first = ReferenceSet(root, 32, num_real=12, seed=0, cache_dir=cache).features("toy", net)
     assert net.seen == 12
@@ -186,7 +185,7 @@ def test_reference_cache_follows_the_data_and_the_feature_version(tmp_path: Path
     assert net.seen == 12  # read from the cache
     # Re-prepared data (same shape and size, new content; prepare swaps files in by rename):
     # a new cache file, features recomputed from the new images.
-    np.save(tmp_path / "new.npy", blobs(20, 1))
+    np.save(tmp_path / "new.npy", blob_images(20, 1))
     os.replace(tmp_path / "new.npy", root / "images_32.npy")
     changed = ReferenceSet(root, 32, num_real=12, seed=0, cache_dir=cache)
     assert changed.cache_path("toy") != again.cache_path("toy")

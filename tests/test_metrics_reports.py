@@ -6,24 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from stylegan import reports
-from stylegan.config import ModelConfig
 from stylegan.networks import Generator
-
-
-def tiny_generator(resolution: int = 32) -> Generator:
-    torch.manual_seed(0)
-    cfg = ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=64, fmap_max=16, max_resolution=resolution)
-    G = Generator(cfg).eval().requires_grad_(False)
-    with torch.no_grad():  # non-trivial noise strengths and w_avg, as after training
-        for name, p in G.named_parameters():
-            if "noise" in name:
-                p.fill_(0.5)
-        G.mapping.w_avg.normal_()
-    return G
+from tests.helpers import tiny_generator
 
 
 @pytest.fixture(scope="module")

@@ -8,42 +8,16 @@ import torch
 
 from stylegan.metrics import swd as swd_module
 from stylegan.metrics.swd import gather_patches, laplacian_pyramid, pyr_up, sliced_distance, swd
-
-
-def blobs(n: int, seed: int, res: int = 32) -> np.ndarray:
-    """uint8 (n, 3, res, res): 1-3 coloured ellipses on white, like sprites on their background."""
-    rng = np.random.RandomState(seed)
-    yy, xx = (np.mgrid[0:res, 0:res] + 0.5) / res
-    out = np.full((n, res, res, 3), 255.0)
-    for i in range(n):
-        for _ in range(rng.randint(1, 4)):
-            cy, cx = rng.uniform(0.25, 0.75, 2)
-            ry, rx = rng.uniform(0.08, 0.25, 2)
-            out[i][((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = rng.uniform(0, 255, 3)
-    return np.ascontiguousarray(out.astype(np.uint8).transpose(0, 3, 1, 2))
-
-
-def blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of uint8 NCHW images (sigma 0 = unchanged)."""
-    if sigma == 0:
-        return images
-    r = int(3 * sigma + 0.5)
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    x = torch.nn.functional.pad(torch.from_numpy(images).float(), (r, r, r, r), mode="replicate")
-    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
-    x = torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
-    return x.round().clamp(0, 255).to(torch.uint8).numpy()
+from tests.helpers import blob_images, blur
 
 
 @pytest.fixture(scope="module")
 def sets() -> dict[str, np.ndarray]:
-    return {"real": blobs(64, 0), "fresh": blobs(64, 1)}
+    return {"real": blob_images(64, 0), "fresh": blob_images(64, 1)}
 
 
 def test_laplacian_pyramid_reconstructs_the_image() -> None:
-    x = torch.from_numpy(blobs(4, 3)).float()
+    x = torch.from_numpy(blob_images(4, 3)).float()
     levels = laplacian_pyramid(x, 3)
     assert [lvl.shape[-1] for lvl in levels] == [32, 16, 8]
     rec = levels[-1]
@@ -70,17 +44,17 @@ def test_swd_grows_monotonically_with_blur(sets: dict[str, np.ndarray]) -> None:
 
 def test_swd_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="at least 16"):
-        swd(blobs(4, 0, res=8), blobs(4, 1, res=8))
+        swd(blob_images(4, 0, res=8), blob_images(4, 1, res=8))
     with pytest.raises(ValueError, match="one size"):
-        swd(blobs(4, 0, res=32), blobs(4, 1, res=16))
+        swd(blob_images(4, 0, res=32), blob_images(4, 1, res=16))
 
 
 def test_swd_subsamples_the_larger_set_at_random_not_its_head() -> None:
     # A packed dataset is in file order: here 48 sharp sprites, then 48 blurred ones. Fakes are
     # an even mix of both. Comparing the fakes with the head of the reals (all sharp) would
     # report a distance the model does not have.
-    real = np.concatenate([blobs(48, 0), blur(blobs(48, 2), 1.5)])
-    fake = np.concatenate([blobs(24, 1), blur(blobs(24, 3), 1.5)])
+    real = np.concatenate([blob_images(48, 0), blur(blob_images(48, 2), 1.5)])
+    fake = np.concatenate([blob_images(24, 1), blur(blob_images(24, 3), 1.5)])
     mixed = swd(real, fake, seed=0)["swd"]
     head_only = swd(real[:48], fake, seed=0)["swd"]  # what taking the first len(fake) reals measures
     assert mixed < 0.75 * head_only, f"{mixed:.1f} vs head-only {head_only:.1f}"
@@ -181,7 +155,7 @@ def _pg_swd(reals: np.ndarray, fakes: np.ndarray, min_res: int, nhoods: int, nho
 
 
 def test_pyramid_matches_progan_reference() -> None:
-    x = blobs(3, 5).astype(np.float32)
+    x = blob_images(3, 5).astype(np.float32)
     ours = laplacian_pyramid(torch.from_numpy(x), 3)
     ref = _pg_laplacian_pyramid(x, 3)
     for a, b in zip(ours, ref, strict=True):
@@ -211,7 +185,7 @@ def test_swd_equals_progan_reference_given_the_same_random_draws(monkeypatch: py
     # Patch positions and directions are injected from one numpy RandomState, consumed in
     # ProGAN's order (reals then fakes; per level: x centres, y centres; then per level and
     # repeat: directions); everything else is the library's own code.
-    real, fake = blobs(6, 0), blur(blobs(6, 1), 0.8)
+    real, fake = blob_images(6, 0), blur(blob_images(6, 1), 0.8)
     rs = np.random.RandomState(4)
 
     def positions(n: int, h: int, w: int, p: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:

@@ -11,8 +11,9 @@ import torch
 from stylegan.config import ModelConfig
 from stylegan.layers import downsample2x, upsample2x
 from stylegan.networks import Discriminator, Generator, style_layer_range, ws_for_resolution
+from tests.helpers import tiny_model_config
 
-TINY = ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=128, fmap_max=16, max_resolution=16)
+TINY = tiny_model_config(fmap_base=128)
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from stylegan.checkpoint import export_generator
-from stylegan.config import ModelConfig
 from stylegan.networks import Generator
 from stylegan.sampling import generate, save_png
 from stylegan.studio import ModelSource, StudioLimits, create_app
+from tests.helpers import tiny_model_config
 
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -38,7 +38,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     import uvicorn
 
     torch.manual_seed(0)
-    G = Generator(ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=64, fmap_max=32, max_resolution=16))
+    G = Generator(tiny_model_config(fmap_base=64, fmap_max=32))
     folder = tmp_path_factory.mktemp("studio-browser")
     export_generator(G.eval(), folder / "export")
     app = create_app(ModelSource(str(folder / "export")), StudioLimits(max_project_steps=50), perceptual=False)

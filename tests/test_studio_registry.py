@@ -28,16 +28,16 @@ def test_studio_lists_and_switches_registered_versions(tmp_path: Path, mlflow_st
 
     from stylegan.checkpoint import export_generator, load_generator
     from stylegan.cli import main
-    from stylegan.config import ModelConfig
     from stylegan.networks import Generator
     from stylegan.sampling import generate
     from stylegan.studio import ModelSource, create_app
+    from tests.helpers import tiny_model_config
 
     client = store.setup(tmp_path)
     exp = store.ensure_experiment(client, store.EXPERIMENT, tmp_path)
     for v, seed in (("1", 0), ("2", 1)):
         torch.manual_seed(seed)
-        G = Generator(ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=8))
+        G = Generator(tiny_model_config(max_resolution=8))
         export_generator(G.eval(), tmp_path / f"export{v}")
         run = client.create_run(exp)
         client.log_metric(run.info.run_id, "eval.swd", 10.0 * int(v))

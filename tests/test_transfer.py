@@ -11,7 +11,7 @@ import torch
 from stylegan.checkpoint import CheckpointError, params_hash
 from stylegan.training import Trainer
 from stylegan.transfer import read_init_source
-from tests.test_training import tiny_model, tiny_train, write_toy_data
+from tests.helpers import tiny_model_config, tiny_train_config, write_toy_data
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -23,12 +23,12 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 def _quick(**kw):  # one 4x4 stage of 2 steps (batch 4), then final_kimg more; ADA and lazy R1 on
     base = {"max_resolution": 4, "stab_kimg": 0.008, "final_kimg": 0.008, "snapshot_kimg": 1.0, "grid_seeds": [0],
             "ema_rampup": 0.05, "augment": "ada", "ada_kimg": 0.05, "ada_interval": 2, "r1_interval": 2}
-    return tiny_train(**{**base, **kw})
+    return tiny_train_config(**{**base, **kw})
 
 
 def test_training_longer_continues_the_finished_run_bit_for_bit(tmp_path: Path) -> None:
     data = write_toy_data(tmp_path / "data", (4,))
-    m = tiny_model()
+    m = tiny_model_config()
     straight = Trainer(m, _quick(final_kimg=0.016), data, tmp_path / "straight")
     straight.run()
 
@@ -56,7 +56,7 @@ def test_a_finished_run_whose_last_step_passed_the_end_reloads(tmp_path: Path) -
     # The last step may pass the schedule's end by part of a batch (the CPU profile's 23 kimg at
     # batch 16 ends at 23.008): that run is finished, not "trained past the end".
     data = write_toy_data(tmp_path / "data", (4,))
-    m = tiny_model()
+    m = tiny_model_config()
     t = _quick(final_kimg=0.010)  # ends at 0.018 kimg; batch 4 stops at 0.020
     first = Trainer(m, t, data, tmp_path / "run")
     first.run()
@@ -67,7 +67,7 @@ def test_a_finished_run_whose_last_step_passed_the_end_reloads(tmp_path: Path) -
 
 def test_finetune_from_a_checkpoint_or_an_export_and_grow_on(tmp_path: Path) -> None:
     data = write_toy_data(tmp_path / "data", (4, 8))
-    m = tiny_model()
+    m = tiny_model_config()
     src = Trainer(m, _quick(augment="none"), data, tmp_path / "src")
     src.run()
     ckpt = src.ckpt_dir / "stage-4.pt"
@@ -75,7 +75,7 @@ def test_finetune_from_a_checkpoint_or_an_export_and_grow_on(tmp_path: Path) -> 
 
     # From a training checkpoint: G, G_ema, D (and w_avg) carry over; the schedule starts at 4x4
     # (the source's resolution) and grows on to 8x8 with a fade; images shown start at 0.
-    t = tiny_train(max_resolution=8, start_resolution=4, init_from=str(ckpt), stab_kimg=0.008, fade_kimg=0.008,
+    t = tiny_train_config(max_resolution=8, start_resolution=4, init_from=str(ckpt), stab_kimg=0.008, fade_kimg=0.008,
                    snapshot_kimg=1.0, grid_seeds=[0])
     ft = Trainer(m, t, data, tmp_path / "ft")
     assert ft.kimg == 0 and ft.D_from_source and [s.resolution for s in ft.stages] == [4, 8]
@@ -106,14 +106,14 @@ def test_finetune_from_a_checkpoint_or_an_export_and_grow_on(tmp_path: Path) -> 
 
 def test_finetune_errors_are_clear(tmp_path: Path) -> None:
     data = write_toy_data(tmp_path / "data", (4, 8))
-    src = Trainer(tiny_model(), _quick(augment="none"), data, tmp_path / "src")
+    src = Trainer(tiny_model_config(), _quick(augment="none"), data, tmp_path / "src")
     src.run()
     export = src.export(tmp_path / "export").parent
-    other = replace(tiny_model(), w_dim=8)
+    other = replace(tiny_model_config(), w_dim=8)
     with pytest.raises(CheckpointError, match=r"another architecture.*w_dim: source 16, config 8"):
-        Trainer(other, tiny_train(init_from=str(export)), data, tmp_path / "bad")
+        Trainer(other, tiny_train_config(init_from=str(export)), data, tmp_path / "bad")
     with pytest.raises(FileNotFoundError, match=r"init_from .* does not exist"):
-        Trainer(tiny_model(), tiny_train(init_from=str(tmp_path / "missing")), data, tmp_path / "bad2")
+        Trainer(tiny_model_config(), tiny_train_config(init_from=str(tmp_path / "missing")), data, tmp_path / "bad2")
     from stylegan.config import ConfigError, TrainConfig, from_dict
 
     with pytest.raises(ConfigError, match="registry URI, which only the train flow resolves"):

@@ -64,6 +64,11 @@ def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
     return seeds
 
 
+def seed_filename(seed: int) -> str:
+    """NVIDIA's naming: seed0007.png (more digits only when the seed needs them)."""
+    return f"seed{seed:04d}.png"
+
+
 def _device_of(G: torch.nn.Module, device: str | torch.device | None) -> torch.device:
     return torch.device(device) if device is not None else next(G.parameters()).device
 
@@ -166,6 +171,22 @@ def style_range(styles: StyleRange, num_ws: int) -> range:
         raise ValueError(f"style layers must lie in 0-{num_ws - 1} (this generator has {num_ws} style layers), "
                          f"got {r.start}-{r.stop - 1}")
     return r
+
+
+def parse_styles(text: str, num_ws: int) -> range:
+    """coarse | middle | fine, or NVIDIA's inclusive layer range such as ``"0-6"`` (or one layer, ``"3"``):
+    the style layers a command line names (``style_range`` of them; ValueError, with a hint, otherwise)."""
+    text = text.strip()
+    if text in ("coarse", "middle", "fine"):
+        try:
+            return style_range(text, num_ws)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; use a layer range such as 0-{num_ws - 1}") from None
+    try:
+        lo, hi = (int(v) for v in text.split("-", 1)) if "-" in text else (int(text), int(text))
+    except ValueError:
+        raise ValueError("use coarse, middle, fine or a layer range such as 0-6") from None
+    return style_range((lo, hi + 1), num_ws)
 
 
 def mix_ws(src_ws: torch.Tensor, dst_ws: torch.Tensor, layers: range) -> torch.Tensor:

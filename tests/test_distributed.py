@@ -104,6 +104,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "one_at_split": load_checkpoint(root / "one" / "checkpoints" / split.name)}
 
 
+@pytest.mark.slow  # end to end (torchrun / a served deployment / a whole recipe): not in the quick loop
 def test_two_processes_train_what_one_process_trains(runs: dict[str, Any]) -> None:
     launch = runs["launch"]
     assert launch.returncode == 0, launch.stdout + launch.stderr
@@ -116,6 +117,7 @@ def test_two_processes_train_what_one_process_trains(runs: dict[str, Any]) -> No
     torch.testing.assert_close(two["G_ema"]["mapping.w_avg"], two["G"]["mapping.w_avg"])
 
 
+@pytest.mark.slow  # end to end (torchrun / a served deployment / a whole recipe): not in the quick loop
 def test_checkpoints_resume_across_process_counts(runs: dict[str, Any]) -> None:
     end = runs["one"].checkpoint_state()
     launch = runs["launch"]
@@ -127,6 +129,7 @@ def test_checkpoints_resume_across_process_counts(runs: dict[str, Any]) -> None:
     _assert_same_nets(end, runs["two_then_one"].checkpoint_state())
 
 
+@pytest.mark.slow  # end to end (torchrun / a served deployment / a whole recipe): not in the quick loop
 def test_pokegan_train_on_two_processes_trains_to_the_end_and_exports(runs: dict[str, Any]) -> None:
     root, launch = runs["root"], runs["launch"]
     assert launch.returncode == 0, launch.stdout + launch.stderr

@@ -87,6 +87,7 @@ def test_load_registered_generator_and_errors(registered: dict[str, str], tmp_pa
         load_registered_generator("models:/other@champion", root=tmp_path)
 
 
+@pytest.mark.slow  # end to end (torchrun / a served deployment / a whole recipe): not in the quick loop
 def test_sample_flow_served_as_a_deployment(registered: dict[str, str], tmp_path: Path, prefect_harness: None) -> None:
     """The sample deployment served by a Runner (what `python -m flows.serve` does) runs a triggered flow run."""
     from prefect import get_client

@@ -18,6 +18,7 @@ from tests.flows_helpers import packed_data, tiny_params, write_params
 pytestmark = pytest.mark.pipeline
 
 
+@pytest.mark.slow  # end to end (torchrun / a served deployment / a whole recipe): not in the quick loop
 def test_train_flow_resumes_skips_and_registers(
     tmp_path: Path, mlflow_store: str, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

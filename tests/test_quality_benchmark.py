@@ -18,6 +18,7 @@ TINY = ["model.max_resolution=16", "model.z_dim=16", "model.w_dim=16", "model.ma
         "evaluate.num_real=64"]
 
 
+@pytest.mark.slow  # end to end (torchrun / a served deployment / a whole recipe): not in the quick loop
 @pytest.mark.skipif(not weights_available(), reason="the EfficientNet weights are not installed")
 def test_cpu_budget_stops_the_recipe_and_a_larger_budget_resumes_it(tmp_path: Path) -> None:
     from benchmarks import quality

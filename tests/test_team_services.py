@@ -83,7 +83,6 @@ def team() -> Iterator[dict[str, Any]]:
     shutil.copy2(REPO / "dvc.yaml", project / "dvc.yaml")
     # A clone has the repo's .dvc/: the pipeline asks DVC what is stale (no git in this copy).
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True)
-    shutil.copy2(REPO / ".dvc" / "config", project / ".dvc" / "config")
     images = sprite_folder(base / "sprites", n=16)
     write_params(project / "params.yaml", tiny_params(data={"source": str(images)},
                                                       train={"fade_kimg": 0.032, "stab_kimg": 0.032}))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -40,7 +41,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import METRICS_DIR, MODEL_DIR, REGISTERED, RUNS_DIR, base_parser, load_run_params, resolve, write_json
 from flows.tracking import callback, datasets, logged_model, provenance, registry, runs, store
-from stylegan.config import ModelConfig, TrainConfig, section
+from stylegan.config import ModelConfig, RegistryConfig, TrainConfig, section
 from stylegan.io import atomic_write_bytes
 
 TICK_COLUMNS = ("kimg", "stage", "resolution", "alpha", "lr", "batch_size", "loss_G", "loss_D", "r1",
@@ -171,13 +172,35 @@ def follow_process(cmd: Sequence[str], events: Path, callbacks: Iterable[Any], *
                            "the log above. A retry resumes from the last checkpoint")
 
 
-def torchrun_stage_command(resolution: int, job: dict[str, Any], events: Path) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """What the train flow's tasks share: configs, paths and ids only (no clients, progress bars or
+    open files), so a task retry or a worker process gets exactly what the flow decided."""
+
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    data_root: Path  # prepared images_<R>.npy
+    run_dir: Path  # runs/train/<key>: checkpoints, ticks.csv, events
+    params_file: Path | None = None  # what torchrun workers re-read (with the same overrides)
+    root: Path | None = None  # the project
+    key: str = ""  # the run key (params, data and training code)
+    total_kimg: float = 0.0  # of the whole schedule, for the progress artifact
+    progress_artifact: Any = None  # Prefect artifact id
+    tracking_uri: str = ""
+    mlflow_run_id: str = ""
+    registry: RegistryConfig | None = None
+    export_dir: Path | None = None  # models/generator
+    registered_path: Path | None = None  # models/registered.json
+    lineage: Mapping[str, str] = dataclasses.field(default_factory=dict)  # tags of a fine-tuning source
+
+
+def torchrun_stage_command(resolution: int, job: TrainJob, events: Path) -> list[str]:
     """torchrun, one process per GPU, running `pokegan train` up to the end of this stage."""
     from stylegan.distributed import torchrun_command
 
-    train_cfg: TrainConfig = job["train_cfg"]
-    args = ["train", "--params", str(job["params_file"]), "--data", str(job["data_root"]),
-            "--run-dir", str(job["run_dir"]), "--stage", str(resolution), "--events", str(events)]
+    train_cfg: TrainConfig = job.train_cfg
+    args = ["train", "--params", str(job.params_file), "--data", str(job.data_root),
+            "--run-dir", str(job.run_dir), "--stage", str(resolution), "--events", str(events)]
     if train_cfg.threads > 0:
         args += ["--threads", str(train_cfg.threads)]
     return torchrun_command(train_cfg.nproc_per_node, args)
@@ -196,7 +219,7 @@ def _worker_env() -> dict[str, str]:
 
 @task(name="train-stage", task_run_name="stage-{resolution}px", retries=1, retry_delay_seconds=1,
       cache_policy=NO_CACHE)
-def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
+def train_stage(resolution: int, job: TrainJob) -> dict[str, Any]:
     """Train one progressive stage; resumes from the newest checkpoint, skips a finished stage.
 
     ``job`` holds only paths, configs and ids (no clients, bars or open files), so the task's
@@ -207,28 +230,28 @@ def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
     from stylegan.training import Trainer
 
     logger = get_run_logger()
-    model_cfg, train_cfg = job["model_cfg"], job["train_cfg"]
+    model_cfg, train_cfg = job.model_cfg, job.train_cfg
     multi = train_cfg.nproc_per_node > 1
     # Where the run stands, from the newest checkpoint's header (the same checks as resuming; no
     # networks built); with torchrun the workers own the GPUs and build the trainers.
-    at = run_progress(job["run_dir"], model_cfg, train_cfg, job["data_root"])
+    at = run_progress(job.run_dir, model_cfg, train_cfg, job.data_root)
     if at.done(resolution):
         logger.info("stage %dx%d already complete in %s (params match); skipped", resolution, resolution,
-                    job["run_dir"])
+                    job.run_dir)
         return {"resolution": resolution, "skipped": True, "start_kimg": at.kimg, "kimg": at.kimg,
                 "seconds": 0.0}
-    trainer = None if multi else Trainer(model_cfg, train_cfg, job["data_root"], job["run_dir"],
+    trainer = None if multi else Trainer(model_cfg, train_cfg, job.data_root, job.run_dir,
                                          device=train_cfg.device, callbacks=())
     start_kimg = at.kimg  # > the previous stage's end when a retry resumes mid-stage
     logger.info("stage %dx%d: starting at kimg %.3f (from %s)", resolution, resolution, start_kimg,
                 at.checkpoint or "scratch")
-    ticks = TickLog(Path(job["run_dir"]) / "ticks.csv", at.kimg)
-    client = MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
-    progress = Progress(job["total_kimg"], at.kimg, job["progress_artifact"])
-    callbacks = [callback.MlflowTrainingCallback(client, job["mlflow_run_id"]), ticks, progress]
+    ticks = TickLog(Path(job.run_dir) / "ticks.csv", at.kimg)
+    client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
+    progress = Progress(job.total_kimg, at.kimg, job.progress_artifact)
+    callbacks = [callback.MlflowTrainingCallback(client, job.mlflow_run_id), ticks, progress]
     try:
         if trainer is None:
-            events = Path(job["run_dir"]) / f"events-{resolution}.jsonl"
+            events = Path(job.run_dir) / f"events-{resolution}.jsonl"
             cmd = torchrun_stage_command(resolution, job, events)
             logger.info("stage %dx%d on %d processes: %s", resolution, resolution, train_cfg.nproc_per_node,
                         " ".join(cmd))
@@ -252,7 +275,7 @@ def train_stage(resolution: int, job: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(name="export-and-register", cache_policy=NO_CACHE)
-def export_and_register(job: dict[str, Any], final_resolution: int) -> dict[str, Any]:
+def export_and_register(job: TrainJob, final_resolution: int) -> dict[str, Any]:
     """Export G_ema pickle-free, log it as an MLflow model, register it with the candidate alias."""
     return publish(job, final_resolution, get_run_logger().info)
 
@@ -269,7 +292,7 @@ def export_generator_dir(export: Callable[[Path], Any], out: Path) -> str:
     return sha256_file(out / WEIGHTS_NAME)
 
 
-def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dict[str, Any]:
+def publish(job: TrainJob, final_resolution: int, log: Any = print) -> dict[str, Any]:
     """Export, register and write ``models/registered.json``, in an order a kill at any point survives.
 
     The export is swapped in whole; the registry is searched by the weights' sha256 first, so a
@@ -279,16 +302,16 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
     """
     from stylegan.train_state import export_run, run_progress
 
-    run_dir, model_cfg, train_cfg = job["run_dir"], job["model_cfg"], job["train_cfg"]
-    kimg = run_progress(run_dir, model_cfg, train_cfg, job["data_root"]).kimg
-    out = job["export_dir"]
+    run_dir, model_cfg, train_cfg = job.run_dir, job.model_cfg, job.train_cfg
+    kimg = run_progress(run_dir, model_cfg, train_cfg, job.data_root).kimg
+    out = job.export_dir
     # The highest fully trained stage, from the run's newest checkpoint (no trainer built); metadata
     # ties the file back to its MLflow run.
-    meta = {"mlflow_run_id": job["mlflow_run_id"], "run_key": job["key"]}
+    meta = {"mlflow_run_id": job.mlflow_run_id, "run_key": job.key}
     sha = export_generator_dir(lambda tmp: export_run(run_dir, tmp, model_cfg, train_cfg, meta), out)
 
-    client = MlflowClient(tracking_uri=job["tracking_uri"], registry_uri=job["tracking_uri"])
-    reg = job["registry"]
+    client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
+    reg = job.registry
     existing = _version_with_sha(client, reg.name, sha)
     if existing is not None:
         # Same weights as an already registered version (a forced re-run, or one killed before
@@ -297,17 +320,17 @@ def publish(job: dict[str, Any], final_resolution: int, log: Any = print) -> dic
         client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
         log(f"generator unchanged; {reg.name} v{version} is {reg.candidate_alias} again")
     else:
-        info = logged_model.log_generator_model(job["mlflow_run_id"], out, step=round(kimg * 1000))
+        info = logged_model.log_generator_model(job.mlflow_run_id, out, step=round(kimg * 1000))
         model_uri = info.model_uri
-        version = registry.register(client, model_uri, reg.name, reg.candidate_alias, job["mlflow_run_id"],
+        version = registry.register(client, model_uri, reg.name, reg.candidate_alias, job.mlflow_run_id,
                                     tags={"generator.sha256": sha, "resolution": str(final_resolution),
-                                          "kimg": f"{kimg:.3f}", "run_key": job["key"],
-                                          **job.get("lineage", {})})
-        log(f"registered {reg.name} v{version} ({reg.candidate_alias}) from run {job['mlflow_run_id']}")
+                                          "kimg": f"{kimg:.3f}", "run_key": job.key,
+                                          **job.lineage})
+        log(f"registered {reg.name} v{version} ({reg.candidate_alias}) from run {job.mlflow_run_id}")
     registered = {"name": reg.name, "version": str(version), "alias": reg.candidate_alias, "model_uri": model_uri,
-                  "run_id": job["mlflow_run_id"], "generator_sha256": sha, "resolution": final_resolution,
+                  "run_id": job.mlflow_run_id, "generator_sha256": sha, "resolution": final_resolution,
                   "kimg": float(kimg), "tracking_uri": client.tracking_uri}
-    write_json(job["registered_path"], registered)
+    write_json(job.registered_path, registered)
     return registered
 
 
@@ -464,11 +487,10 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     total_kimg = float(plan[-1].end_kimg)
     artifact_id = create_progress_artifact(progress=0.0, key="train-progress",
                                            description=f"kimg trained of {total_kimg:g} ({len(plan)} stages)")
-    job = {"model_cfg": model_cfg, "train_cfg": train_cfg, "data_root": data_root, "run_dir": run_dir, "root": root_p,
-           "key": key, "total_kimg": total_kimg, "progress_artifact": artifact_id,
-           "tracking_uri": client.tracking_uri, "mlflow_run_id": run_id, "registry": reg, "export_dir": export_dir,
-           "params_file": params_file, "registered_path": root_p / REGISTERED,
-           "lineage": lineage}
+    job = TrainJob(model_cfg=model_cfg, train_cfg=train_cfg, data_root=Path(data_root), run_dir=Path(run_dir),
+                   params_file=Path(params_file), root=root_p, key=key, total_kimg=total_kimg,
+                   progress_artifact=artifact_id, tracking_uri=client.tracking_uri, mlflow_run_id=run_id,
+                   registry=reg, export_dir=Path(export_dir), registered_path=root_p / REGISTERED, lineage=lineage)
     results = []
     try:
         with runs.system_metrics(run_id, client.tracking_uri):

@@ -120,11 +120,11 @@ def test_torchrun_stage_follows_rank_zero_events_into_the_callbacks(tmp_path: Pa
     (progress and trackers live in the flow's process) and fails when the processes fail."""
     import sys
 
-    from flows.train import follow_process, torchrun_stage_command
-    from stylegan.config import TrainConfig
+    from flows.train import TrainJob, follow_process, torchrun_stage_command
+    from stylegan.config import ModelConfig, TrainConfig
 
-    job = {"train_cfg": TrainConfig(nproc_per_node=4, threads=1), "params_file": tmp_path / "params.yaml",
-           "data_root": tmp_path / "data", "run_dir": tmp_path / "run"}
+    job = TrainJob(model_cfg=ModelConfig(), train_cfg=TrainConfig(nproc_per_node=4, threads=1),
+                   params_file=tmp_path / "params.yaml", data_root=tmp_path / "data", run_dir=tmp_path / "run")
     cmd = torchrun_stage_command(16, job, tmp_path / "run" / "events-16.jsonl")
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
     assert cmd[5:8] == ["-m", "stylegan.cli", "train"] and cmd[cmd.index("--stage") + 1] == "16"

@@ -169,18 +169,19 @@ def prepare_child(data: dict[str, Any], root: str, kills: list[Kill], log: str |
     prepare(cfg, root, workers=1, log=lambda _: None)
 
 
-def publish_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """The job dict ``flows.train.publish`` takes, from plain values (children cannot share clients)."""
+def publish_job(spec: dict[str, Any]) -> Any:
+    """The ``TrainJob`` ``flows.train.publish`` takes, from plain values (children cannot share clients)."""
     from flows.tracking import store
+    from flows.train import TrainJob
     from stylegan.config import load_params, section
 
     os.environ["MLFLOW_TRACKING_URI"] = spec["tracking_uri"]
     params = load_params(spec["params"])
-    return {"model_cfg": section(params, "model"), "train_cfg": section(params, "train"),
-            "data_root": Path(spec["data_root"]), "run_dir": Path(spec["run_dir"]),
-            "export_dir": Path(spec["export_dir"]), "registered_path": Path(spec["registered"]),
-            "tracking_uri": store.setup(spec["root"]).tracking_uri, "registry": section(params, "registry"),
-            "mlflow_run_id": spec["run_id"], "key": spec["key"]}
+    return TrainJob(model_cfg=section(params, "model"), train_cfg=section(params, "train"),
+                    data_root=Path(spec["data_root"]), run_dir=Path(spec["run_dir"]),
+                    export_dir=Path(spec["export_dir"]), registered_path=Path(spec["registered"]),
+                    tracking_uri=store.setup(spec["root"]).tracking_uri, registry=section(params, "registry"),
+                    mlflow_run_id=spec["run_id"], key=spec["key"])
 
 
 def publish_child(spec: dict[str, Any], kills: list[Kill], log: str | None) -> None:

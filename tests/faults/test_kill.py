@@ -167,7 +167,7 @@ def test_kill_during_export_and_registration_recovers(project: dict[str, Any], t
     first = publish(fl.publish_job(spec(0)), 8, log=lambda _: None)
     client.set_registered_model_alias(first["name"], "champion", first["version"])
     job_b = fl.publish_job(spec(1))
-    Trainer(job_b["model_cfg"], job_b["train_cfg"], job_b["data_root"], job_b["run_dir"], device="cpu").export(
+    Trainer(job_b.model_cfg, job_b.train_cfg, job_b.data_root, job_b.run_dir, device="cpu").export(
         tmp_path / "b")
     shas = {0: first["generator_sha256"], 1: _sha(tmp_path / "b" / "generator.safetensors")}
     assert shas[0] != shas[1]

@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import datetime as dt
 import gc
+import hashlib
 import json
 import math
 import os
@@ -204,14 +205,11 @@ def _synthetic_data(root: Path, resolution: int, n: int) -> Path:
     return folder
 
 
-def hand_flops(s: dict[str, Any], resolution: int, batch: int) -> float | None:
-    """FLOPs per step counted by hand from the layer shapes (benchmarks/flops.py), if available."""
-    from benchmarks import flops
+def hand_flops(s: dict[str, Any], resolution: int, batch: int) -> float:
+    """FLOPs per step counted by hand from the layer shapes (benchmarks/flops.py)."""
+    from benchmarks.flops import hand_step_flops
 
-    count = getattr(flops, "hand_step_flops", None)
-    if count is None:
-        return None
-    return float(count(_model_cfg(s, resolution), resolution, batch, s["r1_interval"])["total"])
+    return float(hand_step_flops(_model_cfg(s, resolution), resolution, batch, s["r1_interval"])["total"])
 
 
 def flop_check(counted: float | None, hand: float | None) -> str | None:
@@ -395,7 +393,7 @@ def release_worker(job_file: Path, out_file: Path) -> int:
     checkpointed; then G_ema exported (fp16 shards), a grid and fd_effnet into ``out_dir``."""
     import numpy as np
 
-    from stylegan.checkpoint import export_generator
+    from stylegan.checkpoint import export_generator, load_generator
     from stylegan.config import EvaluateConfig, TrainConfig
     from stylegan.metrics import stats
     from stylegan.metrics.effnet import FeatureExtractor, MissingWeightsError, weights_path
@@ -456,7 +454,7 @@ def release_worker(job_file: Path, out_file: Path) -> int:
     G = trainer.G_ema.eval()
     full = export_generator(G, run_dir / "export", export_res, {"kimg": trainer.kimg, "source": "gpu_check release"})
     record["shards"] = write_shards(full.parent, out_dir)
-    G_small = _load_export(full.parent, device)
+    G_small = load_generator(full.parent, device)
     sample_grid(G_small, s["grid_seeds"]).save(out_dir / "grid.png")
     t1 = time.perf_counter()
     n = s["fd_samples"]
@@ -476,17 +474,9 @@ def release_worker(job_file: Path, out_file: Path) -> int:
     return 0
 
 
-def _load_export(folder: Path, device: Any) -> Any:
-    from stylegan.checkpoint import load_generator
-
-    return load_generator(folder, device)
-
-
 def write_shards(export_dir: Path, out_dir: Path, max_bytes: int = SHARD_BYTES) -> list[dict[str, Any]]:
     """The export's weights as fp16 safetensors files of at most ``max_bytes`` each, its
     generator.json beside them and ``shards.json`` naming which tensor is in which file."""
-    import hashlib
-
     from safetensors.torch import load_file, save
 
     tensors = load_file(str(export_dir / "generator.safetensors"))
@@ -517,8 +507,6 @@ def write_shards(export_dir: Path, out_dir: Path, max_bytes: int = SHARD_BYTES) 
 
 def join_release(release_dir: Path, to: Path) -> Path:
     """A normal fp32 export (generator.safetensors + generator.json) from the shards of a release."""
-    import hashlib
-
     from safetensors.torch import load
 
     from stylegan.checkpoint import export_generator, load_generator
@@ -767,20 +755,6 @@ def device_info(cpu_quick: bool) -> dict[str, Any]:
     return info
 
 
-def measured_bf16_peak(device: Any) -> float | None:
-    """A bf16 matmul rate measured here and now (benchmarks/flops.py), the practical ceiling; on
-    a CPU (where amp trains in fp32) the fp32 rate."""
-    import torch
-
-    from benchmarks.flops import matmul_tflops
-
-    if device.type != "cuda":
-        return float(matmul_tflops(device))
-    rate = float(matmul_tflops(device, dtype=torch.bfloat16, n=8192, seconds=1.0))
-    torch.cuda.empty_cache()  # the workers, not this process, should hold the memory
-    return rate
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu-quick", action="store_true", default=os.environ.get("GPU_CHECK_CPU") == "1",
@@ -861,12 +835,16 @@ def main(argv: list[str] | None = None) -> int:
     info = device_info(args.cpu_quick)
     import torch
 
-    from benchmarks.flops import device_peak_tflops
+    from benchmarks.flops import device_peak_tflops, measured_peak_tflops
 
     device = torch.device(s["device"])
     peak, peak_source = device_peak_tflops(device, args.peak_tflops)
     s["peak_tflops"] = peak  # measured once (on a CPU): every configuration's MFU uses the same peak
-    s["measured_peak_tflops"] = measured_bf16_peak(device)
+    # The practical ceiling, measured here: bf16 matmuls on a GPU; fp32 on a CPU, as its other peak.
+    measured_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    s["measured_peak_tflops"], measured_source = measured_peak_tflops(device, measured_dtype)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the workers, not this process, should hold the memory
     say(f"# gpu_check {'(cpu quick mode) ' if args.cpu_quick else ''}on {info['name']}, torch {info['torch']} "
         f"({sys.executable}), peak {peak if peak is None else round(peak, 3)} TFLOP/s ({peak_source}), measured bf16 "
         f"matmul {s['measured_peak_tflops'] and round(s['measured_peak_tflops'], 3)} TFLOP/s; budget "
@@ -890,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_tflops": peak,
         "peak_source": peak_source,
         "measured_peak_tflops": s["measured_peak_tflops"],
-        "measured_peak_source": "bf16 matmul measured on this device in this run",
+        "measured_peak_source": f"{measured_source}, in this run",
         "budget_s": args.budget_s,
         "settings": {**s, "model": s["model"] or "paper (ModelConfig defaults)"},
         "load_average_before": list(os.getloadavg()),

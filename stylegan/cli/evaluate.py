@@ -25,13 +25,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     data_root = args.data if args.data is not None else section(params, "data").out_dir
     out = Path(args.out)
     check_file_arg(out, "--out", "eval.json")
-    check_dir_arg(args.reports if args.reports is not None else cfg.reports_dir, "--reports")
+    reports = args.reports if args.reports is not None else cfg.reports_dir
+    check_dir_arg(reports, "--reports")
     if args.ticks is not None and not Path(args.ticks).is_file():
         raise FileNotFoundError(f"--ticks {args.ticks} does not exist; pass the trainer's train_ticks.csv or omit it")
     device = resolve_device(args.device)  # clear error for an unknown device or missing CUDA
     G = load_model(args.model, device)
     metrics = evaluate_generator(
-        G, data_root, cfg, out.parent, args.reports if args.reports is not None else cfg.reports_dir,
+        G, data_root, cfg, out.parent, reports,
         metrics_file=out.name, ticks=args.ticks, device=device,
         log=lambda msg: print(f"pokegan evaluate: {msg}", file=sys.stderr, flush=True),
     )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from stylegan.cli.options import check_dir_arg, check_file_arg, int_at_least
+from stylegan.cli.options import check_dir_arg, check_file_arg, int_at_least, set_threads, threads_option
 
 if TYPE_CHECKING:
     from stylegan.config import ModelConfig, TrainConfig
@@ -70,10 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         check_dir_arg(args.export, "--export")  # before training, not after it
     if args.events:
         check_file_arg(args.events, "--events", "events.jsonl")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     params = load_params(args.params)
     for assignment in args.set:
         set_override(params, assignment)
@@ -133,8 +130,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int_at_least(0), default=None,
                    help="stop (with a checkpoint) after this many steps")
     p.add_argument("--export", default=None, metavar="DIR", help="export G_ema (safetensors + JSON) here afterwards")
-    p.add_argument("--threads", type=int_at_least(1), default=None,
-                   help="torch CPU threads (default: one per core; 1 can be faster on a busy machine)")
+    threads_option(p)
     p.add_argument("--nproc-per-node", type=int_at_least(1), default=None, metavar="N",
                    help="train with N processes (one per GPU; gloo on CPU) started by torchrun; batch sizes stay "
                         "global (default: train.nproc_per_node). Several machines: run torchrun yourself (README)")

@@ -305,6 +305,19 @@ def _run_plan(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[TrainConf
     return eff, source, params_hash(model_cfg, eff, source and source.sha256), stages(eff, model_cfg)
 
 
+def _newest_checked(run_dir: str | Path, model_cfg: ModelConfig, eff: TrainConfig, expected_hash: str,
+                    plan: list[Stage], *, mmap: bool = False) -> tuple[dict[str, Any], Path] | None:
+    """``run_dir``'s newest readable checkpoint, with a resuming Trainer's refusals (None: none)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    found = newest_readable(ckpt_dir, mmap=mmap) if ckpt_dir.exists() else None
+    if found is not None:
+        state, path = found
+        _check_params(state, path, model_cfg, eff, expected_hash)
+        _check_shapes(state, path, model_cfg)
+        _check_not_past_end(int(state["cur_nimg"]), path, plan, eff)
+    return found
+
+
 def run_progress(run_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  data_root: str | Path | None = None) -> RunProgress:
     """Where the run in ``run_dir`` stands, from the newest checkpoint's small fields (tensors are
@@ -313,16 +326,11 @@ def run_progress(run_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainCo
     eff, _, expected_hash, plan = _run_plan(model_cfg, train_cfg)
     if data_root is not None:
         check_data(Path(data_root), plan)
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    found = newest_readable(ckpt_dir, mmap=True) if ckpt_dir.exists() else None
+    found = _newest_checked(run_dir, model_cfg, eff, expected_hash, plan, mmap=True)
     if found is None:
         return RunProgress(0.0, tuple(s.resolution for s in plan if s.end_kimg <= 0.0), None)
     state, path = found
-    _check_params(state, path, model_cfg, eff, expected_hash)
-    _check_shapes(state, path, model_cfg)
-    cur_nimg = int(state["cur_nimg"])
-    _check_not_past_end(cur_nimg, path, plan, eff)
-    kimg = cur_nimg / 1000.0
+    kimg = int(state["cur_nimg"]) / 1000.0
     return RunProgress(kimg, tuple(s.resolution for s in plan if kimg >= s.end_kimg), path)
 
 
@@ -357,14 +365,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
                metadata: dict[str, Any] | None = None) -> Path:
     """Export the G_ema of ``run_dir``'s newest checkpoint as ``Trainer.export`` would (same bytes)."""
     eff, source, expected_hash, plan = _run_plan(model_cfg, train_cfg)
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    found = newest_readable(ckpt_dir) if ckpt_dir.exists() else None
+    found = _newest_checked(run_dir, model_cfg, eff, expected_hash, plan)
     if found is None:
         raise CheckpointError(f"{run_dir} has no checkpoint to export; train it first")
-    state, path = found
-    _check_params(state, path, model_cfg, eff, expected_hash)
-    _check_shapes(state, path, model_cfg)
-    _check_not_past_end(int(state["cur_nimg"]), path, plan, eff)
+    state, _ = found
     kimg = int(state["cur_nimg"]) / 1000.0
     res = export_resolution(plan, model_cfg, eff, kimg)
     return export_generator_state(state["G_ema"], model_cfg, out_dir, res,

@@ -9,6 +9,8 @@ after the timed ones. The machine load is printed alongside, since shared machin
     python benchmarks/train_throughput.py --model-preset paper --resolutions 128 --batch-sizes 2 \
         --fused-scale false,auto --warmup 1 --iters 2
     python benchmarks/train_throughput.py --device cuda --model-preset paper --amp bf16 --channels-last --compile
+    python benchmarks/train_throughput.py --resolutions 32 --batch-sizes 16 --threads 2 \
+        --set model.discriminator=projected --set model.projected_input=64 --set train.loss=hinge
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ if _LIBRARY:
         sys.exit(f"train_throughput: error: --library {_LIBRARY} holds no stylegan/ package")
     sys.path.insert(0, str(Path(_LIBRARY).resolve()))
 
-from stylegan.config import PRESETS, ConfigError, ModelConfig, TrainConfig, from_dict  # noqa: E402
+from stylegan.config import PRESETS, ConfigError, ModelConfig, TrainConfig, from_dict, set_override  # noqa: E402
 from stylegan.training import Trainer  # noqa: E402
 
 
@@ -97,6 +99,7 @@ def measure(
     iters: int,
     work: Path,
     count_flops: bool = True,
+    train_overrides: dict[str, Any] | None = None,  # more TrainConfig keys (--set train.KEY=VALUE)
 ) -> tuple[float, float, float, float | None]:
     """(images/s, seconds/step, process CPU seconds/step, FLOPs/step or None) of ``iters`` timed
     steps after ``warmup`` untimed ones. CPU seconds (all threads) hold up better than wall time
@@ -117,6 +120,7 @@ def measure(
         r1_interval=r1_interval,
         # An older --library has no prefetch (it gathered batches inline).
         **({"prefetch": prefetch} if "prefetch" in TrainConfig.__dataclass_fields__ else {}),
+        **(train_overrides or {}),
     )
     run = work / f"run-{resolution}-{batch_size}-{getattr(model_cfg, 'fused_scale', 'old')}"
     trainer = Trainer(model_cfg, train_cfg, data, run)
@@ -164,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--library", default=None,
                    help="import stylegan from this checkout instead (e.g. an older commit, to compare)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (it runs r1-interval more steps)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a model.* or train.* value (repeatable), e.g. model.discriminator=projected")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     args = p.parse_args(argv)
@@ -172,7 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     preset = PRESETS[args.model_preset]["model"]
     overrides = {"fmap_base": args.fmap_base, "fmap_max": args.fmap_max}
-    model_cfg = from_dict(ModelConfig, {**preset, **{k: v for k, v in overrides.items() if v}}, "model")
+    sets: dict[str, Any] = {"model": {}, "train": {}}
+    for assignment in args.sets:
+        if not assignment.startswith(("model.", "train.")):
+            p.error(f"--set takes model.KEY=VALUE or train.KEY=VALUE, got {assignment!r}")
+        set_override(sets, assignment)
+    model_cfg = from_dict(ModelConfig, {**preset, **{k: v for k, v in overrides.items() if v}, **sets["model"]},
+                          "model")
+    from_dict(TrainConfig, sets["train"], "train")  # a typo fails here, before any training
     top = max(args.resolutions)
     if top > model_cfg.max_resolution:
         model_cfg = replace(model_cfg, max_resolution=top)
@@ -182,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(z/w {model_cfg.z_dim}, fmap_base {model_cfg.fmap_base}, fmap_max {model_cfg.fmap_max}), "
         f"channels_last={args.channels_last} amp={args.amp} compile={args.compile} prefetch={args.prefetch} "
         f"r1_interval={args.r1_interval} warmup={args.warmup} iters={args.iters}"
+        + (f" set {' '.join(args.sets)}" if args.sets else "")
     )
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     import stylegan
@@ -199,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                         cfg, res, bs, device=args.device, channels_last=args.channels_last, amp=args.amp,
                         compile_=args.compile, prefetch=args.prefetch, r1_interval=args.r1_interval,
                         warmup=args.warmup, iters=args.iters, work=Path(tmp), count_flops=not args.no_flops,
+                        train_overrides=sets["train"],
                     )
                     gflop = f"{flops / 1e9:>11.1f} {flops / 1e9 / secs:>9.1f}" if flops else f"{'-':>11} {'-':>9}"
                     print(f"{res:>5} {bs:>6} {str(fused).lower():>6} {ips:>9.3f} {secs * 1000:>9.1f} "

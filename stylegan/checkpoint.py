@@ -14,15 +14,15 @@ import contextlib
 import hashlib
 import json
 import random
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from stylegan.config import ModelConfig, TrainConfig, from_dict, to_dict
-from stylegan.io import atomic_write, remove_stale_temp_files
+from stylegan.config import DISCRIMINATOR_KEYS, ModelConfig, TrainConfig, from_dict, stable_dict
+from stylegan.io import atomic_write, check_safetensors_fit, remove_stale_temp_files
 
 __all__ = ["atomic_write", "remove_stale_temp_files"]  # re-exported: callers import them from here
 
@@ -71,7 +71,7 @@ def hashed_train_params(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha
     """The train params that define a run: without bookkeeping and schedule-extension keys, with
     ``init_from``'s path replaced by the source's content hash (a re-download elsewhere is the same run)."""
     skip = (*_BOOKKEEPING_KEYS, *SCHEDULE_EXTENSION_KEYS, "init_from")
-    train = {k: v for k, v in to_dict(train_cfg).items() if k not in skip}
+    train = {k: v for k, v in stable_dict(train_cfg).items() if k not in skip}
     # `null` means the model's resolution: spelling it out must not look like another run.
     train["max_resolution"] = train_cfg.max_resolution or model_cfg.max_resolution
     if train_cfg.init_from is not None:
@@ -85,7 +85,7 @@ def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha256: str
     """Hash of everything that defines what a run computes (bookkeeping settings and ``final_kimg``
     excluded; a fine-tuning run's source counted by its content hash ``init_sha256``)."""
     train = hashed_train_params(model_cfg, train_cfg, init_sha256)
-    blob = json.dumps({"model": to_dict(model_cfg), "train": train}, sort_keys=True, default=str)
+    blob = json.dumps({"model": stable_dict(model_cfg), "train": train}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -94,7 +94,7 @@ def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha256: str
 # silently skipping to) checkpoints that older code wrote.
 TRAINING_CODE = ("layers.py", "networks.py", "losses.py", "schedule.py", "training.py", "train_state.py", "batches.py",
                  "ticks.py", "augment.py", "transfer.py", "device.py", "distributed.py", "data/dataset.py",
-                 "data/prefetch.py")
+                 "data/prefetch.py", "projected.py", "metrics/effnet.py")
 # The train stage's library code: dvc.yaml's train deps under stylegan/ are exactly these
 # (tests/test_checkpoint.py), and every module the trainer imports is one of them. The ones
 # past TRAINING_CODE are read by training but do not decide the weights it computes, so they
@@ -230,13 +230,18 @@ def _generator_class() -> type:
     return Generator
 
 
+def _discriminator_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(ModelConfig) if f.name in DISCRIMINATOR_KEYS}
+
+
 def trim_generator_state(
     state: dict[str, torch.Tensor], cfg: ModelConfig, resolution: int
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Config and state dict of a generator built for ``resolution`` (higher blocks dropped)."""
     if resolution not in cfg.resolutions:
         raise CheckpointError(f"resolution {resolution} is not one of the model's {cfg.resolutions}")
-    small_cfg = replace(cfg, max_resolution=resolution)
+    # G alone: the discriminator's keys go back to their defaults (stable_dict leaves them out of generator.json).
+    small_cfg = replace(cfg, max_resolution=resolution, **_discriminator_defaults())
     wanted = _generator_class()(small_cfg).state_dict()
     missing = [k for k in wanted if k not in state]
     if missing:
@@ -283,7 +288,7 @@ def export_generator_state(
         "format": GENERATOR_FORMAT,
         "version": FORMAT_VERSION,
         "resolution": resolution,
-        "model_config": to_dict(small_cfg),
+        "model_config": stable_dict(small_cfg),
         "metadata": metadata or {},
     }
     # One metadata key only: safetensors keeps metadata in a Rust HashMap, so two keys come out in
@@ -322,10 +327,6 @@ def read_generator_info(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return weights, info
 
 
-MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its JSON header
-_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
-
-
 def _check_weights_fit(weights: Path, cfg: ModelConfig) -> None:
     """Compare the safetensors header (names, dtypes, shapes, offsets, file size) with the network
     ``cfg`` describes, built on the meta device (no memory), before anything real is allocated.
@@ -333,42 +334,9 @@ def _check_weights_fit(weights: Path, cfg: ModelConfig) -> None:
     A generator.json edited to ask for a bigger network than its weights (or weights that claim
     more bytes than the file holds) fails here with a clear error instead of exhausting memory.
     """
-    size = weights.stat().st_size
-    with weights.open("rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(f"{weights} is corrupt or not safetensors (bad header length); re-export it")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{weights} has a corrupt safetensors header ({exc}); re-export it") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{weights} has a corrupt safetensors header; re-export the generator")
-    header.pop("__metadata__", None)
     with torch.device("meta"):
         wanted = {k: tuple(v.shape) for k, v in _generator_class()(cfg).state_dict().items()}
-    if set(header) != set(wanted):
-        extra, missing = sorted(set(header) - set(wanted)), sorted(set(wanted) - set(header))
-        raise CheckpointError(
-            f"{weights} does not match its {CONFIG_NAME}: {len(missing)} tensors missing {missing[:3]}, "
-            f"{len(extra)} unexpected {extra[:3]}; re-export the generator (never edit {CONFIG_NAME} by hand)")
-    end = 0
-    for k, shape in wanted.items():
-        entry = header[k]
-        got = tuple(entry.get("shape", ())) if isinstance(entry, dict) else None
-        if got != shape:
-            raise CheckpointError(f"{weights}: {k} has shape {got}, its {CONFIG_NAME} needs {shape}; re-export the "
-                                  f"generator (never edit {CONFIG_NAME} by hand)")
-        width = _DTYPE_BYTES.get(entry.get("dtype"))
-        lo, hi = (entry.get("data_offsets") or [0, -1])[:2]
-        if width is None or hi - lo != width * int(np.prod(shape, dtype=np.int64)):
-            raise CheckpointError(f"{weights}: {k} has dtype {entry.get('dtype')} and offsets {lo}..{hi}, which do "
-                                  f"not hold shape {shape}; re-export the generator")
-        end = max(end, hi)
-    if 8 + n + end != size:
-        raise CheckpointError(f"{weights} is {size} bytes but its header describes {8 + n + end}; it is truncated "
-                              "or corrupt: re-export the generator")
+    check_safetensors_fit(weights, wanted, CONFIG_NAME, "re-export the generator", CheckpointError)
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -112,6 +112,30 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
+# Keys added after runs and exports already existed. At their default they are left out of the
+# params hash and of an exported generator.json (``stable_dict``), so a config that does not use
+# them keeps the run hash and the export bytes it had before they existed.
+# The model keys of the discriminator alone (an exported generator.json holds them at their defaults).
+DISCRIMINATOR_KEYS: tuple[str, ...] = ("discriminator", "projected_input", "projected_channels", "projected_separable",
+                                       "projected_norm", "projected_seed")
+LATE_KEYS: dict[str, tuple[str, ...]] = {
+    "ModelConfig": DISCRIMINATOR_KEYS,
+    "TrainConfig": ("projected_blur_sigma", "projected_blur_fade_kimg"),
+}
+
+
+def stable_dict(obj: Any) -> dict[str, Any]:
+    """``to_dict(obj)`` without the ``LATE_KEYS`` of its class that hold their default value."""
+    out = to_dict(obj)
+    late = LATE_KEYS.get(type(obj).__name__, ())
+    if late:
+        defaults = {f.name: f.default for f in dataclasses.fields(obj) if f.name in late}
+        for k in late:
+            if out[k] == defaults[k]:
+                del out[k]
+    return out
+
+
 # fused_scale "auto" fuses at and above this resolution (official StyleGAN: 128).
 FUSED_SCALE_AUTO_MIN = 128
 
@@ -134,7 +158,12 @@ MODEL_LIMITS: dict[str, int] = {
     "fmap_min": 2048,
     "mbstd_group_size": 64,
     "mbstd_num_features": 16,
+    "projected_input": 512,
+    "projected_channels": 256,
 }
+
+# The discriminators model.discriminator names (stylegan/projected.py build_discriminator).
+DISCRIMINATORS: tuple[str, ...] = ("progan", "projected", "both")
 
 
 @dataclass(frozen=True)
@@ -160,6 +189,14 @@ class ModelConfig:
     # as the official StyleGAN's fused_scale='auto'; true / false = at every / no resolution.
     # Same parameters and the same outputs either way, 2.25x fewer FLOPs in those convs.
     fused_scale: bool | str = "auto"
+    # D: progan (the mirror of G above) | projected (a frozen EfficientNet-Lite0 with fixed random
+    # projections and four trained patch heads, stylegan/projected.py) | both (the two, losses summed).
+    discriminator: Literal["progan", "projected", "both"] = "progan"
+    projected_input: int = 128  # the projected D resizes every image to this (multiple of 32; official: 224)
+    projected_channels: int = 64  # width of the random channel mixing (official 64); the heads scale with it
+    projected_separable: bool = False  # depthwise-separable head blocks (official: its StyleGAN2 config)
+    projected_norm: Literal["batch", "group", "none"] = "batch"  # head norm (batch: global-batch statistics)
+    projected_seed: int = 0  # seed of the fixed random projections
 
     def validate(self) -> None:
         if not _is_pow2(self.max_resolution) or self.max_resolution < 4:
@@ -175,6 +212,20 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be <= {limit} (pokegan's bound on model size), got {value}")
         if not isinstance(self.fused_scale, bool) and self.fused_scale != "auto":
             raise ConfigError(f"model.fused_scale must be auto, true or false, got {self.fused_scale!r}")
+        if self.discriminator not in DISCRIMINATORS:
+            raise ConfigError(f"model.discriminator must be one of {list(DISCRIMINATORS)}, got {self.discriminator!r}")
+        if self.projected_input < 32 or self.projected_input % 32:
+            raise ConfigError(
+                f"model.projected_input must be a multiple of 32 and >= 32 (the feature network's coarsest "
+                f"stride is 32), got {self.projected_input}"
+            )
+        if self.projected_channels < 1:
+            raise ConfigError(f"model.projected_channels must be positive, got {self.projected_channels}")
+        if self.discriminator != "progan" and self.img_channels != 3:
+            raise ConfigError(
+                f"model.discriminator {self.discriminator} sees images through an RGB ImageNet network; "
+                f"it needs model.img_channels 3, got {self.img_channels}"
+            )
 
     def fused_at(self, resolution: int) -> bool:
         """Whether the block at ``resolution`` fuses its resampling into the conv (G: the x2
@@ -219,12 +270,17 @@ class TrainConfig:
     lrs: dict[int, float] = field(default_factory=dict)  # per-resolution learning rate
     betas: tuple[float, float] = (0.0, 0.99)  # Adam
     eps: float = 1e-8
-    loss: Literal["logistic", "wgan-gp"] = "logistic"
+    # logistic | wgan-gp | hinge (the projected D's: Projected GAN's loss; the progan D of "both" stays logistic + R1)
+    loss: Literal["logistic", "wgan-gp", "hinge"] = "logistic"
     r1_gamma: float | Literal["auto"] = 10.0  # R1 weight on reals (logistic); "auto" = 0.0002 * res**2 / batch (ADA)
     r1_gammas: dict[int, float] = field(default_factory=dict)  # per-resolution R1 weight (wins over r1_gamma)
     r1_interval: int = 1  # lazy R1: apply every k D steps (scaled by k); 1 = every step
     wgan_lambda: float = 10.0  # gradient penalty weight (wgan-gp)
     wgan_epsilon: float = 0.001  # drift penalty (wgan-gp)
+    # Gaussian blur of what the projected D sees, fading from this sigma (pixels at the top resolution,
+    # scaled down with it) to 0 over projected_blur_fade_kimg (StyleGAN-XL: 2 over 300; Projected GAN: none).
+    projected_blur_sigma: float = 0.0
+    projected_blur_fade_kimg: float = 0.0
     ema_kimg: float = 10.0  # half-life of the G_ema weights, in thousands of images
     ema_rampup: float | None = None  # half-life <= this fraction of images shown (0.05 for short runs); None = off
     reset_optimizer_at_growth: bool = False  # fresh Adam state when a new stage starts
@@ -294,6 +350,8 @@ class TrainConfig:
             raise ConfigError(f"train.augment_p must be in [0, 1], got {self.augment_p}")
         if self.ada_kimg <= 0 or self.ada_interval < 1:
             raise ConfigError("train.ada_kimg must be > 0 and train.ada_interval >= 1")
+        if self.projected_blur_sigma < 0 or self.projected_blur_fade_kimg < 0:
+            raise ConfigError("train.projected_blur_sigma and train.projected_blur_fade_kimg must be >= 0")
         if self.noise_lr_mul < 0:
             raise ConfigError(f"train.noise_lr_mul must be >= 0, got {self.noise_lr_mul}")
         if self.init_from is not None and self.init_from.startswith("models:/"):
@@ -359,7 +417,7 @@ class EvaluateConfig:
     seed: int = 0
     batch_size: int = 64
     truncation_psi: float = 1.0
-    champion_metric: str = "fd_effnet"  # the metric that decides promotion
+    champion_metric: str = "fd_effnet"  # the metric that decides promotion (params.yaml: fd_dex)
     higher_is_better: bool = False
     inception_weights: str | None = None  # path to pt_inception-2015-12-05 weights; None = look in the torch cache
     swd_min_resolution: int = 16
@@ -373,6 +431,8 @@ class EvaluateConfig:
     reports_dir: str = "reports"
     cache_dir: str = "data/cache"
     threads: int = 0  # torch CPU threads for the evaluate flow; 0 = torch's default (one per core)
+    pokedex: str | None = None  # the Pokédex folder (models/pokedex): *_dex metrics and "looks like"; None = skip
+    explain_samples: int = 16  # samples in reports/looks_like.png (with their "looks like" captions)
 
 
 @dataclass(frozen=True)
@@ -395,6 +455,54 @@ class RegistryConfig:
     champion_alias: str = "champion"
 
 
+# The Pokédex's bounds (stylegan/pokedex/store.py LIMITS holds the same; no torch import here).
+POKEDEX_MAX_WIDTH, POKEDEX_RESOLUTIONS = 128, (8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class PokedexConfig:
+    """The Pokédex: a species classifier trained on the prepared sprites (stylegan/pokedex)."""
+
+    resolution: int = 32  # images_<R>.npy it trains on (its input size); data.max_resolution must reach it
+    width: int = 8  # channels of the first of four conv stages (x2, x4, x8 after it)
+    epochs: int = 10  # passes over the training split (cosine-decayed lr)
+    batch_size: int = 128
+    lr: float = 0.002  # Adam's peak learning rate
+    holdout: float = 0.15  # share of each species' animations (whole GIFs) held out to measure accuracy
+    seed: int = 0  # split, init, batch order and augmentation
+    device: str = "cpu"  # cpu | auto (CUDA when present) | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 = torch's default (one per core)
+    # Species names: the npm package `pokemon` (English names by national dex number), integrity-pinned;
+    # null = no names (species shown as #<number>).
+    names_package: str | None = "pokemon@3.3.1"
+    names_integrity: str = (
+        "sha512-SgLgg/nWOt2736dcpeTMSdZUM6KGLd40eptlwKZH/ZNyD6mBJeyRflL4wnSJN8+R8OKpwYcx6AGQdvRECdxx0w=="
+    )
+    names_dir: str = "data/names"  # where the fetch stage puts the names tarball
+    out_dir: str = "models/pokedex"  # pokedex.safetensors + pokedex.json
+    registry_name: str = "pokemon-pokedex"  # MLflow registered model
+    registry_alias: str = "current"  # alias moved to each newly trained version
+
+    def validate(self) -> None:
+        if self.resolution not in POKEDEX_RESOLUTIONS:
+            raise ConfigError(f"pokedex.resolution must be one of {list(POKEDEX_RESOLUTIONS)}, got {self.resolution}")
+        if not 1 <= self.width <= POKEDEX_MAX_WIDTH:
+            raise ConfigError(f"pokedex.width must be in 1..{POKEDEX_MAX_WIDTH}, got {self.width}")
+        if self.epochs < 1:
+            raise ConfigError(f"pokedex.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ConfigError(f"pokedex.batch_size must be >= 2 (batch norm), got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"pokedex.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"pokedex.holdout must be in [0, 1) (0 = no held-out set), got {self.holdout}")
+        if self.threads < 0:
+            raise ConfigError(f"pokedex.threads must be >= 0 (0 = one per core), got {self.threads}")
+        for key in ("names_dir", "out_dir", "registry_name", "registry_alias"):
+            if not getattr(self, key):
+                raise ConfigError(f"pokedex.{key} must not be empty")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -402,6 +510,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "sample": SampleConfig,
     "registry": RegistryConfig,
+    "pokedex": PokedexConfig,
 }
 
 # Named presets for the model and schedule; params.yaml picks values, these document the extremes.

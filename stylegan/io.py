@@ -252,3 +252,53 @@ def replace_dir(dest: str | Path, fill: Callable[[Path], Any], what: str = "outp
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return result
+
+
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its JSON header
+_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8}
+
+
+def check_safetensors_fit(weights: Path, wanted: dict[str, tuple[int, ...]], config_name: str, fix: str,
+                          error: type[Exception] = ValueError) -> None:
+    """The safetensors header of ``weights`` (names, dtypes, shapes, offsets, file size) against
+    the tensors a network needs (``wanted``: name -> shape), read before anything is allocated:
+    a config edited to ask for a bigger network than its weights, or weights that claim more bytes
+    than the file holds, fail here with ``error`` naming ``fix`` instead of exhausting memory."""
+    import math
+
+    weights = Path(weights)
+    size = weights.stat().st_size
+    with weights.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
+            raise error(f"{weights} is corrupt or not safetensors (bad header length); {fix}")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise error(f"{weights} has a corrupt safetensors header ({exc}); {fix}") from exc
+    if not isinstance(header, dict):
+        raise error(f"{weights} has a corrupt safetensors header; {fix}")
+    header.pop("__metadata__", None)
+    if set(header) != set(wanted):
+        extra, missing = sorted(set(header) - set(wanted)), sorted(set(wanted) - set(header))
+        raise error(
+            f"{weights} does not match its {config_name}: {len(missing)} tensors missing {missing[:3]}, "
+            f"{len(extra)} unexpected {extra[:3]}; {fix} (never edit {config_name} by hand)")
+    end = 0
+    for k, shape in wanted.items():
+        entry = header[k]
+        got = tuple(entry.get("shape", ())) if isinstance(entry, dict) else None
+        if got != shape:
+            raise error(f"{weights}: {k} has shape {got}, its {config_name} needs {shape}; {fix} "
+                             f"(never edit {config_name} by hand)")
+        width = _DTYPE_BYTES.get(entry.get("dtype"))
+        lo, hi = (entry.get("data_offsets") or [0, -1])[:2]
+        if width is None or hi - lo != width * math.prod(shape):
+            raise error(f"{weights}: {k} has dtype {entry.get('dtype')} and offsets {lo}..{hi}, which do "
+                             f"not hold shape {shape}; {fix}")
+        end = max(end, hi)
+    if 8 + n + end != size:
+        raise error(f"{weights} is {size} bytes but its header describes {8 + n + end}; it is truncated "
+                         f"or corrupt: {fix}")
+

@@ -3,7 +3,8 @@
 The functions return a scalar mean over the batch; weights (``r1_gamma / 2``, the lazy-R1
 interval, ``wgan_lambda``) are applied by their caller, so they stay free of configuration.
 
-The objects (``LogisticLoss``, ``WganGpLoss``; ``build_loss`` picks one from ``train.loss``) are
+The objects (``LogisticLoss``, ``WganGpLoss``, ``ProjectedLoss``, ``SumLoss``; ``build_loss`` picks one
+from ``train.loss`` and the kind of D) are
 what the Trainer's step calls, as StyleGAN2-ADA's ``training/loss.py``: each runs G and D for its
 D phase (main loss, plus the penalty on the steps that have one) and its G phase, augments
 everything D sees and owns the autocast regions and fp32 islands. A phase returns the loss to
@@ -15,6 +16,7 @@ checkpointed next to the optimizer's), so a loss object never touches an optimiz
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from stylegan.config import ConfigError
 from stylegan.device import autocast
 
 if TYPE_CHECKING:
@@ -32,6 +35,11 @@ if TYPE_CHECKING:
 def _check_logits(*logits: torch.Tensor) -> None:
     for x in logits:
         assert x.ndim == 2 and x.shape[1] == 1, f"expected logits of shape (N, 1), got {tuple(x.shape)}"
+
+
+def _check_patch_logits(*logits: torch.Tensor) -> None:
+    for x in logits:
+        assert x.ndim == 2 and x.shape[1] >= 1, f"expected patch logits of shape (N, P), got {tuple(x.shape)}"
 
 
 def logistic_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
@@ -56,6 +64,31 @@ def r1_penalty(real_logits: torch.Tensor, reals: torch.Tensor) -> torch.Tensor:
     assert reals.requires_grad, "r1_penalty needs reals.requires_grad_(True) before computing the logits"
     (grad,) = torch.autograd.grad(real_logits.sum(), reals, create_graph=True)
     return grad.square().sum(dim=tuple(range(1, grad.ndim))).mean()
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge D loss on patch logits (N, P), as Projected GAN: E[relu(1 - D(x))] + E[relu(1 + D(G(z)))],
+    each mean over every image and patch."""
+    _check_patch_logits(real_logits, fake_logits)
+    return F.relu(1 + fake_logits).mean() + F.relu(1 - real_logits).mean()
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge G loss on patch logits (N, P): -E[D(G(z))]."""
+    _check_patch_logits(fake_logits)
+    return -fake_logits.mean()
+
+
+def patch_logistic_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Logistic D loss on patch logits (N, P): E[softplus(D(G(z)))] + E[softplus(-D(x))] over images and patches."""
+    _check_patch_logits(real_logits, fake_logits)
+    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+
+
+def patch_logistic_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating logistic G loss on patch logits (N, P): E[softplus(-D(G(z)))]."""
+    _check_patch_logits(fake_logits)
+    return F.softplus(-fake_logits).mean()
 
 
 def wgan_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
@@ -126,6 +159,7 @@ class StepArgs:
     alpha: float  # fade-in weight, for the plain D of the double-backward passes (R1, GP)
     alpha_in: float | torch.Tensor  # the same for the G / D forwards (a device tensor when compiled)
     batch_size: int  # the global batch (all ranks together)
+    nimg: int = 0  # images shown before this step (the projected D's blur fades over them)
 
 
 @dataclass(frozen=True)
@@ -180,10 +214,17 @@ class GANLoss:
 
     def g_phase(self, z: torch.Tensor, at: StepArgs) -> torch.Tensor:
         """G's loss on fakes from ``z``; G's forward also moves ``w_avg`` (update_w_avg)."""
+        return self.g_loss_on(self._g_fakes(z, at), at)
+
+    def g_loss_on(self, fakes: torch.Tensor, at: StepArgs) -> torch.Tensor:
+        """G's loss on ``fakes`` (with their graph into G), as this family's D judges them."""
         with self._autocast():
-            fakes = self.G_fwd(z, update_w_avg=True, **self._g_kwargs(at))
-            fake_logits = self.D_fwd(self.augment(fakes), resolution=at.resolution, alpha=at.alpha_in)
+            fake_logits = self.D_fwd(self.seen(fakes, at), resolution=at.resolution, alpha=at.alpha_in)
         return self._g_main(fake_logits.float())
+
+    def seen(self, x: torch.Tensor, at: StepArgs) -> torch.Tensor:
+        """What this family's D sees of ``x`` in G's phase: the augmentation (ProjectedLoss adds its blur)."""
+        return self.augment(x)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """What D sees: ``x`` through the augmentation pipe at the current p (identity when off)."""
@@ -208,6 +249,11 @@ class GANLoss:
         with torch.no_grad(), self._autocast():
             return self.G_fwd(z, **self._g_kwargs(at))
 
+    def _g_fakes(self, z: torch.Tensor, at: StepArgs) -> torch.Tensor:
+        """Fakes for G's phase: with the graph, and moving ``w_avg``."""
+        with self._autocast():
+            return self.G_fwd(z, update_w_avg=True, **self._g_kwargs(at))
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.amp_dtype)
 
@@ -229,9 +275,12 @@ class LogisticLoss(GANLoss):
         return self.r1_gamma(resolution) * 0.5 * self.r1_interval
 
     def d_phase(self, step: int, reals: torch.Tensor, z: torch.Tensor, at: StepArgs) -> DResult:
+        return self.d_loss_on(step, reals, self._fakes(z, at), at)
+
+    def d_loss_on(self, step: int, reals: torch.Tensor, fakes: torch.Tensor, at: StepArgs) -> DResult:
+        """D's phase on given ``fakes`` (no graph into G; SumLoss shares them between its Ds)."""
         res = at.resolution
         do_r1 = self.r1_due(step, res)
-        fakes = self._fakes(z, at)
         with self._autocast():
             fake_logits = self.D_fwd(self.augment(fakes.detach()), resolution=res, alpha=at.alpha_in)
         if do_r1:
@@ -299,11 +348,108 @@ class WganGpLoss(GANLoss):
         return wgan_g_loss(fake_logits)
 
 
+class ProjectedLoss(GANLoss):
+    """A projected D's loss (``stylegan.projected``) on its patch logits: hinge (Projected GAN's) or the
+    non-saturating logistic, means over every image and patch. No R1 or other penalty (the official
+    uses none: "no regularization needed for PG"). What D sees is blurred first (StyleGAN-XL's blur,
+    ``sigma_at``; off by default, as Projected GAN), then augmented."""
+
+    def __init__(
+        self,
+        *,
+        kind: str,  # "hinge" | "logistic"
+        blur_sigma: float = 0.0,  # blur at the start, in pixels at ``blur_resolution``
+        blur_fade_kimg: float = 0.0,  # kimg over which it fades linearly to 0 (0 = no blur)
+        blur_resolution: int = 256,  # where blur_sigma is in pixels (the schedule's top resolution)
+        track_ada: bool = True,  # feed ADA's r_t with the real logits (SumLoss: only its progan part does)
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        if kind not in ("hinge", "logistic"):
+            raise ValueError(f"a projected D takes train.loss hinge or logistic, got {kind!r}")
+        self.kind = kind
+        self.blur_sigma, self.blur_fade_kimg, self.blur_resolution = blur_sigma, blur_fade_kimg, blur_resolution
+        self.track_ada = track_ada
+
+    def sigma_at(self, at: StepArgs) -> float:
+        """The blur sigma of a step, in pixels at its resolution: StyleGAN-XL's linear fade to 0."""
+        if self.blur_sigma <= 0 or self.blur_fade_kimg <= 0:
+            return 0.0
+        left = max(1.0 - at.nimg / (self.blur_fade_kimg * 1000.0), 0.0)
+        return left * self.blur_sigma * at.resolution / self.blur_resolution
+
+    def seen(self, x: torch.Tensor, at: StepArgs) -> torch.Tensor:
+        from stylegan.projected import d_blur
+
+        sigma = self.sigma_at(at)
+        return self.augment(d_blur(x, sigma) if sigma > 0 else x)
+
+    def d_phase(self, step: int, reals: torch.Tensor, z: torch.Tensor, at: StepArgs) -> DResult:
+        return self.d_loss_on(step, reals, self._fakes(z, at), at)
+
+    def d_loss_on(self, step: int, reals: torch.Tensor, fakes: torch.Tensor, at: StepArgs) -> DResult:
+        """D's phase on given ``fakes`` (no graph into G): fakes then reals, as the official."""
+        with self._autocast():
+            fake_logits = self.D_fwd(self.seen(fakes.detach(), at), resolution=at.resolution, alpha=at.alpha_in)
+            real_logits = self.D_fwd(self.seen(reals, at), resolution=at.resolution, alpha=at.alpha_in)
+        if self.track_ada and self.ada is not None:
+            self.ada.accumulate(real_logits, at.batch_size)
+        d_loss = hinge_d_loss if self.kind == "hinge" else patch_logistic_d_loss
+        loss = d_loss(real_logits.float(), fake_logits.float())
+        return DResult(loss, torch.zeros((), device=self.device), False)
+
+    def _g_main(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return hinge_g_loss(fake_logits) if self.kind == "hinge" else patch_logistic_g_loss(fake_logits)
+
+
+class SumLoss(GANLoss):
+    """``both`` (Kumari et al., "Ensembling Off-the-shelf Models for GAN Training", CVPR 2022): the progan
+    D's logistic loss with its R1 plus the projected D's loss, in D's phase and in G's. Both Ds judge
+    the same fakes (one G forward per phase); each augments what it sees with its own draws."""
+
+    def __init__(self, *, progan: LogisticLoss, projected: ProjectedLoss, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.progan, self.projected = progan, projected
+
+    def d_phase(self, step: int, reals: torch.Tensor, z: torch.Tensor, at: StepArgs) -> DResult:
+        fakes = self._fakes(z, at)
+        a = self.progan.d_loss_on(step, reals, fakes, at)
+        b = self.projected.d_loss_on(step, reals, fakes, at)
+        return DResult(a.loss + b.loss, a.penalty, a.regularised)  # the penalty is the progan D's R1
+
+    def g_phase(self, z: torch.Tensor, at: StepArgs) -> torch.Tensor:
+        fakes = self._g_fakes(z, at)
+        return self.progan.g_loss_on(fakes, at) + self.projected.g_loss_on(fakes, at)
+
+
 def build_loss(train_cfg: TrainConfig, *, gen: torch.Generator, **kw: Any) -> GANLoss:
-    """The loss object for ``train_cfg.loss`` (``kw``: GANLoss's arguments; ``gen``: the device
-    generator WGAN-GP draws its mixing points from)."""
-    if train_cfg.loss == "logistic":
-        return LogisticLoss(r1_gamma=train_cfg.r1_gamma_at, r1_interval=train_cfg.r1_interval, **kw)
-    if train_cfg.loss == "wgan-gp":
-        return WganGpLoss(wgan_lambda=train_cfg.wgan_lambda, wgan_epsilon=train_cfg.wgan_epsilon, gen=gen, **kw)
-    raise ValueError(f"unknown train.loss {train_cfg.loss!r}; use logistic or wgan-gp")
+    """The loss object for ``train_cfg.loss`` and the kind of ``kw["D"]`` (its ``kind`` attribute: a
+    progan D has none). ``kw``: GANLoss's arguments; ``gen``: the device generator WGAN-GP draws its
+    mixing points from."""
+    kind = getattr(kw["D"], "kind", "progan")
+    loss = train_cfg.loss
+    if kind == "progan":
+        if loss == "logistic":
+            return LogisticLoss(r1_gamma=train_cfg.r1_gamma_at, r1_interval=train_cfg.r1_interval, **kw)
+        if loss == "wgan-gp":
+            return WganGpLoss(wgan_lambda=train_cfg.wgan_lambda, wgan_epsilon=train_cfg.wgan_epsilon, gen=gen, **kw)
+        if loss == "hinge":
+            raise ConfigError("train.loss hinge is the projected discriminator's (model.discriminator: projected "
+                              "or both); the progan D takes logistic or wgan-gp")
+        raise ValueError(f"unknown train.loss {loss!r}; use logistic or wgan-gp")
+    if loss not in ("hinge", "logistic"):
+        raise ConfigError(f"model.discriminator {kind} takes train.loss hinge (Projected GAN's) or logistic, "
+                          f"not {loss!r}")
+    D, D_fwd = kw["D"], kw["D_fwd"]
+    top = train_cfg.max_resolution or D.cfg.max_resolution
+    blur = {"blur_sigma": train_cfg.projected_blur_sigma, "blur_fade_kimg": train_cfg.projected_blur_fade_kimg,
+            "blur_resolution": top}
+    if kind == "projected":
+        return ProjectedLoss(kind=loss, **blur, **kw)
+    if kind == "both":
+        progan = LogisticLoss(r1_gamma=train_cfg.r1_gamma_at, r1_interval=train_cfg.r1_interval,
+                              **{**kw, "D": D.progan, "D_fwd": functools.partial(D_fwd, part="progan")})
+        projected = ProjectedLoss(kind=loss, **blur, track_ada=False,
+                                  **{**kw, "D": D.projected, "D_fwd": functools.partial(D_fwd, part="projected")})
+        return SumLoss(progan=progan, projected=projected, **kw)
+    raise ValueError(f"no loss for a discriminator of kind {kind!r}")

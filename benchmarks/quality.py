@@ -47,6 +47,12 @@ BASE = ["train.batch_size=32", "model.style_mixing_prob=0.9", "train.noise_lr_mu
         "train.r1_gamma=10.0"]
 B16_NOMIX = ["train.batch_size=16", "model.style_mixing_prob=0"]
 PROFILE = [*B16_NOMIX, "train.noise_lr_mul=0.1"]
+DIFFAUGMENT = "train.augment_ops=[translate,brightness,saturation,contrast,cutout]"
+PROJECTED_NOCOLOR = ["model.discriminator=projected", "train.loss=hinge", "train.lr=0.0002", "train.r1_gamma=0",
+                     "train.augment=fixed", "train.augment_p=1.0", "train.augment_ops=[translate,cutout]"]
+PROJECTED = [*PROJECTED_NOCOLOR, DIFFAUGMENT]
+# Both Ds: the pixel D keeps its logistic loss and R1; the feature D its hinge loss (losses.build_loss).
+BOTH = ["model.discriminator=both", "train.lr=0.0002", "train.augment=fixed", "train.augment_p=1.0", DIFFAUGMENT]
 RECIPES: dict[str, list[str]] = {
     "baseline": [],
     "ada": ["train.augment=ada", "train.ada_kimg=10"],
@@ -59,6 +65,17 @@ RECIPES: dict[str, list[str]] = {
     "profile-ada": [*PROFILE, "train.augment=ada", "train.ada_kimg=10"],
     "profile-r1-1": [*PROFILE, "train.r1_gamma=1.0"],
     "profile-lr0.001": [*PROFILE, "train.lr=0.001"],
+    # Issue 19's study: today's profile against a projected discriminator (Projected GAN: frozen
+    # EfficientNet-Lite0 features, hinge loss, DiffAugment colour + translation + cutout on all D
+    # sees, lr 0.0002, no R1) and the sum of both Ds, at 16 CPU-minutes, judged in dex features.
+    "progan": PROFILE,
+    "projected-64": [*PROFILE, *PROJECTED, "model.projected_input=64"],
+    "projected-128": [*PROFILE, *PROJECTED, "model.projected_input=128"],
+    "projected-64-lr0.002": [*PROFILE, *PROJECTED, "model.projected_input=64", "train.lr=0.002"],
+    "projected-64-nocolor": [*PROFILE, *PROJECTED_NOCOLOR, "model.projected_input=64"],
+    "both-64": [*PROFILE, *BOTH, "model.projected_input=64"],
+    # A lighter G and D at 32x32: half the channels, more kimg per CPU-minute.
+    "light": [*PROFILE, "model.fmap_base=512", "model.fmap_max=64"],
 }
 
 
@@ -121,7 +138,7 @@ def noise_to_signal(G: torch.nn.Module, seeds: int = 64) -> dict[str, dict[str, 
 def measure(G: torch.nn.Module, data: Path, cfg: EvaluateConfig) -> dict[str, float]:
     from stylegan.metrics import stats
     from stylegan.metrics.effnet import FeatureExtractor
-    from stylegan.metrics.evaluate import evaluation_samples
+    from stylegan.metrics.evaluate import evaluation_samples, random_features
     from stylegan.metrics.reference import ReferenceSet
     from stylegan.metrics.swd import swd
 
@@ -132,6 +149,15 @@ def measure(G: torch.nn.Module, data: Path, cfg: EvaluateConfig) -> dict[str, fl
     real_f, fake_f = ref.features("effnet", effnet), effnet(fake)
     out["fd_effnet"] = stats.frechet_distance_features(real_f, fake_f)
     out["precision"], out["recall"] = stats.precision_recall(real_f, fake_f, k=cfg.pr_k, seed=cfg.seed)
+    rand = random_features(torch.device("cpu"), cfg.batch_size)
+    out["fd_random"] = stats.frechet_distance_features(ref.features("random-seed0", rand), rand(fake))
+    if cfg.pokedex is not None:  # the in-domain yardstick (the study's judge)
+        from stylegan.pokedex import load_pokedex
+
+        dex = load_pokedex(cfg.pokedex)
+        real_d, fake_d = ref.features(f"dex-{dex.info['sha256'][:16]}", dex), dex(fake)
+        out["fd_dex"] = stats.frechet_distance_features(real_d, fake_d)
+        out["precision_dex"], out["recall_dex"] = stats.precision_recall(real_d, fake_d, k=cfg.pr_k, seed=cfg.seed)
     return out
 
 
@@ -170,7 +196,16 @@ def run_recipe(name: str, params: dict[str, Any], data: Path, work: Path, out: P
     res = int(G.img_resolution)
     metrics = measure(G, data, eval_cfg)
     imgs = generate(G, seeds=list(range(16)), truncation_psi=1.0, noise_mode="const")
-    save_png(image_grid(imgs, cols=8, pad=1), out / f"{tag}-{name}.png")
+    if eval_cfg.pokedex is not None:  # each tile captioned with its name and "looks like" list
+        from stylegan.pokedex import load_pokedex
+        from stylegan.pokedex.explain import explain
+        from stylegan.reports import captioned_grid
+
+        found = explain(load_pokedex(eval_cfg.pokedex), imgs)
+        save_png(captioned_grid(imgs, [[f"{i}: {e.name}", *(str(m) for m in e.looks_like)]
+                                       for i, e in enumerate(found)]), out / f"{tag}-{name}.png")
+    else:
+        save_png(image_grid(imgs, cols=8, pad=1), out / f"{tag}-{name}.png")
     row: dict[str, Any] = {"tag": tag, "recipe": name, "start_kimg": round(start_kimg, 3),
                            "kimg": round(trainer.kimg, 3), "resolution": res,
                            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_start": load0,
@@ -208,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-minutes", type=float, default=None,
                     help="train each recipe for this much CPU time (all threads) instead of to the schedule's end")
     ap.add_argument("--num-samples", type=int, default=500, help="fakes per metric (as evaluate.num_samples)")
+    ap.add_argument("--pokedex", default=None, metavar="DIR",
+                    help="judge in this Pokédex's features too (fd_dex, precision_dex, recall_dex) and caption the "
+                         "grids; e.g. models/pokedex")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.analyse_noise:
@@ -231,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         set_override(base, a)
     ev = section(base, "evaluate")
     eval_cfg = EvaluateConfig(num_samples=args.num_samples, num_real=ev.num_real, seed=0, batch_size=64,
-                              cache_dir=str(work / "cache"), pr_k=ev.pr_k, swd_min_resolution=ev.swd_min_resolution)
+                              cache_dir=str(work / "cache"), pr_k=ev.pr_k, swd_min_resolution=ev.swd_min_resolution,
+                              pokedex=args.pokedex)
     rows = []
     for name in names:
         params = json.loads(json.dumps(base))
@@ -241,13 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         row = run_recipe(name, params, data, work, out, args.tag, eval_cfg, budget)
         rows.append(row)
         print(f"{args.tag} {name}: {json.dumps({k: v for k, v in row.items() if k != 'ada_curve'})}", flush=True)
-    print("\n| data | recipe | res | kimg | fd_effnet | precision | recall | SWD | CPU min | wall s | load avg | "
-          "noise |w| top res |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
+    print("\n| data | recipe | res | kimg | fd_dex | precision_dex | recall_dex | fd_random | fd_effnet | precision | "
+          "recall | SWD | CPU min | wall s | load avg | noise |w| top res |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ns = r["noise_strength"]
         top = ns.get(f"b{r['resolution']}", float("nan"))
-        print(f"| {r['tag']} | {r['recipe']} | {r['resolution']} | {r['kimg']:.1f} | {r['fd_effnet']:.1f} | "
+        print(f"| {r['tag']} | {r['recipe']} | {r['resolution']} | {r['kimg']:.1f} | {r.get('fd_dex', nan):.2f} | "
+              f"{r.get('precision_dex', nan):.3f} | {r.get('recall_dex', nan):.3f} | {r['fd_random']:.3f} | "
+              f"{r['fd_effnet']:.1f} | "
               f"{r['precision']:.3f} | {r['recall']:.3f} | {r['swd']:.1f} | {r['cpu_s'] / 60:.1f} | "
               f"{r['wall_s']:.0f} | "
               f"{r['load_start']:.1f}-{r['load_end']:.1f} | "

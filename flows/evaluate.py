@@ -11,6 +11,7 @@ the champion alias to the candidate when ``evaluate.champion_metric`` beats the 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,11 @@ def log_and_promote(root: str, registered: dict[str, Any], metrics: dict[str, fl
     protocol = {"resolution": int(registered["resolution"]), "num_samples": cfg.num_samples,
                 "num_real": cfg.num_real, "truncation_psi": cfg.truncation_psi,
                 "data": client.get_run(run_id).data.tags.get("data.fingerprint")}
+    if cfg.champion_metric.endswith("_dex") and cfg.pokedex:
+        # Dex metrics are measured by one Pokédex: another one (retrained) gives other figures.
+        from stylegan.pokedex.store import read_pokedex_info
+
+        protocol["pokedex"] = read_pokedex_info(cfg.pokedex)[1]["sha256"][:16]
     decision = registry.apply_champion_rule(
         client, reg.name, registered["version"], cfg.champion_metric, metrics[cfg.champion_metric],
         higher_is_better=cfg.higher_is_better, champion_alias=reg.champion_alias, protocol=protocol,
@@ -129,6 +135,8 @@ def evaluate_flow(
     root_p = Path(root).resolve()
     params = load_run_params(root_p / params_path, overrides or [])
     cfg: EvaluateConfig = section(params, "evaluate")
+    if cfg.pokedex is not None:  # models/pokedex is the project's, wherever the flow runs from
+        cfg = replace(cfg, pokedex=str(resolve(root_p, cfg.pokedex)))
     reg = section(params, "registry")
     data_cfg = section(params, "data")
     export_dir = root_p / MODEL_DIR

@@ -5,6 +5,9 @@
 - A folder or zip of images (``data.source``): left where it is (prepare reads it in place);
   ``data/raw/source.json`` records every file's size and SHA-256, so the stage output, and so
   everything downstream, changes exactly when the images do.
+- The species names (``pokedex.names_package``, the npm package ``pokemon``): ``npm pack`` into
+  ``data/names/``, integrity-checked, a second output, so ``data/raw`` (and prepare) do not change
+  with it. With ``pokedex.names_package: null``, ``data/names/no-names.json`` says so.
 
     python -m flows.fetch --params params.yaml
 """
@@ -19,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from flows.common import base_parser, load_run_params, resolve, write_json
-from stylegan.config import DataConfig, section
+from stylegan.config import DataConfig, PokedexConfig, section
 from stylegan.io import sha256_file
 
 RECORD = "source.json"
+NO_NAMES = "no-names.json"  # data/names/ when pokedex.names_package is null
 
 
 def _file_record(path: Path, listed: os.stat_result) -> dict[str, Any]:
@@ -79,11 +83,26 @@ def fetch(cfg: DataConfig, root: str | Path = ".") -> Path:
     return write_json(out, {"source": str(src), **source_record(src)})
 
 
+def fetch_names(cfg: PokedexConfig, root: str | Path = ".") -> Path:
+    """The names package into ``pokedex.names_dir`` (or a record that there is none); returns what was written."""
+    from stylegan.pokedex import names
+
+    if cfg.names_package is None:
+        return write_json(resolve(root, cfg.names_dir) / NO_NAMES, {"names_package": None})
+    return names.fetch_names(cfg, root)
+
+
+def fetch_all(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
+    """What the fetch stage writes: the data source (data/raw) and the species names (data/names)."""
+    return [fetch(section(params, "data"), root), fetch_names(section(params, "pokedex"), root)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = section(load_run_params(Path(args.root) / args.params, args.overrides), "data")
+    params = load_run_params(Path(args.root) / args.params, args.overrides)
     try:
-        print(fetch(cfg, args.root))
+        for path in fetch_all(params, args.root):
+            print(path)
     except (FileNotFoundError, ValueError) as exc:
         print(f"fetch: error: {exc}", file=sys.stderr)
         return 2

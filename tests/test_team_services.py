@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 CHROMIUM = Path("/usr/bin/chromium")
-STEPS = ("fetch", "prepare", "train", "evaluate", "sample")
+STEPS = ("fetch", "prepare", "pokedex", "train", "evaluate", "sample")
 
 
 def _run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float) -> str:

@@ -16,17 +16,35 @@ class RegistryError(LookupError, ValueError):
 
 
 def register(client: MlflowClient, model_uri: str, name: str, alias: str, run_id: str,
-             tags: Mapping[str, str] | None = None) -> str:
-    """Register ``model_uri`` under ``name``, point ``alias`` at the new version, return the version."""
+             tags: Mapping[str, str] | None = None,
+             description: str = "StyleGAN generator (G_ema) trained on Pokémon sprites") -> str:
+    """Register ``model_uri`` under ``name``, point ``alias`` at the new version, return the version.
+
+    ``description`` is the registered model's, used when this call creates it."""
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="StyleGAN generator (G_ema) trained on Pokémon sprites")
+        client.create_registered_model(name, description=description)
     # An MLflow 3 model URI (models:/m-...) names its LoggedModel; a tracking server insists on model_id.
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     mv = client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags or {}), model_id=model_id)
     client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
+
+
+def version_with_tag(client: MlflowClient, name: str, tag: str, value: str) -> Any | None:
+    """The newest version of ``name`` whose tag ``tag`` is ``value`` (e.g. the weights' sha256), or None:
+    a re-run that produced the same weights reuses that version instead of registering them twice."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    # Search results may come without tags; read each version (a handful) in full.
+    for v in sorted(versions, key=lambda v: -int(v.version)):
+        full = client.get_model_version(name, str(v.version))
+        if full.tags.get(tag) == value:
+            return full
+    return None
 
 
 def _describe_model(client: MlflowClient, name: str) -> str:

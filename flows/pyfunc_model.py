@@ -10,6 +10,12 @@ StyleGAN; a value above the generator's style layers truncates them all) and ``n
 Output: a DataFrame with ``seed`` and ``image_png_base64`` (what serves well as JSON), or with
 ``params={"output": "array"}`` a uint8 array ``(N, H, W, 3)``.
 
+Names: when the model was logged with a Pokédex (a second artifact, ``pokedex``: the classifier
+of ``stylegan/pokedex``, safetensors + JSON), the DataFrame also has ``name`` (a portmanteau of
+the two species the image most looks like) and ``looks_like``, a JSON string of the top three:
+``[{"species_id": 25, "name": "Pikachu", "prob": 0.41}, ...]``, most likely first. The array output
+is the same with or without one, and a model logged without a Pokédex answers as before.
+
 Bounds: at most ``MAX_ROWS`` rows per request (more is an ``INVALID_PARAMETER_VALUE`` error, HTTP
 400 when served, before anything is generated); images are generated ``CHUNK_ROWS`` at a time, so
 a request holds at most ``CHUNK_ROWS`` float images besides its uint8 / PNG results.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import mlflow
 import numpy as np
@@ -54,6 +61,11 @@ class GeneratorModel(PythonModel):
         from stylegan.checkpoint import load_generator
 
         self.G = load_generator(context.artifacts["generator"], device="cpu")
+        self.pokedex = None  # names the images ("name", "looks_like") when the model was logged with one
+        if "pokedex" in context.artifacts:
+            from stylegan.pokedex import load_pokedex
+
+            self.pokedex = load_pokedex(context.artifacts["pokedex"], device="cpu")
 
     def predict(self, context, model_input: pd.DataFrame, params=None):  # DataFrame: MLflow infers no schema from it
         from stylegan.sampling import generate
@@ -98,7 +110,15 @@ class GeneratorModel(PythonModel):
                                         truncation_cutoff=c, noise_mode=m, batch_size=CHUNK_ROWS)
         if output == "array":
             return images
-        return pd.DataFrame({"seed": seeds, "image_png_base64": [_png_base64(img) for img in images]})
+        out = pd.DataFrame({"seed": seeds, "image_png_base64": [_png_base64(img) for img in images]})
+        pokedex = getattr(self, "pokedex", None)
+        if pokedex is not None:
+            from stylegan.pokedex.explain import explain
+
+            named = [e.to_dict() for e in explain(pokedex, images)]
+            out["name"] = [e["name"] for e in named]
+            out["looks_like"] = [json.dumps(e["looks_like"]) for e in named]
+        return out
 
 
 mlflow.models.set_model(GeneratorModel())

@@ -44,6 +44,8 @@ from flows.tracking import callback, datasets, logged_model, provenance, registr
 from stylegan.config import ModelConfig, RegistryConfig, TrainConfig, section
 from stylegan.io import atomic_write_bytes
 
+POKEDEX_DIR = "models/pokedex"  # the pokedex stage's output (pokedex.out_dir), logged beside the generator
+
 TICK_COLUMNS = ("kimg", "stage", "resolution", "alpha", "lr", "batch_size", "loss_G", "loss_D", "r1",
                 "images_per_sec", "sec_per_tick", "augment_p", "ada_rt")
 
@@ -320,7 +322,11 @@ def publish(job: TrainJob, final_resolution: int, log: Any = print) -> dict[str,
         client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
         log(f"generator unchanged; {reg.name} v{version} is {reg.candidate_alias} again")
     else:
-        info = logged_model.log_generator_model(job.mlflow_run_id, out, step=round(kimg * 1000))
+        # The Pokédex (the pokedex stage's output), when there is one: the served model names its images.
+        pokedex = job.root / POKEDEX_DIR if job.root is not None else None
+        # The stage writes only skipped.json for data without species labels: then no names.
+        pokedex = pokedex if pokedex is not None and (pokedex / "pokedex.json").is_file() else None
+        info = logged_model.log_generator_model(job.mlflow_run_id, out, step=round(kimg * 1000), pokedex_dir=pokedex)
         model_uri = info.model_uri
         version = registry.register(client, model_uri, reg.name, reg.candidate_alias, job.mlflow_run_id,
                                     tags={"generator.sha256": sha, "resolution": str(final_resolution),
@@ -335,16 +341,7 @@ def publish(job: TrainJob, final_resolution: int, log: Any = print) -> dict[str,
 
 
 def _version_with_sha(client: Any, name: str, sha: str) -> Any | None:
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    # Search results may come without tags; read each version (a handful) in full.
-    for v in sorted(versions, key=lambda v: -int(v.version)):
-        full = client.get_model_version(name, str(v.version))
-        if full.tags.get("generator.sha256") == sha:
-            return full
-    return None
+    return registry.version_with_tag(client, name, "generator.sha256", sha)
 
 
 def _end_mlflow_run(status: str, reason: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -178,3 +179,28 @@ def stop_group(proc: subprocess.Popen[Any], grace: float) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+POKEDEX_NAMES = ["Bulbasaur", "Ivysaur", "Charmander", "Squirtle"]
+
+
+def write_tiny_pokedex(folder: Path) -> Path:
+    """An untrained (seeded) Pokédex of four species in ``folder``: enough for the "looks like" plumbing."""
+    from stylegan.pokedex import save_pokedex
+    from stylegan.pokedex.network import DexNet
+
+    torch.manual_seed(0)
+    return save_pokedex(DexNet(4, width=8), folder, [1, 2, 4, 7], POKEDEX_NAMES, {})
+
+
+def write_fake_pretrained(root: Path, G: torch.nn.Module, name: str = "sprites-32") -> Path:
+    """A ``pretrained/`` root holding ``name``: the export of ``G``, a tiny Pokédex and index.json (sha256s)."""
+    from stylegan.checkpoint import export_generator
+    from stylegan.io import sha256_file
+
+    folder = root / name
+    export_generator(G, folder)
+    write_tiny_pokedex(folder / "pokedex")
+    files = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    (root / "index.json").write_text(json.dumps({name: {"description": "a test model", "files": files}}, indent=2))
+    return root

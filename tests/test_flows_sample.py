@@ -75,6 +75,42 @@ def test_pyfunc_predicts_pngs_or_arrays(registered: dict[str, str]) -> None:
         model.predict(pd.DataFrame({"seed": [0, 1], "truncation_psi": [0.5, 3.0]}))
 
 
+def test_pyfunc_names_images_with_a_logged_pokedex(tmp_path: Path, mlflow_store: str) -> None:
+    """Logged with a Pokédex (a second artifact), the model adds name + looks_like (JSON) to each row."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from stylegan.checkpoint import export_generator
+    from stylegan.config import section
+    from stylegan.networks import Generator
+    from stylegan.pokedex import PokedexError, load_pokedex
+    from stylegan.pokedex.explain import explain
+    from tests.helpers import POKEDEX_NAMES, write_tiny_pokedex
+
+    torch.manual_seed(0)
+    export_generator(Generator(section(tiny_params(), "model")), tmp_path / "export", 16)
+    dex = write_tiny_pokedex(tmp_path / "pokedex")
+    client = store.setup(tmp_path)
+    run = client.create_run(store.ensure_experiment(client, store.EXPERIMENT, tmp_path))
+    with pytest.raises(PokedexError, match="no Pokédex"):  # refused before anything is logged
+        logged_model.log_generator_model(run.info.run_id, tmp_path / "export", pokedex_dir=tmp_path / "missing")
+    info = logged_model.log_generator_model(run.info.run_id, tmp_path / "export", pokedex_dir=dex)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    assert [c.name for c in model.metadata.signature.outputs.inputs] == ["seed", "image_png_base64", "name",
+                                                                          "looks_like"]
+    out = model.predict(pd.DataFrame({"seed": [0, 1]}))
+    assert list(out.columns) == ["seed", "image_png_base64", "name", "looks_like"]
+    arr = model.predict(pd.DataFrame({"seed": [0, 1]}), params={"output": "array"})
+    assert isinstance(arr, np.ndarray) and arr.shape == (2, 16, 16, 3)  # the array output is unchanged
+    want = explain(load_pokedex(dex), arr)
+    assert list(out["name"]) == [e.name for e in want]
+    looks = json.loads(out["looks_like"][0])
+    assert looks == want[0].to_dict()["looks_like"] and len(looks) == 3
+    assert {m["name"] for m in looks} <= set(POKEDEX_NAMES) and set(looks[0]) == {"name", "species_id", "prob"}
+
+
 def test_load_registered_generator_and_errors(registered: dict[str, str], tmp_path: Path) -> None:
     from flows.sample import load_registered_generator
 

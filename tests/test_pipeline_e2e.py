@@ -44,7 +44,7 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
     repo, env = pipeline_repo
     dvc = [sys.executable, "-m", "dvc"]
     out = run_checked([*dvc, "repro"], repo, env, timeout=600)
-    for stage in ("fetch", "prepare", "train", "evaluate", "sample"):
+    for stage in ("fetch", "prepare", "pokedex", "train", "evaluate", "sample"):
         assert f"Running stage '{stage}'" in out
 
     # The registry: version 1 is both candidate and (first model, so) champion.
@@ -67,7 +67,9 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
         "df = m.predict(pd.DataFrame({'seed': [4], 'truncation_psi': [0.5], 'noise_mode': ['const']}));"
         "print(a.shape, a.dtype, list(df.columns))"
     )
-    assert "(3, 16, 16, 3) uint8 ['seed', 'image_png_base64']" in run_checked([sys.executable, "-c", load], repo, env)
+    # The pokedex stage's network is logged beside the generator: each served image is named.
+    served = run_checked([sys.executable, "-c", load], repo, env)
+    assert "(3, 16, 16, 3) uint8 ['seed', 'image_png_base64', 'name', 'looks_like']" in served
     cli_out = repo.parent / "cli-samples"
     run_checked([sys.executable, "-m", "stylegan.cli", "sample", "--model", "models:/pokemon-stylegan@champion",
           "--seeds", "0-3", "--psi", "0.7", "--out", str(cli_out)], repo, env)
@@ -91,7 +93,7 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
     assert set(json.loads(status.strip().splitlines()[-1])) == {"sample"}
     rerun = run_checked([*dvc, "repro"], repo, env)
     assert "Running stage 'sample'" in rerun
-    for stage in ("fetch", "prepare", "train", "evaluate"):
+    for stage in ("fetch", "prepare", "pokedex", "train", "evaluate"):
         assert f"Running stage '{stage}'" not in rerun
     assert json.loads((repo / "samples" / "sample.json").read_text())["truncation_psi"] == 0.5
 
@@ -99,6 +101,7 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
     shown = json.loads(run_checked([*dvc, "metrics", "show", "--json"], repo, env).strip().splitlines()[-1])
     files = next(iter(shown.values()))["data"]
     assert "swd" in files["metrics/eval.json"]["data"] and "kimg" in files["metrics/train.json"]["data"]
+    assert files["metrics/pokedex.json"]["data"]["species"] == 24  # one animation each: none held out
     plots = json.loads(run_checked([*dvc, "plots", "show", "--json"], repo, env))
     assert {"losses", "throughput", "schedule"} <= {name.split("::")[-1] for name in plots.get("data", plots)}
 
@@ -106,7 +109,7 @@ def test_dvc_repro_end_to_end(pipeline_repo: tuple[Path, dict[str, str]]) -> Non
     # stages do not, and the new generator is registered as the next candidate.
     exp = run_checked([*dvc, "exp", "run", "-S", "train.seed=1"], repo, env, timeout=600)
     assert "Running stage 'train'" in exp and "Running stage 'evaluate'" in exp
-    for stage in ("fetch", "prepare"):
+    for stage in ("fetch", "prepare", "pokedex"):
         assert f"Running stage '{stage}'" not in exp
     aliases = json.loads(run_checked([sys.executable, "-c", probe], repo, env).strip().splitlines()[-1])
     promotion = json.loads((repo / "metrics" / "promotion.json").read_text())

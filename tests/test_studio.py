@@ -20,6 +20,7 @@ from stylegan.networks import Generator
 from stylegan.projector import load_projected_w, render_ws
 from stylegan.sampling import generate, mix_styles, save_png
 from stylegan.studio import ModelSource, StudioLimits, create_app
+from tests.helpers import POKEDEX_NAMES, write_fake_pretrained, write_tiny_pokedex
 
 
 def decode(url: str) -> np.ndarray:
@@ -154,6 +155,78 @@ def test_one_projection_at_a_time(client: TestClient) -> None:
         assert r.status_code == 429 and "already running" in r.json()["detail"]
     finally:
         studio.projecting.release()
+
+
+@pytest.fixture(scope="module")
+def pokedex_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_pokedex(tmp_path_factory.mktemp("pokedex"))
+
+
+def test_render_names_each_image_with_a_pokedex_and_not_without(client: TestClient, export: Path,
+                                                                 pokedex_dir: Path, tmp_path: Path) -> None:
+    from stylegan.pokedex import load_pokedex
+    from stylegan.pokedex.explain import explain
+
+    body = {"items": [{"seed": 3}, {"seed": 4}], "psi": 0.5}
+    plain = client.post("/api/render", json=body).json()
+    assert "looks_like" not in plain and client.get("/api/info").json()["pokedex"] is False
+    named = TestClient(create_app(ModelSource(str(export), pokedex=str(pokedex_dir)), perceptual=False))
+    assert named.get("/api/info").json()["pokedex"] is True
+    r = named.post("/api/render", json=body).json()
+    assert r["images"] == plain["images"]  # the pictures do not change; their names come beside them
+    images = np.stack([decode(u) for u in r["images"]])
+    assert r["looks_like"] == [e.to_dict() for e in explain(load_pokedex(pokedex_dir), images)]
+    first = r["looks_like"][0]
+    assert first["name"] and len(first["looks_like"]) == 3
+    assert {m["name"] for m in first["looks_like"]} <= set(POKEDEX_NAMES) and set(first["looks_like"][0]) == {
+        "name", "species_id", "prob"}
+    # A Pokédex folder that does not load means no names (and a note why), never an error.
+    broken = ModelSource(str(export), pokedex=str(tmp_path / "missing"))
+    assert broken.pokedex is None and "no Pokédex" in broken.pokedex_note
+
+
+def test_a_shipped_model_is_the_default_and_brings_its_pokedex(export: Path, pokedex_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    from stylegan import pretrained
+    from stylegan.cli import main
+    from stylegan.cli.studio import _default_model
+
+    G = load_generator(export)
+    root = write_fake_pretrained(tmp_path / "pretrained", G)
+    source = ModelSource("pretrained:sprites-32", pretrained_root=root)
+    assert source.name == "pretrained:sprites-32" and source.pokedex is not None  # its own Pokédex
+    c = TestClient(create_app(source, perceptual=False))
+    info = c.get("/api/info").json()
+    assert info["model"] == info["name"] == "pretrained:sprites-32" and info["pokedex"] and not info["registry"]
+    r = c.post("/api/render", json={"items": [{"seed": 3}]}).json()
+    np.testing.assert_array_equal(decode(r["images"][0]), generate(G, seeds=[3], truncation_psi=0.7)[0])
+    assert len(r["looks_like"]) == 1 and len(r["looks_like"][0]["looks_like"]) == 3
+
+    # `pokegan studio` with no --model opens the shipped model, named by its Pokédex.
+    apps: list = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    monkeypatch.setattr(pretrained, "ROOT", root)
+    assert main(["studio"]) == 0
+    opened = apps[-1].state.studio.source
+    assert opened.spec == "pretrained:sprites-32" and opened.pokedex is not None
+    assert "serving pretrained:sprites-32" in capsys.readouterr().err
+    # --pokedex names an export folder's images; one that does not load is said, and serving goes on.
+    assert main(["studio", "--model", str(export), "--pokedex", str(pokedex_dir)]) == 0
+    assert apps[-1].state.studio.source.pokedex is not None
+    assert main(["studio", "--model", str(export), "--pokedex", str(tmp_path / "missing")]) == 0
+    assert apps[-1].state.studio.source.pokedex is None and 'no "looks like" names' in capsys.readouterr().err
+    # Without the shipped model: the registry's champion, as before.
+    monkeypatch.setattr(pretrained, "ROOT", tmp_path / "nothing")
+    assert _default_model(str(tmp_path / "no-params.yaml")) == "models:/pokemon-stylegan@champion"
+    # A damaged shipped file is refused before serving.
+    weights = root / "sprites-32" / "generator.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(pretrained.PretrainedError, match="damaged or swapped"):
+        ModelSource("pretrained:sprites-32", pretrained_root=root)
 
 
 class FakeRegistry:

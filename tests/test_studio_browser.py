@@ -20,7 +20,7 @@ from stylegan.checkpoint import export_generator
 from stylegan.networks import Generator
 from stylegan.sampling import generate, save_png
 from stylegan.studio import ModelSource, StudioLimits, create_app
-from tests.helpers import tiny_model_config
+from tests.helpers import tiny_model_config, write_tiny_pokedex
 
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -34,14 +34,15 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A tiny 16x16 export served by uvicorn on a free loopback port, in a thread."""
+    """A tiny 16x16 export, named by a tiny Pokédex, served by uvicorn on a free loopback port, in a thread."""
     import uvicorn
 
     torch.manual_seed(0)
     G = Generator(tiny_model_config(fmap_base=64, fmap_max=32))
     folder = tmp_path_factory.mktemp("studio-browser")
     export_generator(G.eval(), folder / "export")
-    app = create_app(ModelSource(str(folder / "export")), StudioLimits(max_project_steps=50), perceptual=False)
+    source = ModelSource(str(folder / "export"), pokedex=write_tiny_pokedex(folder / "pokedex"))
+    app = create_app(source, StudioLimits(max_project_steps=50), perceptual=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -75,6 +76,12 @@ def test_studio_in_chromium(studio: tuple[str, Path], tmp_path: Path) -> None:
             srcs = lambda: page.eval_on_selector_all("#grid .cell img", "els => els.map(e => e.src)")  # noqa: E731
             first = srcs()
             assert len(set(first)) > 1  # different seeds, different pictures
+            # Each tile's name under it, its top 3 on hover.
+            names = page.locator("#grid .cell .name")
+            expect(names).to_have_count(16)
+            hover = names.first.get_attribute("title")
+            assert names.first.inner_text().strip() and hover.startswith("looks like ") and hover.count("%") == 3
+            assert page.locator("#grid .cell img").first.get_attribute("title") == hover
 
             # Move the psi slider all the way down (keyboard, as a person would): every seed becomes the average.
             page.locator("#psi").focus()

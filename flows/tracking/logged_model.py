@@ -29,8 +29,9 @@ PIP_REQUIREMENTS = [
 ]
 
 
-def model_signature() -> Any:
-    """Input: seed (required), truncation_psi, noise_mode; output: seed + base64 PNG; param ``output``."""
+def model_signature(pokedex: bool = False) -> Any:
+    """Input: seed (required), truncation_psi, noise_mode; output: seed + base64 PNG (+ name and
+    looks_like, a JSON string, with a Pokédex); param ``output``."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -42,7 +43,10 @@ def model_signature() -> Any:
             ColSpec("string", "noise_mode", required=False),
         ]
     )
-    outputs = Schema([ColSpec("long", "seed"), ColSpec("string", "image_png_base64")])
+    outputs = [ColSpec("long", "seed"), ColSpec("string", "image_png_base64")]
+    if pokedex:
+        outputs += [ColSpec("string", "name"), ColSpec("string", "looks_like")]
+    outputs = Schema(outputs)
     params = ParamSchema([ParamSpec("output", "string", "png_base64")])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
@@ -53,12 +57,17 @@ def input_example() -> Any:
     return pd.DataFrame({"seed": [0, 1], "truncation_psi": [0.7, 0.7], "noise_mode": ["const", "const"]})
 
 
-def log_generator_model(run_id: str, export_dir: str | Path, step: int = 0) -> Any:
+def log_generator_model(run_id: str, export_dir: str | Path, step: int = 0,
+                        pokedex_dir: str | Path | None = None) -> Any:
     """Log the exported G_ema (safetensors + JSON) as a pyfunc model in ``run_id``; returns ModelInfo.
 
     ``step`` is the images shown when it was exported: MLflow links the run's metrics at that
     step (the last tick's losses) to the LoggedModel, and only those (the default, 0, would
     link the first system-metrics sample instead).
+
+    ``pokedex_dir``: a Pokédex folder (``models/pokedex``), logged as a second artifact,
+    ``pokedex``; the served model then names each image (``name`` and ``looks_like`` columns,
+    see flows/pyfunc_model.py). It must load (checked here, before anything is logged).
 
     The model is defined by code (flows/pyfunc_model.py), not a pickle; ``stylegan/`` travels
     with it as code_paths so it loads in any process that has the pinned requirements.
@@ -66,6 +75,12 @@ def log_generator_model(run_id: str, export_dir: str | Path, step: int = 0) -> A
     export_dir = Path(export_dir)
     if not (export_dir / "generator.safetensors").exists():
         raise FileNotFoundError(f"no exported generator in {export_dir}; the train stage writes it")
+    artifacts = {"generator": str(export_dir)}
+    if pokedex_dir is not None:
+        from stylegan.pokedex import load_pokedex
+
+        load_pokedex(pokedex_dir)  # a missing, swapped or damaged Pokédex is refused before logging
+        artifacts["pokedex"] = str(pokedex_dir)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="(?s).*type hint")
         warnings.filterwarnings("ignore", message="(?s).*integer column")
@@ -74,9 +89,9 @@ def log_generator_model(run_id: str, export_dir: str | Path, step: int = 0) -> A
                 return mlflow.pyfunc.log_model(
                     name=MODEL_ARTIFACT,
                     python_model=str(PYFUNC_CODE),
-                    artifacts={"generator": str(export_dir)},
+                    artifacts=artifacts,
                     code_paths=[str(Path(stylegan.__file__).parent)],  # the library, wherever it is imported from
-                    signature=model_signature(),
+                    signature=model_signature(pokedex=pokedex_dir is not None),
                     input_example=input_example(),
                     pip_requirements=PIP_REQUIREMENTS,
                     step=step,

@@ -1,4 +1,5 @@
-"""pokegan studio: a local web page over one model (an export folder or a registered model).
+"""pokegan studio: a local web page over one model (an export folder, a shipped ``pretrained:``
+model or a registered model), its samples named by a Pokédex when one is given or shipped.
 
 The page (static/) is plain HTML/JS/CSS served from this package, with no CDN. The app
 (``app.py``) needs FastAPI and uvicorn (the ``studio`` extra); registered models are read
@@ -9,6 +10,7 @@ extra, only for a ``models:/`` URI; the library never imports flows).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from stylegan.studio.source import ModelSource, StudioLimits
@@ -33,23 +35,26 @@ def create_app(source: ModelSource, limits: StudioLimits | None = None, perceptu
 
 
 def serve(
-    model: str,  # export folder, .safetensors, or models:/NAME@ALIAS / models:/NAME/VERSION
+    model: str,  # export folder, .safetensors, pretrained:NAME, or models:/NAME@ALIAS / models:/NAME/VERSION
     host: str = "127.0.0.1",
     port: int = 7860,
     device: str = "cpu",
     limits: StudioLimits | None = None,
     log: Callable[[str], None] = print,
     registry_loader: Callable[[str], Any] | None = None,  # models:/ URI -> its registry (see ModelSource)
+    pokedex: str | Path | None = None,  # a Pokédex folder for "looks like" names; None = the shipped one, if any
 ) -> int:
     """Load the model, then serve the studio until Ctrl-C."""
     try:
         import uvicorn
     except ImportError as exc:
         raise _fastapi_missing(exc) from exc
-    source = ModelSource(model, device=device, registry_loader=registry_loader)
+    source = ModelSource(model, device=device, registry_loader=registry_loader, pokedex=pokedex)
     app = create_app(source, limits)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"binding {host}: anyone who can reach this address can use the model and this machine's CPU")
+    if source.pokedex_note is not None:
+        log(f"no \"looks like\" names: {source.pokedex_note}")
     where = f"{source.spec} (v{source.default_version})" if source.registry else source.spec
     log(f"serving {where} on http://{host if ':' not in host else f'[{host}]'}:{port}/  (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -3,7 +3,9 @@
 Images travel as PNG data URLs inside JSON; latents never leave the server except as a
 ``.npz`` download: an image is named by ``{"seed": N}`` or ``{"projection": "p3"}`` (a w the
 server fitted and keeps), and psi / cutoff / noise apply to both, so a projected picture is
-edited like any seed.
+edited like any seed. With a Pokédex (``/api/info`` says ``"pokedex": true``), ``/api/render``
+also names each image: ``"looks_like": [{"name", "looks_like": [{"name", "species_id", "prob"},
+...top 3]}, ...]``, one per image, beside ``"images"``.
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ class Studio:
             "model": self.source.spec, "registry": self.source.registry, "name": self.source.name,
             "version": version or self.source.default_version, "default_version": self.source.default_version,
             "resolution": int(G.img_resolution), "num_ws": int(G.num_ws), "w_dim": int(G.w_dim), "styles": styles,
+            "pokedex": self.source.pokedex is not None,  # /api/render names each image ("looks_like")
             "limits": {"max_images": lim.max_images, "max_frames": lim.max_frames,
                        "max_upload_bytes": lim.max_upload_bytes, "max_project_steps": lim.max_project_steps,
                        "jobs": lim.jobs, "projections": lim.projections},
@@ -225,7 +228,12 @@ def build_app(source: ModelSource, limits: StudioLimits, perceptual: bool = True
         with studio.job(), torch.no_grad():
             G = studio.generator(req.version)
             images = render_ws(G, studio.ws(G, req.items, req), noise_mode=req.noise_mode)
-        return {"images": [png_data_url(im) for im in images]}
+            out: dict[str, Any] = {"images": [png_data_url(im) for im in images]}
+            if source.pokedex is not None:  # per image: its name and top-3 species
+                from stylegan.pokedex.explain import explain
+
+                out["looks_like"] = [e.to_dict() for e in explain(source.pokedex, images)]
+        return out
 
     @app.post("/api/mix")
     def mix(req: MixRequest) -> dict[str, Any]:

@@ -56,6 +56,15 @@ function button(text, cls, onclick) {
   return b;
 }
 
+// The Pokédex's name for a tile (shown under it), its top 3 species on hover; none without a Pokédex.
+function caption(img, ex) {
+  if (!ex) return [];
+  const name = document.createElement("div");
+  name.className = "name"; name.textContent = ex.name;
+  name.title = img.title = "looks like " + ex.looks_like.map((m) => `${m.name} ${Math.round(m.prob * 100)}%`).join(", ");
+  return [name];
+}
+
 async function renderGrid() {
   const seq = ++state.seq;  // a slider drag sends many requests: show only the newest answer
   const items = [];
@@ -75,7 +84,7 @@ async function renderGrid() {
       img.src = url; img.alt = labelOf(item);
       const label = document.createElement("div");
       label.className = "label"; label.textContent = labelOf(item);
-      cell.append(img, label, button("pin", "pin-btn", () => pin(item)),
+      cell.append(img, ...caption(img, (data.looks_like || [])[i]), label, button("pin", "pin-btn", () => pin(item)),
         button("png", "png-btn", () => download(img.src, pngName(item))),
         button("w", "w-btn", () => downloadW(item)));
       grid.appendChild(cell);
@@ -99,7 +108,7 @@ async function refreshPinned() {
       img.src = p.url; img.alt = labelOf(p.item);
       const label = document.createElement("div");
       label.textContent = labelOf(p.item);
-      div.append(img, label, button("×", "unpin-btn", () => { state.pinned.splice(i, 1); if (!state.pinned.length) box.replaceChildren(); refreshPinned(); }),
+      div.append(img, ...caption(img, (data.looks_like || [])[i]), label, button("×", "unpin-btn", () => { state.pinned.splice(i, 1); if (!state.pinned.length) box.replaceChildren(); refreshPinned(); }),
         button("png", "png-btn", () => download(img.src, pngName(p.item))),
         button("w", "w-btn", () => downloadW(p.item)));
       box.appendChild(div);
@@ -224,7 +233,8 @@ async function loadInfo() {
   const q = state.version ? `?version=${encodeURIComponent(state.version)}` : "";
   state.info = await (await api(`/api/info${q}`)).json();
   state.pageSize = Math.min(16, state.info.limits.max_images);
-  $("model-name").textContent = `${state.info.model} · ${state.info.resolution}×${state.info.resolution}`;
+  $("model-name").textContent = `${state.info.model} · ${state.info.resolution}×${state.info.resolution}` +
+    (state.info.pokedex ? " · names by the Pokédex" : "");
   const cutoff = $("cutoff");
   cutoff.replaceChildren(new Option("all layers", ""));
   for (let i = 1; i <= state.info.num_ws; i++) cutoff.appendChild(new Option(`first ${i}`, String(i)));

@@ -2,7 +2,8 @@
 
 One module per command group, each with an ``add_<name>(sub)`` per command that registers it
 with ``set_defaults(func=handler)``: ``data`` (fetch, prepare), ``train``, ``evaluate``,
-``sample`` (sample, mix, video), ``project``, ``studio``, ``profile``. ``options`` holds the
+``sample`` (sample, mix, video), ``project``, ``studio``, ``pretrained`` (models, release),
+``pokedex``, ``profile``. ``options`` holds the
 options and checks they share; ``models`` loads the generator a command names and is the only
 module that reaches into ``flows`` (lazily). The library's commands work with only the
 library's dependencies installed.
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 from stylegan import __version__
 from stylegan.cli.data import add_fetch, add_prepare
 from stylegan.cli.evaluate import add_evaluate
+from stylegan.cli.pokedex import add_pokedex
+from stylegan.cli.pretrained import add_models, add_release
 from stylegan.cli.profile import add_profile
 from stylegan.cli.project import add_project
 from stylegan.cli.sample import add_mix, add_sample, add_video
@@ -55,8 +58,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 # The commands in `pokegan --help` order: each adder registers one subcommand.
-_ADDERS: list = [add_train, add_sample, add_evaluate, add_mix, add_video, add_project, add_studio,
-                 add_fetch, add_prepare, add_profile]
+_ADDERS: list = [add_train, add_sample, add_evaluate, add_mix, add_video, add_project, add_studio, add_models,
+                 add_release, add_fetch, add_prepare, add_pokedex, add_profile]
 
 
 def build_parser() -> argparse.ArgumentParser:

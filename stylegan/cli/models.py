@@ -22,6 +22,10 @@ def load_model(spec: str, device: object) -> object:
                 f"pip install 'pokegan[pipeline]' ({exc}); or pass a local export folder to --model"
             ) from exc
         return load_registered_generator(spec).to(device)
+    from stylegan import pretrained
+
+    if pretrained.is_pretrained(spec):
+        return pretrained.load(spec, device=device)
     from stylegan.checkpoint import load_generator
 
     return load_generator(spec, device=device)
@@ -33,6 +37,23 @@ def open_model(args: argparse.Namespace) -> object:
 
     device = resolve_device(args.device)  # clear error for cuda on a machine without it
     return load_model(args.model, device)
+
+
+def pokedex_for(args: argparse.Namespace) -> object:
+    """The Pokédex for --explain: --pokedex, else the one shipped with a pretrained: model, else
+    models/pokedex (what `dvc repro` trains)."""
+    from pathlib import Path
+
+    from stylegan import pretrained
+    from stylegan.pokedex import PokedexError, load_pokedex
+
+    path = args.pokedex
+    if path is None:
+        path = pretrained.pokedex_dir(args.model) if pretrained.is_pretrained(args.model) else Path("models/pokedex")
+    try:
+        return load_pokedex(path)
+    except PokedexError as exc:
+        raise PokedexError(f"--explain needs a Pokédex: {exc}; or pass --pokedex DIR") from None
 
 
 def studio_registry(spec: str) -> object:

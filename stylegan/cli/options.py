@@ -37,7 +37,8 @@ def check_file_arg(path: str | Path, flag: str, example: str) -> None:
 
 def model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", "--network", dest="model", required=required,
-                   help="export folder, generator.safetensors, models:/NAME@ALIAS or models:/NAME/VERSION")
+                   help="export folder, generator.safetensors, pretrained:NAME (see: pokegan models), "
+                        "models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto (CUDA when present)")
 
 

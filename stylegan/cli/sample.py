@@ -49,10 +49,40 @@ def _sample(args: argparse.Namespace) -> int:
                 shown.extend(images[: max(0, GRID_MAX - len(shown))])
         count = len(seeds)
     print(f"wrote {count} images to {out}", flush=True)
+    captions = _explain(args, G, seeds, out) if args.explain and not args.projected_w else None
     if args.grid:
-        save_png(image_grid(shown), args.grid)
+        if captions is not None:
+            import numpy as np
+
+            from stylegan.reports import captioned_grid
+
+            save_png(captioned_grid(np.stack(shown), captions[: len(shown)]), args.grid)
+        else:
+            save_png(image_grid(shown), args.grid)
         print(f"wrote grid {args.grid} (the first {len(shown)} images)", flush=True)
     return 0
+
+
+def _explain(args: argparse.Namespace, G: object, seeds: list[int], out: Path) -> list[list[str]]:
+    """Print and write (out/looks_like.json) each seed's name and top-3 species; the grid's captions."""
+    from stylegan.cli.models import pokedex_for
+    from stylegan.io import atomic_write_json
+    from stylegan.pokedex.explain import explain
+    from stylegan.sampling import iter_generate
+
+    dex = pokedex_for(args)
+    found: dict[str, dict] = {}
+    captions: list[list[str]] = []
+    for part, images in iter_generate(G, seeds, 64, truncation_psi=args.psi, truncation_cutoff=args.cutoff,
+                                      noise_mode=args.noise_mode):
+        for seed, e in zip(part, explain(dex, images), strict=True):
+            print(f"seed {seed}: {e.name} (looks like {e.caption()})", flush=True)
+            found[str(seed)] = e.to_dict()
+            captions.append([f"{seed}: {e.name}", *(str(m) for m in e.looks_like)])
+    atomic_write_json(out / "looks_like.json", {"model": args.model, "truncation_psi": args.psi,
+                                               "pokedex_sha256": dex.info["sha256"], "samples": found})
+    print(f"wrote {out / 'looks_like.json'}", flush=True)
+    return captions
 
 
 def add_sample(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +97,12 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
                         "proj00.png, ...")
     p.add_argument("--out", "--outdir", dest="out", default="samples", help="folder for one seedNNNN.png per seed")
     p.add_argument("--grid", default=None, metavar="FILE", help="also write all samples as one PNG grid")
+    p.add_argument("--explain", action="store_true",
+                   help="name each sample and list the 3 species it looks like (the Pokédex): printed, in "
+                        "OUT/looks_like.json and as captions on --grid")
+    p.add_argument("--pokedex", default=None, metavar="DIR",
+                   help="the Pokédex for --explain (default: the one shipped with a pretrained: model, else "
+                        "models/pokedex)")
     p.set_defaults(func=_sample)
 
 

@@ -71,7 +71,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.events:
         check_file_arg(args.events, "--events", "events.jsonl")
     set_threads(args)
-    params = load_params(args.params)
+    if args.profile:
+        from stylegan import profile
+
+        params = profile.load(args.profile, args.params)[2]
+    else:
+        params = load_params(args.params)
     for assignment in args.set:
         set_override(params, assignment)
     model_cfg = section(params, "model")
@@ -121,6 +126,8 @@ def _train(args: argparse.Namespace) -> int:
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train (or resume) the progressive StyleGAN from params.yaml")
     p.add_argument("--params", default="params.yaml", help="params file with model, train and data sections")
+    p.add_argument("--profile", default=None, metavar="OVERLAY",
+                   help="a params overlay (params-release.yaml, params-gpu.yaml) applied to --params before --set")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a param (repeatable), e.g. --set train.lr=0.002")
     p.add_argument("--data", default=None, help="folder of images_<R>.npy (default: data.out_dir)")

@@ -1,0 +1,130 @@
+"""pokegan models and pokegan release: the generators that ship with the project."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+from stylegan.cli.options import check_dir_arg
+
+
+def _models(args: argparse.Namespace) -> int:
+    from stylegan import pretrained
+
+    root = Path(args.root) if args.root else pretrained.ROOT
+    entries = pretrained.index(root)
+    if not entries:
+        print(f"no shipped models in {root}")
+        return 0
+    for name, entry in sorted(entries.items()):
+        release = root / name / "release.json"
+        metrics = json.loads(release.read_text()).get("metrics", {}) if release.is_file() else {}
+        figures = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fd_dex", "recall_dex", "swd") if k in metrics)
+        print(f"pretrained:{name}  {entry.get('resolution')}x{entry.get('resolution')}  {entry.get('kimg')} kimg"
+              f"{'  ' + figures if figures else ''}")
+        if entry.get("description"):
+            print(f"    {entry['description']}")
+        print(f"    pokegan sample --model pretrained:{name} --seeds 0-15 --explain")
+        print(f"    card: {root / name / 'README.md'}")
+    return 0
+
+
+def add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the generators that ship with the project (pretrained:NAME)")
+    p.add_argument("--root", default=None, help="the shipped models' folder (default: pretrained/ in the checkout)")
+    p.set_defaults(func=_models)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parents[2])
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _training_record(args: argparse.Namespace) -> dict:
+    from stylegan.checkpoint import read_generator_info
+    from stylegan.config import load_params
+    from stylegan.metrics.reference import file_hash
+
+    _, info = read_generator_info(args.export)
+    params = load_params(args.params)
+    if args.profile:
+        from stylegan import profile
+
+        params = profile.load(args.profile, args.params)[2]
+    data = Path(args.data)
+    res = int(info["resolution"])
+    summary = json.loads((data / "summary.json").read_text()) if (data / "summary.json").is_file() else {}
+    wall = None
+    events = Path(args.run_dir) / "events.jsonl" if args.run_dir else None
+    if events is not None and events.is_file():
+        ticks = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+        wall = sum(t["stats"].get("sec_per_tick", 0.0) for t in ticks if t.get("event") == "tick") / 3600
+    return {
+        "data": f"{summary.get('package', data)} ({summary.get('subset', '?')}, {summary.get('images', '?')} images)",
+        "data_digest": file_hash(data / f"images_{res}.npy")[:16],
+        "profile": args.profile, "command": args.command_line, "commit": _git_commit(),
+        "seed": params.get("train", {}).get("seed", 0), "kimg": info.get("metadata", {}).get("kimg"),
+        "wall_hours": round(wall, 3) if wall is not None else None,
+        "cpu_hours": args.cpu_hours, "machine": args.machine,
+        "params": {k: params[k] for k in ("model", "train") if k in params},
+    }
+
+
+def _release(args: argparse.Namespace) -> int:
+    from stylegan import pretrained, release
+    from stylegan.checkpoint import load_generator
+    from stylegan.config import load_params, section
+    from stylegan.metrics import evaluate_generator
+
+    check_dir_arg(args.export, "--export")
+    cfg = section(load_params(args.params), "evaluate")
+    record = {"description": args.description, "limits": args.limit, "training": _training_record(args)}
+    record["kimg"] = record["training"]["kimg"]
+    compare = {}
+    for item in args.compare:
+        label, _, path = item.partition("=")
+        if not path:
+            raise ValueError(f"--compare {item!r} must look like LABEL=EXPORT_DIR")
+        out = Path(args.work) / "compare" / label.replace(" ", "-")
+        from dataclasses import replace
+
+        compare[label] = evaluate_generator(load_generator(path), args.data, replace(cfg, pokedex=args.pokedex),
+                                            out, out / "reports", log=lambda _: None)
+    if compare:
+        record["compare"] = compare
+    root = Path(args.root) if args.root else pretrained.ROOT
+    dest = release.package(args.export, args.name, pokedex_dir=args.pokedex, data_root=args.data, eval_cfg=cfg,
+                           record=record, root=root)
+    print(f"wrote {dest} and {root / pretrained.INDEX_NAME}; sample it with "
+          f"`pokegan sample --model pretrained:{args.name} --seeds 0-15 --explain`", flush=True)
+    return 0
+
+
+def add_release(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("release", help="package an export as a shipped model: pretrained/NAME/ (fp16 weights, "
+                       "Pokédex, metrics, model card) and its sha256s in pretrained/index.json")
+    p.add_argument("--export", required=True, help="the export folder (pokegan train --export DIR)")
+    p.add_argument("--name", required=True, help="the shipped model's name: pretrained:NAME")
+    p.add_argument("--pokedex", default="models/pokedex", help="the Pokédex that names its samples")
+    p.add_argument("--data", default="data/prepared", help="the prepared sprites the metrics compare with")
+    p.add_argument("--params", default="params.yaml", help="params file (the evaluate section: the metrics' protocol)")
+    p.add_argument("--profile", default=None, help="the params overlay the model was trained with (for the card)")
+    p.add_argument("--run-dir", default=None, help="the training run (its events.jsonl gives the wall time)")
+    p.add_argument("--cpu-hours", type=float, default=None, help="CPU hours the training used (for the card)")
+    p.add_argument("--machine", default="a 2-core CPU machine", help="what it trained on (for the card)")
+    p.add_argument("--command-line", default="bash scripts/release.sh", help="the training command (for the card)")
+    p.add_argument("--description", default="", help="one paragraph for the card and for pokegan models")
+    p.add_argument("--limit", action="append", default=[], help="a known limit, for the card (repeatable)")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=EXPORT",
+                   help="also measure this export with the same protocol, for the card's comparison table")
+    p.add_argument("--work", default="runs/release-work", help="scratch folder for the comparisons")
+    p.add_argument("--root", default=None, help="the shipped models' folder (default: pretrained/ in the checkout)")
+    p.set_defaults(func=_release)

@@ -1,0 +1,206 @@
+"""Package a trained generator as a shipped model: ``pretrained/NAME/`` and its index entry.
+
+``package`` takes an export (``pokegan train --export``), stores the weights as fp16 (half the
+bytes; the network computes in fp32 after loading), copies the Pokédex that names its samples,
+measures every metric of the *shipped* weights (``evaluate_generator``, dex features included),
+draws the figures of the model card (a captioned seed grid, the plain grid the tests redraw
+bit for bit, the nearest-training-image sheet), writes ``release.json`` (what it was trained on,
+how long, with which code) and the card, then records every file's sha256 in
+``pretrained/index.json``. The folder is built in a temp sibling and swapped in whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stylegan import pretrained, sampling
+from stylegan.checkpoint import CONFIG_NAME, WEIGHTS_NAME, export_generator_state, load_generator, read_generator_info
+from stylegan.config import EvaluateConfig
+from stylegan.io import atomic_write_bytes, atomic_write_json, replace_dir, sha256_file
+
+MAX_WEIGHTS_BYTES = 20_000_000  # a shipped generator lives in git: at most 20 MB
+GRID_SEEDS = list(range(16))  # the committed grid the tests redraw (grid.png, samples.png)
+GRID_PSI = 0.7
+CARD_NAME = "README.md"
+
+
+def fp16_export(export_dir: Path, out_dir: Path) -> Path:
+    """``export_dir``'s generator again, its float tensors stored as fp16."""
+    _, info = read_generator_info(export_dir)
+    G = load_generator(export_dir)
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in G.state_dict().items()}
+    meta = {**info.get("metadata", {}), "storage": "fp16"}
+    return export_generator_state(half, G.cfg, out_dir, int(info["resolution"]), meta)
+
+
+def _seed_images(G: torch.nn.Module) -> Any:
+    return sampling.generate(G, seeds=GRID_SEEDS, truncation_psi=GRID_PSI)
+
+
+def package(
+    export_dir: str | Path,  # pokegan train --export DIR (fp32)
+    name: str,  # pretrained/<name>
+    *,
+    pokedex_dir: str | Path,  # the trained Pokédex (models/pokedex)
+    data_root: str | Path,  # the prepared sprites the metrics compare with
+    eval_cfg: EvaluateConfig,
+    record: dict[str, Any],  # training facts for release.json: kimg, CPU hours, data digest, params, commit
+    card: Callable[[dict[str, Any]], str] | None = None,  # release.json -> the card's Markdown; None = model_card
+    root: Path | None = None,  # None = pretrained.ROOT
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Build ``root/name`` from the export and register it in ``root/index.json``; returns the folder."""
+    from stylegan.metrics import evaluate_generator
+    from stylegan.pokedex import load_pokedex
+    from stylegan.pokedex.explain import explain
+    from stylegan.reports import captioned_grid
+
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"release name {name!r} must be a plain folder name such as sprites-32")
+    dex = load_pokedex(pokedex_dir)  # refuse a broken Pokédex before any work
+    root = root or pretrained.ROOT
+    dest = root / name
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        fp16_export(Path(export_dir), tmp)
+        size = (tmp / WEIGHTS_NAME).stat().st_size
+        if size > MAX_WEIGHTS_BYTES:
+            raise ValueError(f"the fp16 generator is {size:,} bytes, over the {MAX_WEIGHTS_BYTES:,} a shipped model "
+                             "may take; ship a smaller network")
+        shutil.copytree(pokedex_dir, tmp / pretrained.POKEDEX_DIR,
+                        ignore=shutil.ignore_patterns(".pokegan-output", ".*"))
+        G = load_generator(tmp)  # what users get: the fp16 weights, computing in fp32
+        work = tmp / ".eval"
+        cfg = replace(eval_cfg, pokedex=str(tmp / pretrained.POKEDEX_DIR))
+        metrics = evaluate_generator(G, data_root, cfg, work, work / "reports", log=log)
+        shutil.copyfile(work / "reports" / "novelty_pixel.png", tmp / "nearest.png")
+        images = _seed_images(G)
+        sampling.save_png(sampling.image_grid(images, cols=8), tmp / "samples.png")
+        found = explain(dex, images)
+        captions = [[f"{s}: {e.name}", *(str(m) for m in e.looks_like)] for s, e in zip(GRID_SEEDS, found,
+                                                                                       strict=True)]
+        sampling.save_png(captioned_grid(images, captions), tmp / "grid.png")
+        atomic_write_json(tmp / "looks_like.json", {"truncation_psi": GRID_PSI,
+                                                    "samples": {str(s): e.to_dict() for s, e in
+                                                                zip(GRID_SEEDS, found, strict=True)}})
+        shutil.rmtree(work)
+        info = json.loads((tmp / CONFIG_NAME).read_text())
+        release = {"name": name, "resolution": info["resolution"], "weights_bytes": size,
+                   "parameters": sum(p.numel() for p in G.parameters()), "metrics": metrics,
+                   "evaluation": {"num_samples": cfg.num_samples, "num_real": cfg.num_real, "seed": cfg.seed,
+                                  "truncation_psi": cfg.truncation_psi},
+                   "pokedex": {k: dex.info.get(k) for k in ("sha256", "top1", "top5", "names_package")},
+                   "grid": {"seeds": GRID_SEEDS, "truncation_psi": GRID_PSI, "noise_mode": "const"},
+                   **record}
+        atomic_write_json(tmp / "release.json", release)
+        atomic_write_bytes(tmp / CARD_NAME, (card or model_card)(release).encode())
+        return release
+
+    release = replace_dir(dest, fill, what="shipped model")
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")
+                   if p.is_file() and not p.name.startswith("."))
+    entries = pretrained.index(root) if (root / pretrained.INDEX_NAME).is_file() else {}
+    entries[name] = {"resolution": release["resolution"], "kimg": release.get("kimg"),
+                     "description": release.get("description", ""),
+                     "files": {rel: sha256_file(dest / rel) for rel in files}}
+    atomic_write_json(root / pretrained.INDEX_NAME, entries)
+    return dest
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def model_card(release: dict[str, Any]) -> str:
+    """The shipped model's card (README.md in its folder), from its release.json."""
+    m = release["metrics"]
+    name, res = release["name"], release["resolution"]
+    rows = [("fd_dex", "Fréchet distance in the Pokédex's features (the champion metric), lower is better"),
+            ("kid_dex", "kernel inception distance in the same features"),
+            ("precision_dex", "share of samples on the real sprites' manifold (dex features)"),
+            ("recall_dex", "share of real sprites on the samples' manifold (dex features)"),
+            ("memorization_dex", "share of samples that copy a reference sprite (dex features)"),
+            ("fd_random", "FD in a randomly initialised network's features (no ImageNet, no training)"),
+            ("swd", "sliced Wasserstein distance x1e3 (pixels)"),
+            ("fd_effnet", "FD in EfficientNet-Lite0's ImageNet features (secondary)"),
+            ("precision", "precision in ImageNet features"), ("recall", "recall in ImageNet features"),
+            ("memorization", "share of samples within the copy threshold of a training image (pixels)")]
+    table = "\n".join(f"| `{k}` | {_fmt(m[k])} | {what} |" for k, what in rows if k in m)
+    compare = release.get("compare", {})
+    compare_rows = "\n".join(
+        f"| {label} | {_fmt(v.get('fd_dex'))} | {_fmt(v.get('precision_dex'))} | {_fmt(v.get('recall_dex'))} | "
+        f"{_fmt(v.get('swd'))} |" for label, v in compare.items())
+    train = release.get("training", {})
+    ev = release["evaluation"]
+    dex = release["pokedex"]
+    lines = [
+        f"# `pretrained:{name}`: a StyleGAN that draws {res}x{res} Pokémon sprites",
+        "",
+        release.get("description", ""),
+        "",
+        "![16 seeds at psi 0.7, each with its name and the three species it looks like](grid.png)",
+        "",
+        f"Seeds 0-15, truncation psi {release['grid']['truncation_psi']}, constant noise. Under each tile: its "
+        "name (a portmanteau of the two species it looks most like) and the Pokédex's top-3 species.",
+        "",
+        "```bash",
+        f"pokegan sample --model pretrained:{name} --seeds 0-15 --explain --grid grid.png",
+        f"pokegan studio --model pretrained:{name}",
+        "```",
+        "",
+        "## What it is",
+        "",
+        f"- The project's StyleGAN generator (mapping network, constant 4x4 input, AdaIN, noise, progressive "
+        f"growing), {release['parameters']:,} parameters, stored as fp16 ({release['weights_bytes']:,} bytes); it "
+        "computes in fp32 after loading. `generator.json` holds its config; loading checks the sha256 in "
+        "`pretrained/index.json`, the model limits and the safetensors header, and runs no pickle.",
+        f"- `pokedex/`: the Pokédex network that names its samples (held-out top-1 {_fmt(dex.get('top1'))}, "
+        f"top-5 {_fmt(dex.get('top5'))}; names from the npm package `{dex.get('names_package')}`).",
+        "",
+        "## What it was trained on",
+        "",
+        f"- Data: {train.get('data', 'the default sprites')} (data digest `{train.get('data_digest', '?')}`). The "
+        "images are copyright The Pokémon Company; the package that redistributes them (PokeAPI's sprites) "
+        "is CC0 for its own work. This model is a research and teaching artefact; its samples are derived from "
+        "those images and carry no licence of their own from this project.",
+        f"- Recipe: `params.yaml` with `{train.get('profile', 'params-release.yaml')}` "
+        f"(command: `{train.get('command', 'bash scripts/release.sh')}`), code commit `{train.get('commit', '?')}`, "
+        f"seed {train.get('seed', 0)}.",
+        f"- Compute: {_fmt(train.get('kimg'), 4)} kimg (thousands of images shown) in {_fmt(train.get('wall_hours'))} "
+        f"hours of wall time and {_fmt(train.get('cpu_hours'))} CPU hours on {train.get('machine', 'a 2-core CPU')}.",
+        "",
+        "## Metrics",
+        "",
+        f"Measured on the shipped (fp16) weights: {ev['num_samples']} samples (psi {ev['truncation_psi']}, random "
+        f"noise, seed {ev['seed']}) against {ev['num_real']} real sprites. Reproduce with "
+        f"`pokegan evaluate --model pretrained:{name} --pokedex pretrained/{name}/pokedex --data data/prepared`.",
+        "",
+        "| metric | value | what it measures |",
+        "|---|---|---|",
+        table,
+        "",
+    ]
+    if compare_rows:
+        lines += ["Against the main job's model and real held-out sprites, the same protocol:", "",
+                  "| model | fd_dex | precision_dex | recall_dex | swd |", "|---|---|---|---|---|", compare_rows, ""]
+    lines += [
+        "## Nearest training images",
+        "",
+        "![each sample with its 3 nearest training images in pixel space](nearest.png)",
+        "",
+        "Each sample beside its three nearest training sprites (pixel space, all training images searched); a "
+        "red frame marks a copy.",
+        "",
+        "## Limits",
+        "",
+        *[f"- {limit}" for limit in release.get("limits", [])],
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""Shipped models: packaging (pokegan release), the index's sha256 checks, pretrained:NAME everywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stylegan import pretrained, release
+from stylegan.checkpoint import export_generator
+from stylegan.cli import main
+from stylegan.config import EvaluateConfig
+from stylegan.pokedex import save_pokedex
+from stylegan.pokedex.network import DexNet
+from tests.helpers import blob_images, tiny_generator
+
+NAMES = ["Bulbasaur", "Ivysaur", "Charmander", "Squirtle"]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretrained/ root holding one packaged tiny model, "toy"."""
+    tmp = tmp_path_factory.mktemp("release")
+    data = tmp / "prepared"
+    data.mkdir()
+    np.save(data / "images_32.npy", blob_images(40, 11))
+    export_generator(tiny_generator(), tmp / "export", metadata={"kimg": 1.5})
+    torch.manual_seed(0)
+    save_pokedex(DexNet(4, width=8), tmp / "pokedex", [1, 2, 4, 7], NAMES, {"top1": 0.5, "top5": 1.0})
+    cfg = EvaluateConfig(num_samples=16, num_real=24, batch_size=16, kid_subsets=5, kid_subset_size=8,
+                         novelty_samples=4, report_grid_size=4, interpolation_steps=2, cache_dir=str(tmp / "cache"))
+    root = tmp / "pretrained"
+    release.package(tmp / "export", "toy", pokedex_dir=tmp / "pokedex", data_root=data, eval_cfg=cfg,
+                    record={"kimg": 1.5, "description": "a toy", "limits": ["tiny"], "training": {"kimg": 1.5}},
+                    root=root, log=lambda _: None)
+    return root
+
+
+def test_package_writes_a_checked_folder(shipped: Path) -> None:
+    folder = shipped / "toy"
+    for name in ("generator.safetensors", "generator.json", "pokedex/pokedex.safetensors", "grid.png",
+                 "samples.png", "nearest.png", "release.json", "README.md", "looks_like.json"):
+        assert (folder / name).is_file(), name
+    entry = pretrained.index(shipped)["toy"]
+    assert entry["kimg"] == 1.5 and "generator.safetensors" in entry["files"]
+    assert pretrained.folder("pretrained:toy", shipped) == folder
+    header = json.loads((folder / "generator.json").read_text())
+    assert header["metadata"]["storage"] == "fp16"
+    G = pretrained.load("pretrained:toy", root=shipped)
+    assert next(G.parameters()).dtype == torch.float32  # fp16 storage, fp32 compute
+    card = (folder / "README.md").read_text()
+    assert "pretrained:toy" in card and "fd_dex" in card and "grid.png" in card and "- tiny" in card
+    metrics = json.loads((folder / "release.json").read_text())["metrics"]
+    assert "fd_dex" in metrics and "recall_dex" in metrics
+
+
+def test_committed_grid_is_redrawn_bit_for_bit(shipped: Path) -> None:
+    from PIL import Image
+
+    from stylegan import sampling
+
+    G = pretrained.load("pretrained:toy", root=shipped)
+    images = sampling.generate(G, seeds=release.GRID_SEEDS, truncation_psi=release.GRID_PSI)
+    drawn = np.asarray(sampling.image_grid(images, cols=8))
+    assert np.array_equal(drawn, np.asarray(Image.open(shipped / "toy" / "samples.png").convert("RGB")))
+
+
+def test_damaged_or_swapped_files_are_refused(shipped: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "pretrained"
+    shutil.copytree(shipped, root)
+    weights = root / "toy" / "generator.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(pretrained.PretrainedError, match=r"sha256 .* the index says .*git checkout"):
+        pretrained.load("pretrained:toy", root=root)
+    shutil.copyfile(shipped / "toy" / "generator.safetensors", weights)
+    pretrained.load("pretrained:toy", root=root)  # restored: loads again
+    (root / "toy" / "pokedex" / "pokedex.safetensors").write_bytes(weights.read_bytes())  # another file swapped in
+    with pytest.raises(pretrained.PretrainedError, match="damaged or swapped"):
+        pretrained.pokedex_dir("pretrained:toy", root)
+    with pytest.raises(pretrained.PretrainedError, match=r"no shipped model 'nope'.*toy"):
+        pretrained.folder("pretrained:nope", root)
+
+
+def test_cli_models_sample_explain_and_evaluate(shipped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(pretrained, "ROOT", shipped)
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert "pretrained:toy" in listed and "fd_dex" in listed and "--explain" in listed
+    out = tmp_path / "samples"
+    assert main(["sample", "--model", "pretrained:toy", "--seeds", "0-3", "--explain", "--out", str(out),
+                 "--grid", str(tmp_path / "grid.png")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "looks_like.json").read_text())
+    assert sorted(report["samples"]) == ["0", "1", "2", "3"] and (out / "seed0000.png").is_file()
+    first = report["samples"]["0"]
+    assert f"seed 0: {first['name']} (looks like" in printed and first["looks_like"][0]["name"] in NAMES
+    assert (tmp_path / "grid.png").is_file()
+    # The same seed gets the same name every time.
+    assert main(["sample", "--model", "pretrained:toy", "--seeds", "0", "--explain", "--out",
+                 str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "looks_like.json").read_text())["samples"]["0"] == first
+    # --explain without any Pokédex: one clear line.
+    export_generator(tiny_generator(), tmp_path / "plain")
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", "--model", str(tmp_path / "plain"), "--seeds", "0", "--explain", "--out",
+                 str(tmp_path / "s3")]) == 2
+    assert "--explain needs a Pokédex" in capsys.readouterr().err
+    assert main(["sample", "--model", "pretrained:nope", "--seeds", "0", "--out", str(tmp_path / "s4")]) == 2
+    assert "no shipped model 'nope'" in capsys.readouterr().err

@@ -87,7 +87,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_steps": 1, "compile_warmup_steps": 2, "eager_timeout_s": 300.0, "compile_timeout_s": 600.0,
             "eager_cap_s": 600.0, "train_resolution": 16, "train_batches": {8: 4, 16: 4}, "train_lr": 0.002,
             "train_s": args.train_s or 3.0, "train_reserve_s": 20.0, "eval_reserve_s": 15.0, "fd_samples": 16,
-            "fd_batch": 16, "grid_seeds": list(range(8)), "threads": 1,
+            "fd_batch": 16, "grid_seeds": list(range(8)), "threads": 1, "projected_input": 32,
         }
     resolutions = args.resolutions or [64, 128, 256]
     return {
@@ -101,6 +101,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "train_batches": {r: b for r, b in paper_batches.items() if r <= 64}, "train_lr": float(paper["lr"]),
         "train_s": args.train_s, "train_reserve_s": 120.0, "eval_reserve_s": 75.0, "fd_samples": 10000,
         "fd_batch": 250, "grid_seeds": list(range(64)), "threads": 0,
+        # The projected D's rows: the official input size (Projected GAN resizes everything D sees to 224).
+        "projected_input": 224,
     }
 
 
@@ -116,10 +118,12 @@ def amp_setting(name: str) -> Any:
         return name != "none"
 
 
-def _model_cfg(s: dict[str, Any], resolution: int) -> Any:
+def _model_cfg(s: dict[str, Any], resolution: int, discriminator: str = "progan") -> Any:
     from stylegan.config import ModelConfig, from_dict
 
-    return from_dict(ModelConfig, {**s["model"], "max_resolution": resolution}, "model")
+    extra = {} if discriminator == "progan" else {"discriminator": discriminator,
+                                                   "projected_input": s.get("projected_input", 224)}
+    return from_dict(ModelConfig, {**s["model"], "max_resolution": resolution, **extra}, "model")
 
 
 def _finite(x: Any) -> bool:
@@ -205,10 +209,12 @@ def _synthetic_data(root: Path, resolution: int, n: int) -> Path:
     return folder
 
 
-def hand_flops(s: dict[str, Any], resolution: int, batch: int) -> float:
-    """FLOPs per step counted by hand from the layer shapes (benchmarks/flops.py)."""
+def hand_flops(s: dict[str, Any], resolution: int, batch: int, discriminator: str = "progan") -> float | None:
+    """FLOPs per step counted by hand from the layer shapes (benchmarks/flops.py; the progan D only)."""
     from benchmarks.flops import hand_step_flops
 
+    if discriminator != "progan":
+        return None
     return float(hand_step_flops(_model_cfg(s, resolution), resolution, batch, s["r1_interval"])["total"])
 
 
@@ -222,7 +228,8 @@ def flop_check(counted: float | None, hand: float | None) -> str | None:
     return None
 
 
-def bench_config(spec: dict[str, Any], s: dict[str, Any], work: Path, flops_cache: dict[int, float]) -> dict[str, Any]:
+def bench_config(spec: dict[str, Any], s: dict[str, Any], work: Path,
+                 flops_cache: dict[tuple[int, str], float]) -> dict[str, Any]:
     """Measure one configuration; returns its record (raises on a failure of the timing itself)."""
     import torch
 
@@ -237,11 +244,15 @@ def bench_config(spec: dict[str, Any], s: dict[str, Any], work: Path, flops_cach
         raise RuntimeError(f"injected failure ({FAIL_ENV}={spec['name']})")
     device = _device_setup(s)
     res, batch = spec["resolution"], spec["batch_size"]
-    model_cfg = _model_cfg(s, res)
+    disc = spec.get("discriminator", "progan")
+    model_cfg = _model_cfg(s, res, disc)
     data = _synthetic_data(work, res, max(4 * batch, 64))
+    # The projected D's official loss: hinge, no R1 (Projected GAN's training/loss.py).
+    loss = {} if disc == "progan" else {"loss": "hinge", "r1_gamma": 0.0} if disc == "projected" else {}
     train_cfg = TrainConfig(
         start_resolution=res, max_resolution=res, batch_size=batch, r1_interval=s["r1_interval"],
         amp=amp_setting(spec["amp"]), compile=spec["compile"], channels_last=s["channels_last"], device=s["device"],
+        **loss,
     )
     if spec["compile"]:
         # Graphs of earlier configurations would count against dynamo's recompile limit (past it,
@@ -291,24 +302,25 @@ def bench_config(spec: dict[str, Any], s: dict[str, Any], work: Path, flops_cach
     try:
         if "flops" in hooks:
             raise RuntimeError(f"injected FLOP-counter failure ({FAIL_ENV}=flops)")
-        if res not in flops_cache:
+        key = (res, disc)
+        if key not in flops_cache:
             counted = trainer
             if spec["compile"]:  # compiled graphs bypass the counter: an eager twin runs the same math
                 counted = Trainer(model_cfg, replace(train_cfg, compile=False), data,
                                   work / f"run-{spec['name']}-eager")
             try:
-                flops_cache[res] = train_step_flops(counted)
+                flops_cache[key] = train_step_flops(counted)
             finally:
                 if counted is not trainer:
                     _close(counted)
                 del counted
-        flops: float | None = flops_cache[res]
+        flops: float | None = flops_cache[key]
     except Exception as exc:
         flops = None
         record["flops_error"] = _one_line(exc)
         traceback.print_exc()
     try:
-        hand = hand_flops(s, res, batch)
+        hand = hand_flops(s, res, batch, disc)
     except Exception as exc:
         hand = None
         record["hand_flops_error"] = _one_line(exc)
@@ -338,7 +350,7 @@ def bench_worker(spec_file: Path, events: Path) -> int:
     """Run the configurations of ``spec_file`` in order, appending start/done events to ``events``."""
     job = json.loads(spec_file.read_text())
     s, work = job["settings"], Path(job["work"])
-    flops_cache: dict[int, float] = {}
+    flops_cache: dict[tuple[int, str], float] = {}
     with events.open("a") as log:
         for spec in job["configs"]:
             log.write(json.dumps({"event": "start", "name": spec["name"], "t": time.time()}) + "\n")
@@ -623,7 +635,7 @@ def run_benchmarks(configs: list[dict[str, Any]], s: dict[str, Any], deadline: f
     return [records[c["name"]] for c in configs]
 
 
-def _priority(c: dict[str, Any], top: int) -> tuple[int, int]:
+def _priority(c: dict[str, Any], top: int) -> tuple[int, int, int]:
     """What the budget runs first: every eager row (bf16 first: quick, and it fills the FLOP
     counts), then compiled bf16 at the top resolution (the s/kimg and MFU targets), the other
     compiled bf16 ones, compiled fp32 last. A slow inductor compile never costs an eager row."""
@@ -633,7 +645,8 @@ def _priority(c: dict[str, Any], top: int) -> tuple[int, int]:
         rank = 2 if c["resolution"] == top else 3
     else:
         rank = 4
-    return rank, c["resolution"]
+    # Within a rank, the progan rows first (the release training's speed comes from them).
+    return rank, int(c.get("discriminator", "progan") != "progan"), c["resolution"]
 
 
 def _spec(configs: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -651,7 +664,7 @@ def _say_record(r: dict[str, Any], say: Any) -> None:
     prec = r.get("precision", r["amp"])
     head = f"{r['resolution']:>4} {r['batch_size']:>5} {prec:>5} {'on' if r['compile'] else 'off':>7}"
     if r["status"] != "ok":
-        say(f"{head}  {r['status'].upper()}: {r.get('error')}")
+        say(f"{head}  {r['status'].upper()} ({r.get('discriminator', 'progan')} D): {r.get('error')}")
         return
 
     def pct(x: Any) -> str:
@@ -664,7 +677,7 @@ def _say_record(r: dict[str, Any], say: Any) -> None:
     mem = r["peak_mem_bytes"] if mem is None else mem
     say(f"{head} {r['sec_per_kimg']:>8.2f} {r['img_per_s']:>9.1f} {mem / 2**30:>8.2f} "
         f"{num(r.get('gflop_per_step'), 10)} {num(r.get('hand_gflop_per_step'), 10)} {num(r.get('tflops'), 8)} "
-        f"{pct(r.get('mfu'))} {pct(r.get('mfu_measured'))}")
+        f"{pct(r.get('mfu'))} {pct(r.get('mfu_measured'))} {r.get('discriminator', 'progan'):>9}")
     for key in ("flop_warning", "flops_error"):
         if r.get(key):
             say(f"     ! {r['name']}: {r[key]}")
@@ -776,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", default="bf16,none", help="comma list of none|bf16")
     p.add_argument("--compile", default="off", help="comma list of off|on (the compiled rows: docs/gpu.md)")
     p.add_argument("--r1-interval", type=int, default=4, help="lazy R1 interval (params-gpu.yaml: 4)")
+    p.add_argument("--discriminator", default="progan,projected",
+                   help="comma list of progan|projected|both: which D each row trains (projected: input 224, hinge, "
+                        "no R1; bf16 eager rows only)")
     p.add_argument("--no-train", action="store_true", help="only the throughput table")
     p.add_argument("--prepare-only", action="store_true",
                    help="only prepare the training sprites (ahead of a GPU session; later checks reuse them)")
@@ -851,12 +867,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.budget_s:.0f} s; results in {out_dir}")
     if args.cpu_quick:
         say(f"# load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machines skew CPU figures)")
+    discs = [d for d in args.discriminator.split(",") if d]
+    bad = [d for d in discs if d not in ("progan", "projected", "both")]
+    if bad or not discs:
+        p.error(f"--discriminator takes a comma list of progan, projected, both; got {args.discriminator!r}")
     configs = [
-        {"name": f"r{r}-{a}-{'compile' if c == 'on' else 'eager'}", "resolution": r, "batch_size": s["batch_sizes"][r],
-         "amp": a, "compile": c == "on"}
+        {"name": f"r{r}-{a}-{'compile' if c == 'on' else 'eager'}{'' if d == 'progan' else '-' + d}", "resolution": r,
+         "batch_size": s["batch_sizes"][r], "amp": a, "compile": c == "on", "discriminator": d}
         for c in compiles
         for a in amps
+        for d in discs
         for r in s["resolutions"]
+        # The projected rows: bf16 eager only (the GPU option's speed; its compiled rows are a later question).
+        if d == "progan" or (a == "bf16" and c != "on")
     ]
     configs.sort(key=lambda c: _priority(c, max(s["resolutions"])))
     result: dict[str, Any] = {
@@ -928,7 +951,7 @@ def _measure_all(args: argparse.Namespace, s: dict[str, Any], configs: list[dict
     result["train_reserve_s"] = reserve
 
     say(f"{'res':>4} {'batch':>5} {'prec':>5} {'compile':>7} {'s/kimg':>8} {'img/s':>9} {'peak GiB':>8} "
-        f"{'GFLOP/step':>10} {'hand GFLOP':>10} {'TFLOP/s':>8} {'MFU':>6} {'MFUm':>6}")
+        f"{'GFLOP/step':>10} {'hand GFLOP':>10} {'TFLOP/s':>8} {'MFU':>6} {'MFUm':>6} {'D':>9}")
     result["benchmarks"] = run_benchmarks(configs, s, bench_deadline, work, logs, say)
     result["benchmarks_s"] = time.time() - t_start
     if not args.no_train:
@@ -967,7 +990,8 @@ def _speed_for_schedule(s: dict[str, Any], benchmarks: list[dict[str, Any]]) -> 
     """s/kimg at the training resolution in bf16 eager, from the table (or a cautious guess)."""
     res = s["train_resolution"]
     for r in benchmarks:
-        if r["status"] == "ok" and r["resolution"] == res and r["amp"] == "bf16" and not r["compile"]:
+        if (r["status"] == "ok" and r["resolution"] == res and r["amp"] == "bf16" and not r["compile"]
+                and r.get("discriminator", "progan") == "progan"):  # the release trains the progan D
             return float(r["sec_per_kimg"]), f"measured ({r['name']})"
     return (5.0 if s["device"] == "cpu" else 2.0), "not measured: a cautious guess"
 

@@ -36,11 +36,14 @@ def test_cpu_quick_mode_writes_every_figure_and_survives_failing_configs(tmp_pat
     assert _finite_positive(result["peak_tflops"]) and "measured" in result["peak_source"]
 
     by_name = {r["name"]: r for r in result["benchmarks"]}
-    assert list(by_name) == ["r8-bf16-eager", "r16-bf16-eager", "r8-none-eager", "r16-none-eager"]
+    # Every progan row first, then the projected D's (bf16 eager only), then fp32.
+    assert list(by_name) == ["r8-bf16-eager", "r16-bf16-eager", "r8-bf16-eager-projected",
+                             "r16-bf16-eager-projected", "r8-none-eager", "r16-none-eager"]
     assert by_name["r8-bf16-eager"]["status"] == "error" and "exited with code 3" in by_name["r8-bf16-eager"]["error"]
     assert by_name["r8-none-eager"]["status"] == "error" and "injected failure" in by_name["r8-none-eager"]["error"]
     ok = [r for r in result["benchmarks"] if r["status"] == "ok"]
-    assert [r["name"] for r in ok] == ["r16-bf16-eager", "r16-none-eager"]
+    assert [r["name"] for r in ok] == ["r16-bf16-eager", "r8-bf16-eager-projected", "r16-bf16-eager-projected",
+                                       "r16-none-eager"]
     for r in ok:
         bad = {k: r.get(k) for k in FIGURES if not _finite_positive(r.get(k))}
         assert not bad, f"{r['name']}: {bad}"
@@ -48,7 +51,13 @@ def test_cpu_quick_mode_writes_every_figure_and_survives_failing_configs(tmp_pat
         assert r["tflops"] == pytest.approx(r["gflop_per_step"] / 1e3 / r["sec_per_step"])
         assert r["mfu"] == pytest.approx(r["tflops"] / result["peak_tflops"])
     # Same model math whatever the precision: the FLOP count does not depend on amp.
-    assert ok[0]["gflop_per_step"] == pytest.approx(ok[1]["gflop_per_step"])
+    assert by_name["r16-bf16-eager"]["gflop_per_step"] == pytest.approx(by_name["r16-none-eager"]["gflop_per_step"])
+    # The projected rows train another D (counted, never hand-counted) and say which.
+    for name in ("r8-bf16-eager-projected", "r16-bf16-eager-projected"):
+        r = by_name[name]
+        assert r["discriminator"] == "projected" and r["hand_gflop_per_step"] is None
+    assert by_name["r16-bf16-eager-projected"]["gflop_per_step"] != pytest.approx(
+        by_name["r16-bf16-eager"]["gflop_per_step"], rel=0.05)
 
     t = result["training"]
     assert t["status"] == "ok" and t["resolution"] == 16 and t["images"] > 10
@@ -112,10 +121,11 @@ def test_documented_kit_command_runs_end_to_end_on_the_cpu(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (path,) = out.glob("gpu_check-*-cpu-quick.json")
     result = json.loads(path.read_text())
-    assert [r["status"] for r in result["benchmarks"]] == ["ok"] * 4
+    assert [r["status"] for r in result["benchmarks"]] == ["ok"] * 6
     for r in result["benchmarks"]:
         assert r["precision"] == {"bf16": "bf16", "none": "fp32"}[r["amp"]] and r["flop_warning"] is None
-        assert r["hand_gflop_per_step"] == pytest.approx(r["gflop_per_step"], rel=0.2)
+        if r["discriminator"] == "progan":
+            assert r["hand_gflop_per_step"] == pytest.approx(r["gflop_per_step"], rel=0.2)
         assert _finite_positive(r["mfu_measured"])
     t = result["training"]
     assert t["status"] == "ok" and t["images"] == 48 and "GPU kit's 48 of 48 sprites" in t["fd_reference"]

@@ -101,6 +101,8 @@ def test_explain_is_deterministic_and_names_the_top_two(pokedex_dir: Path) -> No
 @pytest.mark.parametrize(("a", "b", "name"), [("Bulbasaur", "Charmander", "Bulbamander"),
                                               ("Pikachu", "Squirtle", "Pikaquirtle"),
                                               ("Nidoran♀", "Zubat", "Nidobat"),
-                                              ("Eevee", "Eevee", "Eevee")])
+                                              ("Eevee", "Eevee", "Eevee"),
+                                              ("Rotom (Wash)", "Bulbasaur", "Robasaur"),  # the form is not blended
+                                              ("Venusaur", "Rotom (Heat)", "Venutom")])
 def test_portmanteau(a: str, b: str, name: str) -> None:
     assert portmanteau(a, b) == name

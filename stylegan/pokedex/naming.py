@@ -13,7 +13,8 @@ _VOWELS = set("aeiouy")
 
 
 def _letters(name: str) -> str:
-    return re.sub(r"[^a-z]", "", name.lower())
+    # "Rotom (Wash)": the form is not part of the name to blend.
+    return re.sub(r"[^a-z]", "", re.sub(r"\(.*?\)", "", name).lower())
 
 
 def _vowel_groups(word: str) -> list[tuple[int, int]]:

@@ -413,8 +413,12 @@ def resolve_init_from(client: Any, params: dict[str, Any], root: Path, registry_
         params["train"]["init_from"] = str(target)
         tags.update({"parent.model_uri": str(spec), "parent.version": f"{mv.name}/{mv.version}",
                      "parent.run_id": str(mv.run_id or "")})
-    source = read_init_source(resolve(root, params["train"]["init_from"]))
+    spec_now = str(params["train"]["init_from"])
+    shipped = spec_now.startswith("pretrained:")
+    source = read_init_source(spec_now if shipped else resolve(root, spec_now))
     params["train"]["init_from"] = str(source.path)
+    if shipped:
+        tags["parent.pretrained"] = spec_now
     tags.update({"parent.sha256": source.sha256, "parent.kind": source.kind,
                  "parent.resolution": str(source.resolution)})
     if "parent.version" not in tags and source.kind == "export":

@@ -4,7 +4,8 @@ A source is a local path: a training checkpoint (``.pt``: G, G_ema, D and w_avg)
 generator (a folder with ``generator.safetensors`` + ``generator.json``, or the file itself:
 G_ema only, which then initialises both G and G_ema, and D starts from random weights). A
 registry URI (``models:/NAME@ALIAS``) is resolved to an export folder by the train flow, which
-owns MLflow; the library only ever sees the path.
+owns MLflow; the library only ever sees the path. A shipped model (``pretrained:NAME``) is its
+folder in the repo, sha256-checked against ``pretrained/index.json`` first.
 
 The new run's schedule starts at the source's resolution: ``start_resolution`` is replaced by
 it, so the run first trains ``stab_kimg`` there without a fade (the source is fully faded in),
@@ -22,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from stylegan import pretrained
 from stylegan.checkpoint import CheckpointError, load_checkpoint, read_generator_info
 from stylegan.config import ModelConfig, TrainConfig, from_dict
 from stylegan.io import sha256_file
@@ -43,11 +45,14 @@ class InitSource:
 
 def read_init_source(path: str | Path) -> InitSource:
     """Describe a fine-tuning source (reads configs and hashes, not the weights of an export)."""
+    if pretrained.is_pretrained(str(path)):
+        path = pretrained.folder(str(path))  # unknown name or a damaged file: refused here
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(
             f"train.init_from {str(path)!r} does not exist; give a training checkpoint (.pt), an export folder "
-            "(generator.safetensors + generator.json), or, through the train flow, models:/NAME@ALIAS"
+            "(generator.safetensors + generator.json), pretrained:NAME (`pokegan models`), or, through the "
+            "train flow, models:/NAME@ALIAS"
         )
     if p.is_file() and p.suffix == ".pt":
         state = load_checkpoint(p)

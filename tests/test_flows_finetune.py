@@ -52,3 +52,25 @@ def test_finetune_from_the_registry_and_train_longer(tmp_path: Path, mlflow_stor
     with pytest.raises(registry.RegistryError, match="has no alias 'nope'"):
         train_flow(params_path="params.yaml", root=str(tmp_path),
                    overrides=["train.init_from=models:/pokemon-stylegan@nope"])
+
+
+def test_a_shipped_init_from_keeps_its_name_in_the_lineage(tmp_path: Path, mlflow_store: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.init_from: pretrained:NAME becomes the checked folder in the params, and the run's
+    lineage tags name the shipped model and its weights' sha256."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.train import resolve_init_from
+    from stylegan import pretrained
+    from stylegan.checkpoint import export_generator
+    from stylegan.io import sha256_file
+    from tests.helpers import tiny_generator
+
+    folder = export_generator(tiny_generator(8), tmp_path / "shipped" / "toy").parent
+    seen: list[str] = []
+    monkeypatch.setattr(pretrained, "folder", lambda spec, root=None, verify=True: seen.append(spec) or folder)
+    params = {"train": {"init_from": "pretrained:toy"}}
+    tags = resolve_init_from(MlflowClient(mlflow_store), params, tmp_path, "pokemon-stylegan")
+    assert seen == ["pretrained:toy"] and params["train"]["init_from"] == str(folder)
+    assert tags["parent.pretrained"] == "pretrained:toy" and tags["parent.init_from"] == "pretrained:toy"
+    assert tags["parent.sha256"] == sha256_file(folder / "generator.safetensors") and tags["parent.kind"] == "export"

@@ -115,3 +115,26 @@ def test_cli_models_sample_explain_and_evaluate(shipped: Path, tmp_path: Path, m
     assert "--explain needs a Pokédex" in capsys.readouterr().err
     assert main(["sample", "--model", "pretrained:nope", "--seeds", "0", "--out", str(tmp_path / "s4")]) == 2
     assert "no shipped model 'nope'" in capsys.readouterr().err
+
+
+def test_finetune_starts_from_a_shipped_model(shipped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.init_from: pretrained:NAME is the checked folder: G and G_ema start from its (fp16-stored)
+    weights, the schedule starts at its resolution, and a damaged file is refused before training."""
+    from stylegan.training import Trainer
+    from stylegan.transfer import read_init_source
+    from tests.helpers import tiny_train_config, write_toy_data
+
+    monkeypatch.setattr(pretrained, "ROOT", shipped)
+    source = read_init_source("pretrained:toy")
+    assert source.path == shipped / "toy" and source.kind == "export" and source.resolution == 32
+    assert source.sha256 == pretrained.index(shipped)["toy"]["files"]["generator.safetensors"]
+    data = write_toy_data(tmp_path / "data", (32,), n=8)
+    t = tiny_train_config(max_resolution=32, init_from="pretrained:toy", stab_kimg=0.008, snapshot_kimg=1.0,
+                          grid_seeds=[0])
+    ft = Trainer(source.model_config, t, data, tmp_path / "ft")
+    assert [s.resolution for s in ft.stages] == [32] and not ft.D_from_source
+    shipped_G = pretrained.load("pretrained:toy")
+    for k, v in shipped_G.state_dict().items():
+        assert torch.equal(ft.G_ema.state_dict()[k], v), k
+    with pytest.raises(pretrained.PretrainedError, match="no shipped model 'nope'"):
+        read_init_source("pretrained:nope")

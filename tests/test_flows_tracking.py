@@ -157,3 +157,19 @@ def test_registry_errors_name_what_exists(mlflow_store: str, tmp_path: Path) -> 
         registry.resolve_version(client, "models:/gan/7")
     with pytest.raises(ValueError, match="not a registry URI"):
         registry.resolve_version(client, "runs:/abc/generator")
+
+
+def test_a_run_shorter_than_the_sampling_interval_still_logs_system_metrics(
+        mlflow_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # MLflow's monitor publishes only after a full interval; a quick training must not end up with none.
+    from mlflow import MlflowClient
+
+    from flows.tracking import runs
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "60")
+    client = MlflowClient(mlflow_store)
+    run_id = client.create_run(client.create_experiment("short")).info.run_id
+    with runs.system_metrics(run_id, mlflow_store):
+        pass
+    metrics = client.get_run(run_id).data.metrics
+    assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)

@@ -142,7 +142,8 @@ def test_pipeline_runs_on_the_team_servers(team: dict[str, Any], monkeypatch: py
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_G")][-1] == 96
-    assert "eval.fd_effnet" in run.data.metrics and "system/cpu_utilization_percentage" in run.data.metrics
+    assert "eval.fd_effnet" in run.data.metrics, sorted(run.data.metrics)
+    assert "system/cpu_utilization_percentage" in run.data.metrics, sorted(run.data.metrics)
     digest = datasets.dvc_tree_hash(team["project"] / "data" / "prepared")
     inputs = {(i.dataset.name, i.dataset.digest, i.tags[0].value) for i in run.inputs.dataset_inputs}
     assert inputs == {("sprites", digest, "training"), ("sprites (evaluation)", digest, "evaluation")}

@@ -4,9 +4,11 @@ the runs whose process died without a word (SIGKILL, OOM) or whose Prefect flow 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,7 +92,8 @@ def system_metrics(run_id: str, tracking_uri: str) -> Iterator[Any]:
     """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU via pynvml) for ``run_id``.
 
     Sampling interval: ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (MLflow's default 10);
-    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it off. A resumed run continues its steps.
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it off. A resumed run continues its steps;
+    a run shorter than one interval still logs one sample.
     """
     if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() in ("false", "0", "no"):
         yield None
@@ -103,7 +106,15 @@ def system_metrics(run_id: str, tracking_uri: str) -> Iterator[Any]:
         monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
                                        resume_logging=True, tracking_uri=tracking_uri)
     monitor.start()
+    started = time.monotonic()
     try:
         yield monitor
     finally:
         monitor.finish()
+        if time.monotonic() - started < interval:
+            # MLflow's loop logs only after a full interval: a shorter run would have no system
+            # metrics at all, so it gets one sample, taken now that the loop has stopped.
+            with contextlib.suppress(Exception):
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()

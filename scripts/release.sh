@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The release training: params.yaml + params-release.yaml on the default sprites, in the
 # background-friendly way (nice, checkpointed every snapshot_kimg; rerun to resume). Then
-# `pokegan release --run runs/release` packages pretrained/<name>/ (docs/pretrained.md).
+# `pokegan release --export runs/release/export --name NAME --run-dir runs/release` packages
+# pretrained/NAME/ (`pokegan release --help`).
 # Extra arguments go to `pokegan train` (e.g. `--threads 1` on a busy machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."

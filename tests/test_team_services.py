@@ -165,8 +165,10 @@ def test_pipeline_runs_on_the_team_servers(team: dict[str, Any], monkeypatch: py
     assert G.img_resolution == 16 and G.registry_version == "1"
 
     # It all lives in PostgreSQL.
-    assert _pg(team, "mlflow", "SELECT count(*) FROM runs") == 1
-    assert _pg(team, "mlflow", "SELECT count(*) FROM model_versions") == 1
+    # The training run and the pokedex stage's run; pokemon-stylegan v1 and pokemon-pokedex v1.
+    assert _pg(team, "mlflow", "SELECT count(*) FROM runs") == 2
+    assert _pg(team, "mlflow", "SELECT count(*) FROM model_versions") == 2
+    assert client.get_registered_model("pokemon-pokedex").aliases == {"current": "1"}
     assert _pg(team, "prefect", "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'") >= 2
 
 

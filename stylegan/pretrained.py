@@ -36,8 +36,9 @@ def index(root: Path | None = None) -> dict[str, dict[str, Any]]:
     """name -> its index entry (description, resolution, files: {relative path: sha256}, ...)."""
     path = (root or ROOT) / INDEX_NAME
     if not path.is_file():
-        raise PretrainedError(f"no shipped models: {path} is missing (a source checkout has it; "
-                              "reinstall with `pip install -e .` from the repository)")
+        raise PretrainedError(f"no shipped models: {path} is missing (none is packaged in this checkout yet: "
+                              "`bash scripts/release.sh`, then `pokegan release --export runs/release/export "
+                              "--name NAME`; or give --model an export folder or models:/NAME@ALIAS)")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

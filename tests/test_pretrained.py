@@ -138,3 +138,8 @@ def test_finetune_starts_from_a_shipped_model(shipped: Path, tmp_path: Path, mon
         assert torch.equal(ft.G_ema.state_dict()[k], v), k
     with pytest.raises(pretrained.PretrainedError, match="no shipped model 'nope'"):
         read_init_source("pretrained:nope")
+
+
+def test_a_checkout_without_shipped_models_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(pretrained.PretrainedError, match=r"index\.json is missing.*scripts/release\.sh"):
+        pretrained.folder("pretrained:sprites-32", tmp_path)

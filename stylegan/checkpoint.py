@@ -100,9 +100,11 @@ TRAINING_CODE = ("layers.py", "networks.py", "losses.py", "schedule.py", "traini
 # past TRAINING_CODE are read by training but do not decide the weights it computes, so they
 # are not hashed into the run key: config.py's defaults reach it through the params hash, and
 # checkpoint.py, io.py (file formats), sampling.py (snapshot grids) and shared.py (the stage
-# result record) are bookkeeping. Editing one reruns the DVC stage, which finds its run folder
+# result record) are bookkeeping, and pretrained.py only finds a shipped source (whose sha256 the
+# run key holds). Editing one reruns the DVC stage, which finds its run folder
 # and resumes or skips; editing TRAINING_CODE starts a fresh run.
-TRAIN_STAGE_CODE = (*TRAINING_CODE, "config.py", "checkpoint.py", "io.py", "sampling.py", "shared.py")
+TRAIN_STAGE_CODE = (*TRAINING_CODE, "config.py", "checkpoint.py", "io.py", "sampling.py", "shared.py",
+                    "pretrained.py")
 
 
 def code_fingerprint() -> str:

@@ -386,6 +386,7 @@ def resolve_init_from(client: Any, params: dict[str, Any], root: Path, registry_
     is; its parent version is found by its weights' hash when the registry holds it."""
     import mlflow
 
+    from stylegan import pretrained
     from stylegan.transfer import read_init_source
 
     spec = (params.get("train") or {}).get("init_from")
@@ -414,7 +415,7 @@ def resolve_init_from(client: Any, params: dict[str, Any], root: Path, registry_
         tags.update({"parent.model_uri": str(spec), "parent.version": f"{mv.name}/{mv.version}",
                      "parent.run_id": str(mv.run_id or "")})
     spec_now = str(params["train"]["init_from"])
-    shipped = spec_now.startswith("pretrained:")
+    shipped = pretrained.is_pretrained(spec_now)
     source = read_init_source(spec_now if shipped else resolve(root, spec_now))
     params["train"]["init_from"] = str(source.path)
     if shipped:

@@ -88,6 +88,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
             "eager_cap_s": 600.0, "train_resolution": 16, "train_batches": {8: 4, 16: 4}, "train_lr": 0.002,
             "train_s": args.train_s or 3.0, "train_reserve_s": 20.0, "eval_reserve_s": 15.0, "fd_samples": 16,
             "fd_batch": 16, "grid_seeds": list(range(8)), "threads": 1, "projected_input": 32,
+            "release_model": model,
         }
     resolutions = args.resolutions or [64, 128, 256]
     return {
@@ -103,6 +104,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "fd_batch": 250, "grid_seeds": list(range(64)), "threads": 0,
         # The projected D's rows: the official input size (Projected GAN resizes everything D sees to 224).
         "projected_input": 224,
+        # The release generator ships in the repository (at most 20 MB): half the paper's widths
+        # (256 channels up to 32x32, 128 at 64x64) is 9.0M parameters, 17.3 MiB in fp16; the
+        # paper's 8-layer 512-wide mapping network stays.
+        "release_model": {"fmap_base": 4096, "fmap_max": 256},
     }
 
 
@@ -430,7 +435,8 @@ def release_worker(job_file: Path, out_file: Path) -> int:
         "run_dir": str(run_dir),
     }
     record["images"] = int(np.load(data / f"images_{res}.npy", mmap_mode="r").shape[0])
-    model_cfg = _model_cfg(s, res)
+    model_cfg = _model_cfg({**s, "model": s.get("release_model", s["model"])}, res)
+    record["model"] = s.get("release_model", s["model"])
     train_cfg = TrainConfig(
         start_resolution=start, max_resolution=res, final_kimg=1e6, batch_size=batches[res], batch_sizes=batches,
         lr=s["train_lr"], r1_interval=s["r1_interval"], ema_kimg=10.0, ema_rampup=0.05, amp=amp_setting("bf16"),
@@ -512,9 +518,27 @@ def write_shards(export_dir: Path, out_dir: Path, max_bytes: int = SHARD_BYTES) 
         (out_dir / name).write_bytes(blob)
         shards.append({"file": name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
                        "tensors": sorted(group)})
-    shutil.copyfile(export_dir / "generator.json", out_dir / "generator.json")
-    (out_dir / "shards.json").write_text(json.dumps({"dtype": "float16", "shards": shards}, indent=2) + "\n")
+    # The index lives in generator.json: the device tool brings back at most 8 files, and a
+    # separate shards.json was the ninth on the first H200 run.
+    info = json.loads((export_dir / "generator.json").read_text())
+    info["fp16_shards"] = {"dtype": "float16", "shards": shards}
+    (out_dir / "generator.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return [{k: v for k, v in sh.items() if k != "tensors"} for sh in shards]
+
+
+def release_index(release_dir: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shard list (file, sha256) of a release folder: from its generator.json, else from an
+    older run's shards.json, else from the run's JSON record one folder up (the first H200 run's
+    shards.json did not come back: it was over the device tool's 8-file limit)."""
+    if "fp16_shards" in info:
+        return list(info["fp16_shards"]["shards"])
+    if (release_dir / "shards.json").is_file():
+        return list(json.loads((release_dir / "shards.json").read_text())["shards"])
+    for record in sorted(release_dir.parent.glob("gpu_check-*.json")):
+        shards = json.loads(record.read_text()).get("training", {}).get("shards")
+        if shards:
+            return list(shards)
+    raise KeyError(f"no fp16_shards in generator.json, no shards.json, no gpu_check-*.json in {release_dir.parent}")
 
 
 def join_release(release_dir: Path, to: Path) -> Path:
@@ -526,17 +550,17 @@ def join_release(release_dir: Path, to: Path) -> Path:
     from stylegan.networks import Generator
 
     try:
-        index = json.loads((release_dir / "shards.json").read_text())
         info = json.loads((release_dir / "generator.json").read_text())
-    except (OSError, ValueError) as exc:
+        index = release_index(release_dir, info)
+    except (OSError, ValueError, KeyError) as exc:
         raise SystemExit(f"gpu_check: error: {release_dir} is not a release folder from the GPU check "
-                         f"(shards.json and generator.json): {exc}") from None
+                         f"(generator.json with its fp16_shards index): {exc}") from None
     tensors: dict[str, Any] = {}
-    for sh in index["shards"]:
+    for sh in index:
         blob = (release_dir / sh["file"]).read_bytes()
         if hashlib.sha256(blob).hexdigest() != sh["sha256"]:
             raise SystemExit(f"gpu_check: error: {release_dir / sh['file']} is corrupt (sha256 differs from "
-                             "shards.json); copy it again from the GPU box's --out folder")
+                             "the release's index); copy it again from the GPU box's --out folder")
         tensors.update({k: v.float() for k, v in load(blob).items()})
     cfg = from_dict(ModelConfig, info["model_config"], "model")
     G = Generator(cfg)

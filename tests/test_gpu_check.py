@@ -131,8 +131,10 @@ def test_documented_kit_command_runs_end_to_end_on_the_cpu(tmp_path: Path) -> No
     assert t["status"] == "ok" and t["images"] == 48 and "GPU kit's 48 of 48 sprites" in t["fd_reference"]
     assert isinstance(t["fd_effnet"], float) and math.isfinite(t["fd_effnet"])
     release = out / "release"
-    shards = json.loads((release / "shards.json").read_text())["shards"]
+    shards = json.loads((release / "generator.json").read_text())["fp16_shards"]["shards"]
     assert shards and all((release / sh["file"]).stat().st_size <= 16 * 2**20 for sh in shards)
+    # The device tool brings back at most 8 files from $OUT: everything the check writes must fit.
+    assert len([p for p in out.rglob("*") if p.is_file()]) <= 8
     assert (release / "grid.png").stat().st_size > 0 and (release / "generator.json").is_file()
     log = (out / "gpu_check.log").read_text()
     assert "# wrote" in log and "release training" in log and "fd_effnet" in log
@@ -295,3 +297,29 @@ def test_release_shards_fit_and_join_back(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"corrupt.*sha256"):
         join_release(tmp_path / "release", tmp_path / "joined2")
     assert not (tmp_path / "joined2").exists()
+
+
+def test_join_release_finds_the_index_in_the_run_record(tmp_path: Path) -> None:
+    """The first H200 run's release came back without its index file: the shard list in the
+    run's JSON record one folder up joins it all the same, sha256-checked."""
+    import torch
+
+    from benchmarks.gpu_check import join_release, write_shards
+    from stylegan.checkpoint import export_generator, load_generator
+    from stylegan.networks import Generator
+    from tests.helpers import tiny_model_config
+
+    torch.manual_seed(1)
+    G = Generator(tiny_model_config(z_dim=32, w_dim=32, fmap_base=64, fmap_max=32))
+    export_generator(G.eval(), tmp_path / "full", 16)
+    release = tmp_path / "out" / "release"
+    shards = write_shards(tmp_path / "full", release)
+    info = json.loads((release / "generator.json").read_text())
+    del info["fp16_shards"]
+    (release / "generator.json").write_text(json.dumps(info))
+    with pytest.raises(SystemExit, match="not a release folder"):
+        join_release(release, tmp_path / "joined")
+    (tmp_path / "out" / "gpu_check-x.json").write_text(json.dumps({"training": {"shards": shards}}))
+    join_release(release, tmp_path / "joined")
+    joined = load_generator(tmp_path / "joined").state_dict()
+    assert all(torch.equal(joined[k], v.half().float()) for k, v in G.state_dict().items())

@@ -103,7 +103,7 @@ train:
   init_from: null
   seed: 0
   device: auto
-  amp: auto
+  amp: none
   channels_last: true
   compile: false
   prefetch: true
@@ -194,7 +194,7 @@ def test_overlay_merged_onto_params_is_the_old_full_gpu_profile() -> None:
     same(merged, FROZEN_GPU_PROFILE, "params")
     # Only keys that differ: none of the overlay's values is already params.yaml's.
     assert all(base[s][k] != v for s, keys in overlay.items() for k, v in keys.items())
-    assert sum(map(len, overlay.values())) == 26
+    assert sum(map(len, overlay.values())) == 25
 
 
 def test_printed_overrides_rebuild_the_merged_config_through_set_override(capsys: pytest.CaptureFixture[str]) -> None:
@@ -259,7 +259,7 @@ def test_write_merges_atomically(tmp_path: Path, capsys: pytest.CaptureFixture[s
     params = tmp_path / "params.yaml"
     shutil.copy2(PARAMS, params)
     assert cli_main(["profile", str(OVERLAY), "--params", str(params), "--write"]) == 0
-    assert "26 keys" in capsys.readouterr().out
+    assert "25 keys" in capsys.readouterr().out
     same(load_params(params), FROZEN_GPU_PROFILE, "params")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no temp file left
 

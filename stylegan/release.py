@@ -118,6 +118,22 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def _recipe_line(train: dict[str, Any]) -> str:
+    where = (f"`params.yaml` with `{train['profile']}`" if train.get("profile")
+             else f"the settings in `release.json` (model {json.dumps(train.get('params', {}).get('model'))})")
+    return (f"- Recipe: {where} (command: `{train.get('command', 'bash scripts/release.sh')}`), code commit "
+            f"`{train.get('commit', '?')}`, seed {train.get('seed', 0)}.")
+
+
+def _compute_line(train: dict[str, Any]) -> str:
+    kimg = f"{_fmt(train.get('kimg'), 4)} kimg (thousands of images shown)"
+    if train.get("gpu_hours") is not None:
+        return (f"- Compute: {kimg} in {float(train['gpu_hours']) * 60:.1f} minutes of training on "
+                f"{train.get('machine')}.")
+    return (f"- Compute: {kimg} in {_fmt(train.get('wall_hours'))} hours of wall time and "
+            f"{_fmt(train.get('cpu_hours'))} CPU hours on {train.get('machine', 'a 2-core CPU')}.")
+
+
 def model_card(release: dict[str, Any]) -> str:
     """The shipped model's card (README.md in its folder), from its release.json."""
     m = release["metrics"]
@@ -170,11 +186,8 @@ def model_card(release: dict[str, Any]) -> str:
         "images are copyright The Pokémon Company; the package that redistributes them (PokeAPI's sprites) "
         "is CC0 for its own work. This model is a research and teaching artefact; its samples are derived from "
         "those images and carry no licence of their own from this project.",
-        f"- Recipe: `params.yaml` with `{train.get('profile', 'params-release.yaml')}` "
-        f"(command: `{train.get('command', 'bash scripts/release.sh')}`), code commit `{train.get('commit', '?')}`, "
-        f"seed {train.get('seed', 0)}.",
-        f"- Compute: {_fmt(train.get('kimg'), 4)} kimg (thousands of images shown) in {_fmt(train.get('wall_hours'))} "
-        f"hours of wall time and {_fmt(train.get('cpu_hours'))} CPU hours on {train.get('machine', 'a 2-core CPU')}.",
+        _recipe_line(train),
+        _compute_line(train),
         "",
         "## Metrics",
         "",

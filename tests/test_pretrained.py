@@ -143,3 +143,41 @@ def test_finetune_starts_from_a_shipped_model(shipped: Path, tmp_path: Path, mon
 def test_a_checkout_without_shipped_models_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(pretrained.PretrainedError, match=r"index\.json is missing.*scripts/release\.sh"):
         pretrained.folder("pretrained:sprites-32", tmp_path)
+
+
+def test_release_from_a_gpu_check_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pokegan release --gpu-record`: the card's training facts come from the GPU check's JSON
+    (device, minutes, kimg, schedule), and a record of a failed training is refused."""
+    data = tmp_path / "prepared"
+    data.mkdir()
+    np.save(data / "images_32.npy", blob_images(40, 11))
+    export_generator(tiny_generator(), tmp_path / "export", metadata={"kimg": 114.3})
+    torch.manual_seed(0)
+    save_pokedex(DexNet(4, width=8), tmp_path / "pokedex", [1, 2, 4, 7], NAMES, {"top1": 0.5, "top5": 1.0})
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  num_samples: 16\n  num_real: 24\n  batch_size: 16\n  kid_subsets: 5\n"
+                      "  kid_subset_size: 8\n  novelty_samples: 4\n  report_grid_size: 4\n  interpolation_steps: 2\n"
+                      f"  cache_dir: {tmp_path / 'cache'}\n")
+    run = {"command": ["gpu_check.py", "--kit", "gpu-kit", "--out", "/root/out"], "created_utc": "2026-12-04T18:09Z",
+           "device": {"name": "NVIDIA H200", "torch": "2.11.0+cu130"}, "settings": {"train_lr": 0.001},
+           "training": {"status": "ok", "seconds": 312.4, "kimg": 114.3, "data": "the GPU kit's sprites",
+                        "model": {"fmap_base": 4096}, "start_resolution": 8, "fade_kimg": 4.2, "stab_kimg": 4.2,
+                        "batch_sizes": {"8": 256}, "amp": "bf16", "fd_effnet": 197.4}}
+    record = tmp_path / "gpu_check-x.json"
+    record.write_text(json.dumps(run))
+    args = ["release", "--export", str(tmp_path / "export"), "--name", "gpu", "--pokedex", str(tmp_path / "pokedex"),
+            "--data", str(data), "--params", str(params), "--root", str(tmp_path / "pretrained"),
+            "--gpu-record", str(record), "--commit", "abc123"]
+    assert main(args) == 0
+    release_json = json.loads((tmp_path / "pretrained" / "gpu" / "release.json").read_text())
+    training = release_json["training"]
+    assert training["machine"].startswith("one NVIDIA H200") and training["kimg"] == 114.3
+    assert training["commit"] == "abc123" and training["params"]["train"]["fade_kimg"] == 4.2
+    card = (tmp_path / "pretrained" / "gpu" / "README.md").read_text()
+    assert "5.2 minutes of training on one NVIDIA H200" in card and "bash benchmarks/gpu_check.sh --kit" in card
+    run["training"] = {"status": "error", "error": "worker died"}
+    record.write_text(json.dumps(run))
+    before = (tmp_path / "pretrained" / "index.json").read_bytes()
+    assert main(args) != 0
+    assert "did not finish (worker died)" in capsys.readouterr().err
+    assert (tmp_path / "pretrained" / "index.json").read_bytes() == before

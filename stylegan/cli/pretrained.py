@@ -78,6 +78,37 @@ def _training_record(args: argparse.Namespace) -> dict:
     }
 
 
+def _gpu_training_record(args: argparse.Namespace) -> dict:
+    """The training facts of a GPU check's release step (benchmarks/gpu_check.py's JSON record)."""
+    from stylegan.checkpoint import read_generator_info
+    from stylegan.metrics.reference import file_hash
+
+    try:
+        run = json.loads(Path(args.gpu_record).read_text())
+        train, device = run["training"], run["device"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"--gpu-record {args.gpu_record}: not a GPU check record (gpu_check-*.json with a "
+                         f"training section): {exc}") from None
+    if train.get("status") != "ok":
+        raise ValueError(f"--gpu-record {args.gpu_record}: its release training did not finish ({train.get('error')})")
+    _, info = read_generator_info(args.export)
+    res = int(info["resolution"])
+    cmd = " ".join(run.get("command", []))
+    return {
+        "data": train.get("data"), "data_digest": file_hash(Path(args.data) / f"images_{res}.npy")[:16],
+        "profile": None, "command": f"bash benchmarks/{cmd.replace('gpu_check.py', 'gpu_check.sh')}",
+        "commit": args.commit or _git_commit(), "seed": 0, "kimg": train.get("kimg"),
+        "wall_hours": round(float(train["seconds"]) / 3600, 4), "cpu_hours": None,
+        "machine": f"one {device.get('name')} (torch {device.get('torch')}, {run.get('created_utc')})",
+        "gpu_hours": round(float(train["seconds"]) / 3600, 4),
+        "params": {"model": train.get("model"), "train": {
+            k: train.get(k) for k in ("start_resolution", "batch_sizes", "fade_kimg", "stab_kimg", "amp",
+                                      "channels_last", "r1_interval")} | {"lr": run.get("settings", {}).get(
+                                          "train_lr")}},
+        "fd_effnet_on_device": train.get("fd_effnet"),
+    }
+
+
 def _release(args: argparse.Namespace) -> int:
     from stylegan import pretrained, release
     from stylegan.checkpoint import load_generator
@@ -86,7 +117,8 @@ def _release(args: argparse.Namespace) -> int:
 
     check_dir_arg(args.export, "--export")
     cfg = section(load_params(args.params), "evaluate")
-    record = {"description": args.description, "limits": args.limit, "training": _training_record(args)}
+    training = _gpu_training_record(args) if args.gpu_record else _training_record(args)
+    record = {"description": args.description, "limits": args.limit, "training": training}
     record["kimg"] = record["training"]["kimg"]
     compare = {}
     for item in args.compare:
@@ -123,6 +155,10 @@ def add_release(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--command-line", default="bash scripts/release.sh", help="the training command (for the card)")
     p.add_argument("--description", default="", help="one paragraph for the card and for pokegan models")
     p.add_argument("--limit", action="append", default=[], help="a known limit, for the card (repeatable)")
+    p.add_argument("--gpu-record", default=None, metavar="GPU_CHECK_JSON",
+                   help="the export came from a GPU check's release step: take the training facts (device, "
+                   "seconds, kimg, schedule) from its gpu_check-*.json instead of --profile/--run-dir")
+    p.add_argument("--commit", default=None, help="the code commit the model was trained with (default: HEAD)")
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=EXPORT",
                    help="also measure this export with the same protocol, for the card's comparison table")
     p.add_argument("--work", default="runs/release-work", help="scratch folder for the comparisons")

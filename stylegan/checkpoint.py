@@ -32,24 +32,6 @@ FORMAT_VERSION = 1
 WEIGHTS_NAME = "generator.safetensors"
 CONFIG_NAME = "generator.json"
 
-# Train settings that change how a run is executed or reported, not what it computes:
-# changing them does not stop a run from resuming.
-_BOOKKEEPING_KEYS = (
-    "device",
-    "amp",
-    "channels_last",
-    "compile",
-    "prefetch",
-    "threads",
-    "nproc_per_node",  # N processes compute what one does (stylegan.distributed): same run, same checkpoints
-    "tick_kimg",
-    "snapshot_kimg",
-    "keep_checkpoints",
-    "grid_seeds",
-    "truncation_psi",
-)
-
-
 # Train settings that only lengthen the schedule at its end: a finished run whose value is raised
 # continues from its last checkpoint ("train longer") instead of starting over. Nothing in the
 # trainer depends on the total length (lr is per resolution, the EMA ramp-up counts images
@@ -68,10 +50,11 @@ class CheckpointError(ValueError):
 
 
 def hashed_train_params(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha256: str | None = None) -> dict:
-    """The train params that define a run: without bookkeeping and schedule-extension keys, with
-    ``init_from``'s path replaced by the source's content hash (a re-download elsewhere is the same run)."""
-    skip = (*_BOOKKEEPING_KEYS, *SCHEDULE_EXTENSION_KEYS, "init_from")
-    train = {k: v for k, v in stable_dict(train_cfg).items() if k not in skip}
+    """The train params that define a run: ``train_cfg.recipe`` (the runtime part is not a run's
+    definition) without its schedule-extension keys, with ``init_from``'s path replaced by the
+    source's content hash (a re-download elsewhere is the same run)."""
+    skip = (*SCHEDULE_EXTENSION_KEYS, "init_from")
+    train = {k: v for k, v in stable_dict(train_cfg.recipe).items() if k not in skip}
     # `null` means the model's resolution: spelling it out must not look like another run.
     train["max_resolution"] = train_cfg.max_resolution or model_cfg.max_resolution
     if train_cfg.init_from is not None:
@@ -82,8 +65,8 @@ def hashed_train_params(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha
 
 
 def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha256: str | None = None) -> str:
-    """Hash of everything that defines what a run computes (bookkeeping settings and ``final_kimg``
-    excluded; a fine-tuning run's source counted by its content hash ``init_sha256``)."""
+    """Hash of everything that defines what a run computes (the model config and the train recipe;
+    ``final_kimg`` excluded, a fine-tuning run's source counted by its content hash ``init_sha256``)."""
     train = hashed_train_params(model_cfg, train_cfg, init_sha256)
     blob = json.dumps({"model": stable_dict(model_cfg), "train": train}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

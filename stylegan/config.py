@@ -120,6 +120,7 @@ DISCRIMINATOR_KEYS: tuple[str, ...] = ("discriminator", "projected_input", "proj
                                        "projected_norm", "projected_seed")
 LATE_KEYS: dict[str, tuple[str, ...]] = {
     "ModelConfig": DISCRIMINATOR_KEYS,
+    "TrainRecipe": ("projected_blur_sigma", "projected_blur_fade_kimg"),
     "TrainConfig": ("projected_blur_sigma", "projected_blur_fade_kimg"),
 }
 
@@ -256,8 +257,15 @@ def _compile_backends() -> list[str]:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Progressive schedule, optimisation and bookkeeping. Schedules count images shown."""
+class TrainRecipe:
+    """What a run computes: progressive schedule, optimisation, losses, augmentation, source and seed.
+    Schedules count images shown.
+
+    The train part of the params hash (stylegan/checkpoint.py ``hashed_train_params``) is this
+    class whole, with a few value rules: final_kimg left out (raising it continues a run), init_from
+    by its source's content hash, max_resolution resolved. A field added here is part of every run
+    key (list it in ``LATE_KEYS`` to keep older run keys at its default); a setting that does not
+    change what a run computes belongs in ``TrainRuntime``."""
 
     start_resolution: int = 8  # first stage (the paper starts at 8x8)
     max_resolution: int | None = None  # stop growing here; None = model.max_resolution
@@ -297,35 +305,8 @@ class TrainConfig:
     # generator.safetensors; flows resolve models:/NAME@ALIAS to a downloaded export). None = random init.
     init_from: str | None = None
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    # Mixed precision: none | auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a gradient
-    # scaler). Old spellings: false = none, true = auto. Statistics, losses and R1 stay fp32.
-    amp: Literal["none", "auto", "bf16", "fp16"] | bool = "none"
-    channels_last: bool = False
-    # torch.compile of the G and D forwards: false, true (= inductor) or a torch.compile backend name.
-    compile: bool | str = False
-    prefetch: bool = True  # gather the next real batch in a background thread (same batches either way)
-    threads: int = 0  # torch CPU threads for the train flow; 0 = torch's default (one per core)
-    nproc_per_node: int = 1  # > 1: torchrun starts this many training processes (one per GPU); batch sizes are global
-    tick_kimg: float = 4.0  # report through on_tick every this many kimg
-    snapshot_kimg: float = 50.0  # checkpoint + sample grid every this many kimg (and at stage end)
-    keep_checkpoints: int = 3  # rolling checkpoints kept per run (stage-final ones are kept)
-    grid_seeds: list[int] = field(default_factory=lambda: list(range(32)))  # snapshot grid
-    truncation_psi: float = 1.0  # for snapshot grids
-
-    def __post_init__(self) -> None:
-        # One spelling downstream: the old booleans become their mode names (see normalize_amp).
-        if isinstance(self.amp, bool):
-            object.__setattr__(self, "amp", "auto" if self.amp else "none")
 
     def validate(self) -> None:
-        if self.amp not in ("none", "auto", "bf16", "fp16"):
-            raise ConfigError(f"train.amp must be none, auto, bf16 or fp16 (or true/false), got {self.amp!r}")
-        if isinstance(self.compile, str) and self.compile not in _compile_backends():
-            raise ConfigError(
-                f"train.compile: unknown torch.compile backend {self.compile!r}; use true (inductor), false, "
-                f"or one of {_compile_backends()}"
-            )
         if not _is_pow2(self.start_resolution) or self.start_resolution < 4:
             raise ConfigError(f"train.start_resolution must be a power of two >= 4, got {self.start_resolution}")
         top = self.max_resolution
@@ -342,8 +323,6 @@ class TrainConfig:
             raise ConfigError("train learning rates must be positive")
         if self.r1_interval < 1:
             raise ConfigError(f"train.r1_interval must be >= 1, got {self.r1_interval}")
-        if self.nproc_per_node < 1:
-            raise ConfigError(f"train.nproc_per_node must be >= 1 (1 = a single process), got {self.nproc_per_node}")
         if (self.r1_gamma != "auto" and self.r1_gamma < 0) or any(g < 0 for g in self.r1_gammas.values()):
             raise ConfigError("train.r1_gamma and train.r1_gammas must be >= 0 (or r1_gamma: auto)")
         if not 0.0 <= self.augment_p <= 1.0:
@@ -374,6 +353,61 @@ class TrainConfig:
         if self.r1_gamma == "auto":
             return 0.0002 * resolution**2 / self.batch_size_at(resolution)
         return float(self.r1_gamma)
+
+
+@dataclass(frozen=True)
+class TrainRuntime:
+    """How a run is executed and reported, not what it computes: device, precision, compilation,
+    processes, ticks, snapshots. None of these is in the params hash, so changing one resumes
+    the same run."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    # Mixed precision: none | auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (with a gradient
+    # scaler). Old spellings: false = none, true = auto. Statistics, losses and R1 stay fp32.
+    amp: Literal["none", "auto", "bf16", "fp16"] | bool = "none"
+    channels_last: bool = False
+    # torch.compile of the G and D forwards: false, true (= inductor) or a torch.compile backend name.
+    compile: bool | str = False
+    prefetch: bool = True  # gather the next real batch in a background thread (same batches either way)
+    threads: int = 0  # torch CPU threads for the train flow; 0 = torch's default (one per core)
+    # > 1: torchrun starts this many training processes (one per GPU); batch sizes are global. N processes
+    # compute what one does (stylegan.distributed): the same run, the same checkpoints.
+    nproc_per_node: int = 1
+    tick_kimg: float = 4.0  # report through on_tick every this many kimg
+    snapshot_kimg: float = 50.0  # checkpoint + sample grid every this many kimg (and at stage end)
+    keep_checkpoints: int = 3  # rolling checkpoints kept per run (stage-final ones are kept)
+    grid_seeds: list[int] = field(default_factory=lambda: list(range(32)))  # snapshot grid
+    truncation_psi: float = 1.0  # for snapshot grids
+
+    def __post_init__(self) -> None:
+        # One spelling downstream: the old booleans become their mode names (see normalize_amp).
+        if isinstance(self.amp, bool):
+            object.__setattr__(self, "amp", "auto" if self.amp else "none")
+
+    def validate(self) -> None:
+        if self.amp not in ("none", "auto", "bf16", "fp16"):
+            raise ConfigError(f"train.amp must be none, auto, bf16 or fp16 (or true/false), got {self.amp!r}")
+        if isinstance(self.compile, str) and self.compile not in _compile_backends():
+            raise ConfigError(
+                f"train.compile: unknown torch.compile backend {self.compile!r}; use true (inductor), false, "
+                f"or one of {_compile_backends()}"
+            )
+        if self.nproc_per_node < 1:
+            raise ConfigError(f"train.nproc_per_node must be >= 1 (1 = a single process), got {self.nproc_per_node}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainRuntime, TrainRecipe):
+    """params.yaml's ``train`` section: a ``TrainRecipe`` (its fields first) and a ``TrainRuntime``."""
+
+    def validate(self) -> None:
+        TrainRuntime.validate(self)
+        TrainRecipe.validate(self)
+
+    @property
+    def recipe(self) -> TrainRecipe:
+        """The run-defining part alone (what the params hash takes)."""
+        return TrainRecipe(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainRecipe)})
 
 
 @dataclass(frozen=True)

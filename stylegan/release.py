@@ -63,7 +63,7 @@ def package(
     from stylegan.reports import captioned_grid
 
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"release name {name!r} must be a plain folder name such as sprites-32")
+        raise ValueError(f"release name {name!r} must be a plain folder name such as sprites-64")
     dex = load_pokedex(pokedex_dir)  # refuse a broken Pokédex before any work
     root = root or pretrained.ROOT
     dest = root / name
@@ -95,7 +95,7 @@ def package(
         release = {"name": name, "resolution": info["resolution"], "weights_bytes": size,
                    "parameters": sum(p.numel() for p in G.parameters()), "metrics": metrics,
                    "evaluation": {"num_samples": cfg.num_samples, "num_real": cfg.num_real, "seed": cfg.seed,
-                                  "truncation_psi": cfg.truncation_psi},
+                                  "truncation_psi": cfg.truncation_psi, "data": _display_path(data_root)},
                    "pokedex": {k: dex.info.get(k) for k in ("sha256", "top1", "top5", "names_package")},
                    "grid": {"seeds": GRID_SEEDS, "truncation_psi": GRID_PSI, "noise_mode": "const"},
                    **record}
@@ -112,6 +112,15 @@ def package(
                      "files": {rel: sha256_file(dest / rel) for rel in files}}
     atomic_write_json(root / pretrained.INDEX_NAME, entries)
     return dest
+
+
+def _display_path(path: str | Path) -> str:
+    """``path`` relative to the checkout when inside it (the card's commands run from there)."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(pretrained.ROOT.parent).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -152,7 +161,7 @@ def model_card(release: dict[str, Any]) -> str:
     compare = release.get("compare", {})
     compare_rows = "\n".join(
         f"| {label} | {_fmt(v.get('fd_dex'))} | {_fmt(v.get('precision_dex'))} | {_fmt(v.get('recall_dex'))} | "
-        f"{_fmt(v.get('swd'))} |" for label, v in compare.items())
+        f"{_fmt(v.get('swd'))} | {_fmt(v.get('fd_effnet'))} |" for label, v in compare.items())
     train = release.get("training", {})
     ev = release["evaluation"]
     dex = release["pokedex"]
@@ -193,7 +202,8 @@ def model_card(release: dict[str, Any]) -> str:
         "",
         f"Measured on the shipped (fp16) weights: {ev['num_samples']} samples (psi {ev['truncation_psi']}, random "
         f"noise, seed {ev['seed']}) against {ev['num_real']} real sprites. Reproduce with "
-        f"`pokegan evaluate --model pretrained:{name} --pokedex pretrained/{name}/pokedex --data data/prepared`.",
+        f"`pokegan evaluate --model pretrained:{name} --pokedex pretrained/{name}/pokedex "
+        f"--data {ev.get('data', 'data/prepared')}`.",
         "",
         "| metric | value | what it measures |",
         "|---|---|---|",
@@ -201,8 +211,12 @@ def model_card(release: dict[str, Any]) -> str:
         "",
     ]
     if compare_rows:
-        lines += ["Against the main job's model and real held-out sprites, the same protocol:", "",
-                  "| model | fd_dex | precision_dex | recall_dex | swd |", "|---|---|---|---|---|", compare_rows, ""]
+        lines += [f"Beside it, measured with the same protocol against the same {ev['num_real']} real sprites "
+                  "(`pokegan release --compare`):", "",
+                  "| model | fd_dex | precision_dex | recall_dex | swd | fd_effnet |", "|---|---|---|---|---|---|",
+                  f"| pretrained:{name} | {_fmt(m.get('fd_dex'))} | {_fmt(m.get('precision_dex'))} | "
+                  f"{_fmt(m.get('recall_dex'))} | {_fmt(m.get('swd'))} | {_fmt(m.get('fd_effnet'))} |",
+                  compare_rows, ""]
     lines += [
         "## Nearest training images",
         "",

@@ -1,0 +1,93 @@
+"""The generator that ships in the repository (pretrained/sprites-64): it loads with its sha256s
+checked, draws its committed grid again bit for bit on the CPU, names its samples as its card
+says, and samples and fine-tunes on a fresh clone with no network and no pipeline run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylegan import pretrained, release, sampling
+from stylegan.cli import main
+
+NAME = "sprites-64"
+FOLDER = pretrained.ROOT / NAME
+
+
+def test_the_shipped_model_is_indexed_small_and_loads_checked() -> None:
+    entry = pretrained.index()[NAME]
+    assert entry["resolution"] == 64 and entry["files"]["generator.safetensors"]
+    assert (FOLDER / "generator.safetensors").stat().st_size <= release.MAX_WEIGHTS_BYTES
+    G = pretrained.load(pretrained.PREFIX + NAME)  # checks every sha256 in the index
+    assert G.cfg.max_resolution == 64 and sum(p.numel() for p in G.parameters()) == json.loads(
+        (FOLDER / "release.json").read_text())["parameters"]
+    assert pretrained.DEFAULT == NAME  # what pokegan studio opens without --model
+
+
+def test_the_committed_grid_is_redrawn_bit_for_bit_and_named_as_committed() -> None:
+    from stylegan.pokedex import load_pokedex
+    from stylegan.pokedex.explain import explain
+
+    G = pretrained.load(pretrained.PREFIX + NAME)
+    images = sampling.generate(G, seeds=release.GRID_SEEDS, truncation_psi=release.GRID_PSI)
+    drawn = np.asarray(sampling.image_grid(images, cols=8))
+    assert np.array_equal(drawn, np.asarray(Image.open(FOLDER / "samples.png").convert("RGB")))
+    committed = json.loads((FOLDER / "looks_like.json").read_text())["samples"]
+    found = explain(load_pokedex(pretrained.pokedex_dir(pretrained.PREFIX + NAME)), images)
+    assert {str(s): e.to_dict() for s, e in zip(release.GRID_SEEDS, found, strict=True)} == committed
+
+
+def test_a_corrupted_or_swapped_shipped_file_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "pretrained"
+    shutil.copytree(pretrained.ROOT, root)
+    weights = root / NAME / "generator.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 0x01  # one bit inside a tensor
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(pretrained.PretrainedError, match=r"sha256"):
+        pretrained.load(pretrained.PREFIX + NAME, root=root)
+    shutil.copyfile(FOLDER / "pokedex" / "pokedex.safetensors", weights)  # another file swapped in
+    with pytest.raises(pretrained.PretrainedError, match=r"sha256"):
+        pretrained.load(pretrained.PREFIX + NAME, root=root)
+
+
+def test_sample_named_creatures_out_of_the_box(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's quick start, from a folder with no pipeline outputs and no network."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["models"]) == 0
+    assert f"pretrained:{NAME}" in capsys.readouterr().out
+    out = tmp_path / "samples"
+    assert main(["sample", "--model", f"pretrained:{NAME}", "--seeds", "0-3", "--explain", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "looks_like.json").read_text())["samples"]
+    assert sorted(report) == ["0", "1", "2", "3"]
+    for seed, entry in report.items():
+        assert f"seed {seed}: {entry['name']} (looks like" in printed and len(entry["looks_like"]) == 3
+        assert Image.open(out / f"seed{int(seed):04d}.png").size == (64, 64)
+
+
+def test_finetune_from_the_shipped_model(tmp_path: Path) -> None:
+    """train.init_from: pretrained:sprites-64 starts G_ema from the shipped weights at 64x64 and trains."""
+    import torch
+
+    from stylegan.training import Trainer
+    from stylegan.transfer import read_init_source
+    from tests.helpers import tiny_train_config, write_toy_data
+
+    source = read_init_source(f"pretrained:{NAME}")
+    assert source.resolution == 64 and source.sha256 == pretrained.index()[NAME]["files"]["generator.safetensors"]
+    data = write_toy_data(tmp_path / "data", (64,), n=8)
+    cfg = tiny_train_config(max_resolution=64, init_from=f"pretrained:{NAME}", batch_size=2, stab_kimg=0.004,
+                            snapshot_kimg=1.0, grid_seeds=[0])
+    ft = Trainer(source.model_config, cfg, data, tmp_path / "ft")
+    assert [s.resolution for s in ft.stages] == [64]
+    shipped = pretrained.load(f"pretrained:{NAME}").state_dict()
+    assert all(torch.equal(ft.G.state_dict()[k], v) for k, v in shipped.items())
+    ft.train_step()
+    assert not all(torch.equal(ft.G.state_dict()[k], v) for k, v in shipped.items())

@@ -91,3 +91,18 @@ def test_finetune_from_the_shipped_model(tmp_path: Path) -> None:
     assert all(torch.equal(ft.G.state_dict()[k], v) for k, v in shipped.items())
     ft.train_step()
     assert not all(torch.equal(ft.G.state_dict()[k], v) for k, v in shipped.items())
+
+
+def test_the_finetune_overlay_matches_the_shipped_architecture() -> None:
+    """params-finetune-64.yaml (docs/pretrained.md) merged onto params.yaml passes init_from's
+    architecture check against the shipped model and starts the schedule at its resolution."""
+    from stylegan import profile
+    from stylegan.config import section
+    from stylegan.transfer import effective_train_config
+
+    repo = pretrained.ROOT.parent
+    _, overlay, merged = profile.load(repo / "params-finetune-64.yaml", repo / "params.yaml")
+    assert overlay["train"]["init_from"] == f"pretrained:{NAME}"
+    train, source = effective_train_config(section(merged, "train"), section(merged, "model"))
+    assert source is not None and source.resolution == train.start_resolution == 64
+    assert section(merged, "data").max_resolution >= 64

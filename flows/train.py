@@ -146,7 +146,7 @@ def follow_process(cmd: Sequence[str], events: Path, callbacks: Iterable[Any], *
     """Run ``cmd`` and, while it runs, hand each event rank 0 appends to ``events`` to ``callbacks``.
 
     Raises ``RuntimeError`` when the command fails (the task's retry then resumes the run)."""
-    from stylegan.distributed import EventReader, dispatch_event
+    from stylegan.shared import EventReader, dispatch_event
 
     events.unlink(missing_ok=True)  # events of an earlier attempt were forwarded by that attempt
     reader = EventReader(events)

@@ -24,10 +24,9 @@ import copy
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from PIL import Image
 
 from stylegan import augment, distributed, losses, train_state, transfer
 from stylegan.batches import RankRows, RealBatches, check_data, check_sharding
@@ -38,19 +37,8 @@ from stylegan.networks import Generator
 from stylegan.projected import build_discriminator
 from stylegan.sampling import save_png
 from stylegan.schedule import Phase, Stage, phase_at, stage_for, stages
-from stylegan.shared import StageResult  # lives there so distributed can build one too
+from stylegan.shared import StageResult, TrainerCallback  # shared: distributed builds and logs them too
 from stylegan.ticks import TickMeter, snapshot_grid
-
-
-class TrainerCallback(Protocol):
-    """What a tracker may implement; every method is optional (looked up with getattr)."""
-
-    def on_tick(self, stats: dict[str, Any]) -> None: ...
-
-    def on_snapshot(self, resolution: int, kimg: float, grid: Image.Image, path: Path) -> None: ...
-
-    def on_stage_end(self, result: StageResult) -> None: ...
-
 
 __all__ = ["StageResult", "Trainer", "TrainerCallback", "resolve_device"]  # resolve_device: old import path
 

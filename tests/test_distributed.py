@@ -7,58 +7,41 @@ tiny config) runs once in a module fixture; the tests read its results.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from stylegan import distributed
+from stylegan import distributed, shared
 from stylegan.checkpoint import load_checkpoint, load_generator
 from stylegan.config import ModelConfig, TrainConfig
 from stylegan.layers import MinibatchStd
 from stylegan.training import Trainer
+from tests.helpers import (
+    assert_nets_close,
+    one_process_trainer,
+    tiny_model_params,
+    tiny_train_params,
+    torchrun_train,
+    write_torchrun_project,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16, "max_resolution": 8}
+MODEL = tiny_model_params(max_resolution=8)
 # Global batch 8 with the default minibatch-stddev group of 4: two processes hold 4 rows each, one
 # whole group each (the strided groups {0,2,4,6} and {1,3,5,7}). 6 steps: 4x4, 8x8 fade, 8x8.
 # Augmentation on (p 0.5): each rank must draw it for the global batch and keep its rows.
-TRAIN = {"start_resolution": 4, "fade_kimg": 0.016, "stab_kimg": 0.016, "batch_size": 8, "lr": 0.002,
-         "augment": "fixed", "augment_p": 0.5,
-         "tick_kimg": 0.008, "snapshot_kimg": 0.024, "keep_checkpoints": 10, "grid_seeds": [0, 1], "device": "cpu"}
+TRAIN = tiny_train_params(max_resolution=None, batch_size=8, lr=0.002, augment="fixed", augment_p=0.5,
+                          snapshot_kimg=0.024, keep_checkpoints=10, grid_seeds=[0, 1])
 SPLIT = 3  # one process resumes the two-process run here: inside the 8x8 fade-in
 STEPS = 6
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["OMP_NUM_THREADS"] = "1"  # one thread per process on a 2-core machine
-    return env
-
-
-def _pokegan_train(params: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "stylegan.cli", "train", "--params", str(params), "--run-dir", str(run_dir),
-           "--threads", "1", "--nproc-per-node", "2", *extra]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-
-
 def _assert_same_nets(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert (a["cur_nimg"], a["step"]) == (b["cur_nimg"], b["step"])
-    for net in ("G", "D", "G_ema"):
-        assert a[net].keys() == b[net].keys()
-        for k in a[net]:
-            # Float summation order differs (an all-reduce of two half-batch sums): 1e-5, relative
-            # for the large equalized-lr weights (the mapping's are ~100x, where 1e-5 is below fp32's step).
-            torch.testing.assert_close(a[net][k], b[net][k], rtol=1e-5, atol=1e-5,
-                                       msg=lambda m, n=net, k=k: f"{n}.{k}: {m}")
+    assert_nets_close(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -67,30 +50,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     checkpoint after step 1 and trains to the end (export included); one process resumes the
     two-process checkpoint at SPLIT and trains to the end. One torchrun launch in all."""
     root = tmp_path_factory.mktemp("dist")
-    data = root / "data"
-    data.mkdir()
-    rng = np.random.RandomState(0)
-    for r in (4, 8):
-        np.save(data / f"images_{r}.npy", rng.randint(0, 256, (32, 3, r, r)).astype(np.uint8))
-    params = root / "params.yaml"
-    params.write_text(yaml.safe_dump({"model": MODEL, "train": TRAIN, "data": {"out_dir": str(data)}}))
+    data, params = write_torchrun_project(root, MODEL, TRAIN)
     m, t = ModelConfig(**MODEL), TrainConfig(**TRAIN)
-
-    # The 4x4 constant input starts as StyleGAN2's (randn), not StyleGAN's ones: a spatially
-    # uniform input gives instance norm zero variance, and the gradients of b4.const / b4.bias0
-    # are then round-off (cancelling sums of ~1e3-sized terms) that Adam turns into full-lr steps
-    # of either sign: no two summation orders agree there, be they 2 processes or 1.
-    torch.manual_seed(0)
-    one = Trainer(m, t, data, root / "one")
-    with torch.no_grad():
-        for G in (one.G, one.G_ema):
-            G.synthesis.b4.const.copy_(torch.randn(G.synthesis.b4.const.shape))
+    one = one_process_trainer(m, t, data, root / "one")  # its 4x4 input as StyleGAN2's (see its docstring)
     one.run(max_steps=1)  # the one-process checkpoint that two processes will resume
     shutil.copytree(root / "one", root / "two")
     one.run()
     assert one.step == STEPS
 
-    launch = _pokegan_train(params, root / "two", "--export", str(root / "export"),
+    launch = torchrun_train(params, root / "two", "--export", str(root / "export"),
                             "--events", str(root / "events.jsonl"))
     two_then_one = None
     split = root / "two" / "checkpoints" / f"ckpt-{SPLIT * 8:09d}.pt"
@@ -199,7 +167,7 @@ def test_generator_draws_the_global_batch_randomness_for_its_rows() -> None:
 def test_strip_option_and_event_reader(tmp_path: Path) -> None:
     argv = ["train", "--nproc-per-node", "2", "--run-dir", "r", "--nproc=4", "--max-steps", "3"]
     assert distributed.strip_option(argv, "--nproc-per-node") == ["train", "--run-dir", "r", "--max-steps", "3"]
-    log, reader = distributed.EventLog(tmp_path / "e.jsonl"), distributed.EventReader(tmp_path / "e.jsonl")
+    log, reader = shared.EventLog(tmp_path / "e.jsonl"), shared.EventReader(tmp_path / "e.jsonl")
     assert list(reader.read()) == []  # no file yet
     log.on_tick({"kimg": 1.0})
     with (tmp_path / "e.jsonl").open("a") as f:

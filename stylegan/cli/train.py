@@ -60,8 +60,8 @@ def _launch_torchrun(args: argparse.Namespace, nproc: int, model_cfg: ModelConfi
 
 
 def _train(args: argparse.Namespace) -> int:
-    from stylegan import distributed
-    from stylegan.config import load_params, section, set_override
+    from stylegan import distributed, profile, shared
+    from stylegan.config import section
     from stylegan.device import resolve_device
     from stylegan.training import Trainer
 
@@ -71,14 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.events:
         check_file_arg(args.events, "--events", "events.jsonl")
     set_threads(args)
-    if args.profile:
-        from stylegan import profile
-
-        params = profile.load(args.profile, args.params)[2]
-    else:
-        params = load_params(args.params)
-    for assignment in args.set:
-        set_override(params, assignment)
+    params = profile.load_params_with(args.profile, args.params, args.set)
     model_cfg = section(params, "model")
     train_cfg = section(params, "train")
     data_root = args.data or section(params, "data").out_dir
@@ -101,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
         main_rank = info.rank == 0
         callbacks: list = [_ConsoleReporter()]
         if args.events:
-            callbacks.append(distributed.EventLog(args.events))
+            callbacks.append(shared.EventLog(args.events))
         trainer = Trainer(model_cfg, train_cfg, data_root, args.run_dir, device=str(info.device), rank=info.rank,
                           world_size=info.world_size, callbacks=callbacks)
         if trainer.resumed_from is not None and main_rank:

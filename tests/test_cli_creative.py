@@ -13,15 +13,15 @@ from PIL import Image
 
 from stylegan.checkpoint import export_generator
 from stylegan.cli import build_parser, main
-from stylegan.config import ModelConfig
 from stylegan.networks import Generator
 from stylegan.sampling import generate, mix_styles
+from tests.helpers import tiny_model_config
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    G = Generator(ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=8))
+    G = Generator(tiny_model_config(max_resolution=8))
     return export_generator(G.eval(), tmp_path_factory.mktemp("g") / "export").parent
 
 

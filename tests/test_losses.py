@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from stylegan.config import ModelConfig, TrainConfig
+from stylegan.config import TrainConfig
 from stylegan.losses import (
     GANLoss,
     LogisticLoss,
@@ -23,6 +23,7 @@ from stylegan.losses import (
     wgan_gp_d_loss,
 )
 from stylegan.networks import Discriminator, Generator
+from tests.helpers import tiny_model_config
 
 
 def _linear_D(v: torch.Tensor, b: float = 0.3):
@@ -59,7 +60,7 @@ def test_r1_requires_grad_on_reals() -> None:
 
 
 def test_r1_on_discriminator_trains_D() -> None:
-    cfg = ModelConfig(z_dim=8, w_dim=8, mapping_layers=1, fmap_base=32, fmap_max=8, max_resolution=8)
+    cfg = tiny_model_config(z_dim=8, w_dim=8, mapping_layers=1, fmap_max=8, max_resolution=8)
     D = Discriminator(cfg)
     reals = torch.randn(4, 3, 8, 8).requires_grad_(True)
     penalty = r1_penalty(D(reals, resolution=8, alpha=0.5), reals)
@@ -198,7 +199,7 @@ def test_wgan_gp_loss_matches_the_hand_written_formula(world_size: int) -> None:
 
 @pytest.mark.parametrize("kind", ["logistic", "wgan-gp"])
 def test_loss_phases_leave_backward_and_optimizer_to_the_trainer(kind: str) -> None:
-    cfg = ModelConfig(z_dim=8, w_dim=8, mapping_layers=1, fmap_base=32, fmap_max=8, max_resolution=8)
+    cfg = tiny_model_config(z_dim=8, w_dim=8, mapping_layers=1, fmap_max=8, max_resolution=8)
     torch.manual_seed(0)
     G, D = Generator(cfg), Discriminator(cfg)
     loss = build_loss(TrainConfig(loss=kind), G_fwd=G, D=D, D_fwd=D, device=torch.device("cpu"), amp_dtype=None,

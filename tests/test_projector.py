@@ -11,11 +11,11 @@ from PIL import Image
 
 from stylegan.checkpoint import export_generator
 from stylegan.cli import main
-from stylegan.config import ModelConfig
 from stylegan.networks import Generator
 from stylegan.projector import load_projected_w, load_target, noise_regularization, project, render_ws, w_stats
 from stylegan.sampling import generate
 from tests.flows_helpers import sprite_folder
+from tests.helpers import tiny_model_config
 
 RECOVERY_BOUND = 10.0  # mean |error| in 0..255 units after 150 pixel-loss steps (measured 0.6-7.9)
 
@@ -25,7 +25,7 @@ def G() -> Generator:
     """A tiny 16x16 generator whose outputs stay mostly in [-1, 1], as a trained one's do (a fresh
     one's toRGB overshoots to +-5, and clamped targets are then not reachable), with w_avg set."""
     torch.manual_seed(0)
-    cfg = ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=64, fmap_max=32, max_resolution=16)
+    cfg = tiny_model_config(fmap_base=64, fmap_max=32)
     G = Generator(cfg).eval().requires_grad_(False)
     with torch.no_grad():
         for name, p in G.synthesis.named_parameters():

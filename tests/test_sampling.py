@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 from stylegan import sampling
-from stylegan.config import ModelConfig
 from stylegan.networks import Generator
 from stylegan.sampling import (
     generate,
@@ -28,19 +27,12 @@ from stylegan.sampling import (
     synthesize,
     to_uint8,
 )
+from tests.helpers import tiny_generator
 
 
 @pytest.fixture(scope="module")
 def G() -> Generator:
-    torch.manual_seed(0)
-    cfg = ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=16)
-    G = Generator(cfg).eval().requires_grad_(False)
-    with torch.no_grad():  # make noise strengths and w_avg non-trivial, as after training
-        for name, p in G.named_parameters():
-            if "noise" in name:
-                p.fill_(0.5)
-        G.mapping.w_avg.normal_()
-    return G
+    return tiny_generator(16, fmap_base=32)  # non-trivial noise strengths and w_avg, as after training
 
 
 def test_parse_seeds() -> None:

@@ -15,12 +15,11 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from stylegan.checkpoint import export_generator, load_generator
-from stylegan.config import ModelConfig
 from stylegan.networks import Generator
 from stylegan.projector import load_projected_w, render_ws
 from stylegan.sampling import generate, mix_styles, save_png
 from stylegan.studio import ModelSource, StudioLimits, create_app
-from tests.helpers import POKEDEX_NAMES, write_fake_pretrained, write_tiny_pokedex
+from tests.helpers import POKEDEX_NAMES, tiny_model_config, write_fake_pretrained, write_tiny_pokedex
 
 
 def decode(url: str) -> np.ndarray:
@@ -31,7 +30,7 @@ def decode(url: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    G = Generator(ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=8))
+    G = Generator(tiny_model_config(max_resolution=8))
     out = tmp_path_factory.mktemp("studio") / "export"
     export_generator(G.eval(), out)
     return out
@@ -255,7 +254,7 @@ class FakeRegistry:
 
 def test_switching_registered_versions(export: Path, tmp_path: Path) -> None:
     torch.manual_seed(1)
-    other = Generator(ModelConfig(z_dim=16, w_dim=16, mapping_layers=2, fmap_base=32, fmap_max=16, max_resolution=8))
+    other = Generator(tiny_model_config(max_resolution=8))
     export_generator(other.eval(), tmp_path / "v1")
     reg = FakeRegistry({"1": tmp_path / "v1", "2": export})
     c = TestClient(create_app(ModelSource("models:/poke@champion", registry=reg), perceptual=False))

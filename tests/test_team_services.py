@@ -1,8 +1,8 @@
 """The team setup for real: PostgreSQL, MLflow and Prefect servers on it, a work pool, a process worker.
 
-`scripts/team-services.sh start` brings up PostgreSQL 15 (Debian's), an MLflow tracking server
-and a Prefect server on it (127.0.0.1, free ports) and deploys the flows to a process work
-pool; `scripts/team-services.sh worker` (what the GPU box runs) picks up the pipeline run
+`scripts/team-services.sh start` brings up PostgreSQL (Debian's, whichever version is installed),
+an MLflow tracking server and a Prefect server on it (127.0.0.1, free ports) and deploys the flows
+to a process work pool; `scripts/team-services.sh worker` (what the GPU box runs) picks up the pipeline run
 triggered with `prefect deployment run`. The checks read the servers (and PostgreSQL itself):
 the run with its metrics, dataset, system metrics and snapshot images, the registered model
 with both aliases and its linked evaluation metrics, the model pulled back over HTTP; a second
@@ -32,7 +32,24 @@ from tests.helpers import free_port, stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def _postgres_bin(debian: Path = Path("/usr/lib/postgresql")) -> Path | None:
+    """The folder of PostgreSQL's server programs: $PG_BIN if set, else the newest Debian
+    /usr/lib/postgresql/<version>/bin that has initdb, else `pg_config --bindir` if that has it."""
+    if os.environ.get("PG_BIN"):
+        return Path(os.environ["PG_BIN"])
+    versions = [p.parent for p in debian.glob("*/bin/initdb") if p.parent.parent.name.isdigit()]
+    if versions:
+        return max(versions, key=lambda b: int(b.parent.name))
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
+        if out and (Path(out) / "initdb").exists():
+            return Path(out)
+    return None
+
+
+PG_BIN = _postgres_bin()
 CHROMIUM = Path("/usr/bin/chromium")
 STEPS = ("fetch", "prepare", "pokedex", "train", "evaluate", "sample")
 
@@ -70,8 +87,9 @@ def _task_states(api: str, flow_run_id: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def team() -> Iterator[dict[str, Any]]:
     """The servers, a worker, and two pipeline runs on a tiny synthetic project; torn down after."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL 15 is not installed (apt-get install postgresql-15)")
+    if PG_BIN is None or not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL server found (no initdb in {PG_BIN or '/usr/lib/postgresql/*/bin'}): "
+                    "bash scripts/system-deps.sh, or apt-get install postgresql, or set PG_BIN")
     pytest.importorskip("psycopg", reason="the team extra is not installed (pip install -e '.[team]')")
     # PostgreSQL runs as `postgres` when we are root: everything it reads must be reachable by it.
     base = Path(tempfile.mkdtemp(prefix="pokegan-team-", dir="/tmp"))
@@ -93,7 +111,7 @@ def team() -> Iterator[dict[str, Any]]:
         **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))},
         **{k: str(v) for k, v in ports.items()},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(project), "TEAM_DIR": str(base / "team"), "POOL": "pokegan-test",
+        "PYTHONPATH": str(project), "TEAM_DIR": str(base / "team"), "POOL": "pokegan-test", "PG_BIN": str(PG_BIN),
         "PREFECT_HOME": str(base / "client-home"), **telemetry_env(),
     }
     script = ["bash", str(project / "scripts" / "team-services.sh")]

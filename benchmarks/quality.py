@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stylegan.config import EvaluateConfig, load_params, section, set_override
+from stylegan.config import EvaluateConfig, load_params, section, set_override, set_overrides
 
 # name -> overrides on top of params.yaml (and --set). Every recipe starts from BASE, the CPU
 # profile before issue 12 (batch 32, style mixing 0.9, noise inputs learned at the full lr), so
@@ -264,18 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
     data, work, out = Path(args.data), Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = load_params(args.params)
-    for a in args.set:
-        set_override(base, a)
+    base = load_params(args.params, args.set)
     ev = section(base, "evaluate")
     eval_cfg = EvaluateConfig(num_samples=args.num_samples, num_real=ev.num_real, seed=0, batch_size=64,
                               cache_dir=str(work / "cache"), pr_k=ev.pr_k, swd_min_resolution=ev.swd_min_resolution,
                               pokedex=args.pokedex)
     rows = []
     for name in names:
-        params = json.loads(json.dumps(base))
-        for a in [*BASE, *RECIPES[name]]:
-            set_override(params, a)
+        params = set_overrides(json.loads(json.dumps(base)), [*BASE, *RECIPES[name]])
         budget = None if args.cpu_minutes is None else 60.0 * args.cpu_minutes
         row = run_recipe(name, params, data, work, out, args.tag, eval_cfg, budget)
         rows.append(row)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stylegan.config import load_params, set_override
+from stylegan.config import load_params
 from stylegan.io import atomic_write_json
 
 # Fixed locations of the pipeline's outputs (dvc.yaml names the same paths), relative to the root.
@@ -19,11 +19,9 @@ METRICS_DIR = "metrics"  # DVC metrics and plots
 
 
 def load_run_params(params_path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """params.yaml as a dict, with ``section.key=value`` overrides applied (for ad-hoc flow runs)."""
-    params = load_params(params_path)
-    for assignment in overrides:
-        set_override(params, assignment)
-    return params
+    """params.yaml as a dict, with ``section.key=value`` overrides applied (for ad-hoc flow runs):
+    the library's loader, ``stylegan.config.load_params``, with the flows' default path."""
+    return load_params(params_path, overrides)
 
 
 def resolve(root: str | Path, path: str | Path) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.common import base_parser, load_run_params, resolve
-from stylegan.config import section, set_override
+from stylegan.config import section, set_overrides
 
 STEPS = ("fetch", "prepare", "pokedex", "train", "evaluate", "sample")
 RESULTS_DIR = ".prefect/results"  # persisted step results: the cache that lets a rerun skip work
@@ -64,8 +64,7 @@ class DvcStages:
             effective = self._tmp / f"params{source.suffix}"  # DVC picks its loader by the suffix
             shutil.copyfile(source, effective)
             with MODIFIERS[source.suffix.lower()](str(effective)) as data:  # round trip: other values as read
-                for assignment in overrides:
-                    set_override(data, assignment)
+                set_overrides(data, overrides)
             self._params = str(effective)
 
     def close(self) -> None:

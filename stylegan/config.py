@@ -12,6 +12,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -573,8 +574,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def load_params(path: str | Path) -> dict[str, Any]:
-    """Read params.yaml (or .json) as a plain dict."""
+def load_params(path: str | Path | None, overrides: Iterable[str] | None = ()) -> dict[str, Any]:
+    """Read params.yaml (or .json) as a plain dict, then apply ``section.key=value`` overrides in
+    order (``set_overrides``). The one loader of params with overrides: the CLI, the flows and the
+    data preparation all read theirs through it (with a profile overlay: ``stylegan.profile.load_params_with``).
+
+    ``path`` None: ./params.yaml when it exists, else no params (every section at its defaults).
+    """
+    if path is None:
+        if not Path("params.yaml").exists():
+            return set_overrides({}, overrides)
+        path = "params.yaml"
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"params file {path} does not exist; pass --params with the path to params.yaml")
@@ -590,7 +600,7 @@ def load_params(path: str | Path) -> dict[str, Any]:
                           f"{' '.join(str(exc).split())}; fix the syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
+    return set_overrides(data, overrides)
 
 
 # Override values are spelled as `dvc exp run -S` reads them (Hydra's override grammar), so one
@@ -724,6 +734,14 @@ def set_override(params: dict[str, Any], assignment: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {assignment!r}: {key} is not a section")
     node[keys[-1]] = value
+
+
+def set_overrides(params: dict[str, Any], assignments: Iterable[str] | None) -> dict[str, Any]:
+    """Apply each ``section.key=value`` of ``assignments`` (None: none) in order (``set_override``) to
+    ``params`` in place; returns ``params``."""
+    for assignment in assignments or ():
+        set_override(params, assignment)
+    return params
 
 
 def section(params: dict[str, Any], name: str) -> Any:

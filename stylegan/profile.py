@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from stylegan.config import SECTIONS, ConfigError, format_value, load_params, section
+from stylegan.config import SECTIONS, ConfigError, format_value, load_params, section, set_overrides
 
 
 def check_overlay(base: dict[str, Any], overlay: dict[str, Any], overlay_path: str | Path = "the overlay",
@@ -81,6 +81,15 @@ def load(overlay_path: str | Path, params_path: str | Path = "params.yaml") -> t
         raise ConfigError(f"{overlay_path} applied to {params_path}: {exc}; fix the overlay (nothing was "
                           "written)") from None
     return base, overlay, merged
+
+
+def load_params_with(overlay_path: str | Path | None, params_path: str | Path = "params.yaml",
+                     overrides: Iterable[str] | None = ()) -> dict[str, Any]:
+    """The params a run reads: ``params_path`` with the profile overlay merged (checked as ``load``
+    checks it; None: no overlay), then ``section.key=value`` overrides in order."""
+    if not overlay_path:
+        return load_params(params_path, overrides)
+    return set_overrides(load(overlay_path, params_path)[2], overrides)
 
 
 def write(params_path: str | Path, merged: dict[str, Any], overlay_path: str | Path) -> Path:

@@ -7,8 +7,10 @@ from stylegan.config import (
     ModelConfig,
     TrainConfig,
     from_dict,
+    load_params,
     section,
     set_override,
+    set_overrides,
 )
 
 
@@ -57,3 +59,21 @@ def test_fused_scale_accepts_auto_true_false_only() -> None:
     for bad in ("yes", 1):
         with pytest.raises(ConfigError, match=r"model\.fused_scale"):
             from_dict(ModelConfig, {"fused_scale": bad}, "model")
+
+
+def test_load_params_applies_overrides_in_order_and_none_reads_the_optional_default(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one params-with-overrides loader: the file, then each ``section.key=value`` in order;
+    path None is ./params.yaml when it exists, else no params at all."""
+    (tmp_path / "p.yaml").write_text("train:\n  lr: 0.001\n  seed: 1\n")
+    params = load_params(tmp_path / "p.yaml", ["train.lr=0.01", "model.max_resolution=32", "train.lr=0.02"])
+    assert params == {"train": {"lr": 0.02, "seed": 1}, "model": {"max_resolution": 32}}
+    assert load_params(tmp_path / "p.yaml") == load_params(tmp_path / "p.yaml", None) == {
+        "train": {"lr": 0.001, "seed": 1}}
+    monkeypatch.chdir(tmp_path)
+    assert load_params(None, ["data.max_resolution=16"]) == {"data": {"max_resolution": 16}}
+    (tmp_path / "params.yaml").write_text("data:\n  workers: 2\n")
+    assert load_params(None, ["data.max_resolution=16"]) == {"data": {"workers": 2, "max_resolution": 16}}
+    with pytest.raises(ConfigError, match=r"must look like section\.key=value"):
+        load_params(None, ["train.lr"])
+    assert set_overrides({}, ["a.b=1", "a.c=[1,2]"]) == {"a": {"b": 1, "c": [1, 2]}}

@@ -20,7 +20,7 @@ import yaml
 
 from stylegan.cli import main as cli_main
 from stylegan.config import ConfigError, format_value, load_params, parse_value, set_override
-from stylegan.profile import load, merge
+from stylegan.profile import load, load_params_with, merge
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS, OVERLAY = REPO / "params.yaml", REPO / "params-gpu.yaml"
@@ -207,6 +207,19 @@ def test_printed_overrides_rebuild_the_merged_config_through_set_override(capsys
     for assignment in assignments:
         set_override(params, assignment)  # the flows' -S and the CLI's --set
     same(params, FROZEN_GPU_PROFILE, "params")
+
+
+def test_load_params_with_merges_the_overlay_then_applies_the_overrides() -> None:
+    """What `pokegan train --profile --set` and the release card read: the checked overlay merged
+    onto params.yaml, then the overrides; no overlay is stylegan.config.load_params alone."""
+    merged = load(OVERLAY, PARAMS)[2]
+    assert load_params_with(OVERLAY, PARAMS) == merged
+    with_set = load_params_with(OVERLAY, PARAMS, ["train.seed=7", "model.z_dim=64"])
+    assert with_set["train"]["seed"] == 7 and with_set["model"]["z_dim"] == 64
+    assert {**with_set, "train": {**with_set["train"], "seed": merged["train"]["seed"]},
+            "model": {**with_set["model"], "z_dim": merged["model"]["z_dim"]}} == merged
+    assert load_params_with(None, PARAMS, ["train.seed=7"]) == load_params(PARAMS, ["train.seed=7"])
+    assert load_params_with(None, PARAMS)["train"]["seed"] == load_params(PARAMS)["train"]["seed"]
 
 
 def test_override_values_read_as_hydra_reads_them() -> None:

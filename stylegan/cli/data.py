@@ -14,15 +14,9 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 def _pokedex_config(params: str | None, overrides: list[str]) -> Any:
     """The typed ``pokedex`` section (names package) of the params file, with ``pokedex.*`` overrides."""
-    from pathlib import Path
+    from stylegan.config import load_params, section
 
-    from stylegan.config import load_params, section, set_override
-
-    path = params if params is not None else ("params.yaml" if Path("params.yaml").exists() else None)
-    values = load_params(path) if path is not None else {}
-    for assignment in overrides:
-        set_override(values, assignment)
-    return section(values, "pokedex")
+    return section(load_params(params, overrides), "pokedex")
 
 
 def add_fetch(sub: argparse._SubParsersAction) -> None:

@@ -11,12 +11,10 @@ from stylegan.cli.options import check_dir_arg, check_file_arg, model_options
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from stylegan.config import load_params, section, set_override
+    from stylegan.config import load_params, section
     from stylegan.metrics import evaluate_generator
 
-    params = load_params(args.params)
-    for assignment in args.set:
-        set_override(params, assignment)
+    params = load_params(args.params, args.set)
     from stylegan.device import resolve_device
 
     cfg = section(params, "evaluate")

@@ -9,14 +9,12 @@ from stylegan.cli.options import check_dir_arg, int_at_least, set_threads
 
 
 def _pokedex(args: argparse.Namespace) -> int:
-    from stylegan.config import load_params, section, set_override
+    from stylegan.config import load_params, section
     from stylegan.device import resolve_device
     from stylegan.pokedex.names import load_names
     from stylegan.pokedex.train import train_pokedex
 
-    params = load_params(args.params)
-    for assignment in args.set:
-        set_override(params, assignment)
+    params = load_params(args.params, args.set)
     cfg = section(params, "pokedex")
     data_root = args.data if args.data is not None else section(params, "data").out_dir
     out = args.out if args.out is not None else cfg.out_dir

@@ -49,16 +49,12 @@ def _git_commit() -> str:
 
 
 def _training_record(args: argparse.Namespace) -> dict:
+    from stylegan import profile
     from stylegan.checkpoint import read_generator_info
-    from stylegan.config import load_params
     from stylegan.metrics.reference import file_hash
 
     _, info = read_generator_info(args.export)
-    params = load_params(args.params)
-    if args.profile:
-        from stylegan import profile
-
-        params = profile.load(args.profile, args.params)[2]
+    params = profile.load_params_with(args.profile, args.params)
     data = Path(args.data)
     res = int(info["resolution"])
     summary = json.loads((data / "summary.json").read_text()) if (data / "summary.json").is_file() else {}

@@ -39,7 +39,7 @@ from typing import Any
 
 from PIL import Image, ImageOps  # noqa: F401  (re-exported: tests patch Pillow through this module)
 
-from stylegan.config import DataConfig, load_params, section, set_override
+from stylegan.config import DataConfig, load_params, section
 from stylegan.data.decode import (  # noqa: F401  (re-exported)
     ACCEPTED_FORMATS,
     ANIMATION_PIXEL_FACTOR,
@@ -65,11 +65,7 @@ def load_data_config(params: str | Path | None = None, overrides: Sequence[str] 
 
     ``overrides`` are ``key=value`` or ``data.key=value`` strings (as ``dvc exp run -S`` writes).
     """
-    path = params if params is not None else ("params.yaml" if Path("params.yaml").exists() else None)
-    values = load_params(path) if path is not None else {}
-    for assignment in overrides or []:
-        set_override(values, assignment if assignment.startswith("data.") else f"data.{assignment}")
-    return section(values, "data")
+    return section(load_params(params, [a if a.startswith("data.") else f"data.{a}" for a in overrides or []]), "data")
 
 
 def prepare_chunk(items: Sequence[InputItem], cfg: DataConfig) -> list[FrameResult]:

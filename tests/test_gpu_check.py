@@ -323,3 +323,21 @@ def test_join_release_finds_the_index_in_the_run_record(tmp_path: Path) -> None:
     join_release(release, tmp_path / "joined")
     joined = load_generator(tmp_path / "joined").state_dict()
     assert all(torch.equal(joined[k], v.half().float()) for k, v in G.state_dict().items())
+
+
+def test_the_release_trains_in_the_faster_measured_precision() -> None:
+    """On the first H200 fp32/TF32 beat bf16 autocast at 64 (3.37 vs 5.06 s/kimg): the release
+    step takes the faster eager progan row at its resolution, never a compiled or projected one."""
+    from benchmarks.gpu_check import _speed_for_schedule
+
+    s = {"train_resolution": 64, "device": "cuda"}
+
+    def row(amp: str, spk: float, **kw: object) -> dict[str, object]:
+        return {"status": "ok", "resolution": 64, "amp": amp, "compile": False, "discriminator": "progan",
+                "sec_per_kimg": spk, "name": f"r64-{amp}", **kw}
+
+    rows = [row("bf16", 5.06), row("none", 3.37), row("bf16", 1.0, compile=True),
+            row("bf16", 2.63, discriminator="projected"), row("none", 0.5, status="error")]
+    assert _speed_for_schedule(s, rows)[::2] == (3.37, "none")
+    assert _speed_for_schedule(s, rows[:1])[::2] == (5.06, "bf16")
+    assert _speed_for_schedule(s, [])[2] == "bf16"  # nothing measured: the cautious default

@@ -11,7 +11,32 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from flows.tracking import callback, provenance, registry, store
+from flows.tracking import callback, logged_model, provenance, registry, store
+
+
+def test_served_requirements_are_pyprojects_pins_read_from_the_installed_metadata(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PIP_REQUIREMENTS restates no pin: the core dependencies and the pipeline extra's mlflow, read
+    from ``importlib.metadata`` (or pyproject.toml itself, the same list), spelled as before."""
+    import tomllib
+    from importlib import metadata
+
+    before = ["torch==2.13.0", "numpy>=2.0,<3", "pillow==13.0.0", "pandas==3.1.1", "safetensors==0.8.0",
+              "pyyaml==6.0.3", "mlflow==3.17.2"]  # the list this module held by hand
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    mlflow_pin = next(s for s in project["optional-dependencies"]["pipeline"] if s.startswith("mlflow"))
+    assert logged_model.PIP_REQUIREMENTS == [*project["dependencies"], mlflow_pin] == before
+    assert "numpy<3,>=2.0" in metadata.requires("pokegan")  # setuptools' spelling, read back as pyproject's
+    assert logged_model.served_requirements(metadata.requires("pokegan")) == before
+    assert logged_model.served_requirements(["a<2,>=1", 'b==1; extra == "pipeline"', 'mlflow==9; extra == "dev"',
+                                             'mlflow>=3; extra == "pipeline"', 'c==2; sys_platform == "linux"']) == [
+        "a>=1,<2", 'c==2; sys_platform == "linux"', "mlflow>=3"]
+
+    def not_installed(name: str) -> list[str]:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(logged_model.metadata, "requires", not_installed)  # a checkout not pip-installed
+    assert logged_model.served_requirements() == before
 
 
 def test_flatten_nested_params() -> None:

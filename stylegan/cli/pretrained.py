@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 from stylegan.cli.options import check_dir_arg
@@ -37,74 +36,6 @@ def add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_models)
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parents[2])
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parents[2]).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _training_record(args: argparse.Namespace) -> dict:
-    from stylegan import profile
-    from stylegan.checkpoint import read_generator_info
-    from stylegan.metrics.reference import file_hash
-
-    _, info = read_generator_info(args.export)
-    params = profile.load_params_with(args.profile, args.params)
-    data = Path(args.data)
-    res = int(info["resolution"])
-    summary = json.loads((data / "summary.json").read_text()) if (data / "summary.json").is_file() else {}
-    wall = None
-    events = Path(args.run_dir) / "events.jsonl" if args.run_dir else None
-    if events is not None and events.is_file():
-        ticks = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
-        wall = sum(t["stats"].get("sec_per_tick", 0.0) for t in ticks if t.get("event") == "tick") / 3600
-    return {
-        "data": f"{summary.get('package', data)} ({summary.get('subset', '?')}, {summary.get('images', '?')} images)",
-        "data_digest": file_hash(data / f"images_{res}.npy")[:16],
-        "profile": args.profile, "command": args.command_line, "commit": _git_commit(),
-        "seed": params.get("train", {}).get("seed", 0), "kimg": info.get("metadata", {}).get("kimg"),
-        "wall_hours": round(wall, 3) if wall is not None else None,
-        "cpu_hours": args.cpu_hours, "machine": args.machine,
-        "params": {k: params[k] for k in ("model", "train") if k in params},
-    }
-
-
-def _gpu_training_record(args: argparse.Namespace) -> dict:
-    """The training facts of a GPU check's release step (benchmarks/gpu_check.py's JSON record)."""
-    from stylegan.checkpoint import read_generator_info
-    from stylegan.metrics.reference import file_hash
-
-    try:
-        run = json.loads(Path(args.gpu_record).read_text())
-        train, device = run["training"], run["device"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"--gpu-record {args.gpu_record}: not a GPU check record (gpu_check-*.json with a "
-                         f"training section): {exc}") from None
-    if train.get("status") != "ok":
-        raise ValueError(f"--gpu-record {args.gpu_record}: its release training did not finish ({train.get('error')})")
-    _, info = read_generator_info(args.export)
-    res = int(info["resolution"])
-    cmd = " ".join(run.get("command", []))
-    return {
-        "data": train.get("data"), "data_digest": file_hash(Path(args.data) / f"images_{res}.npy")[:16],
-        "profile": None, "command": f"bash benchmarks/{cmd.replace('gpu_check.py', 'gpu_check.sh')}",
-        "commit": args.commit or _git_commit(), "seed": 0, "kimg": train.get("kimg"),
-        "wall_hours": round(float(train["seconds"]) / 3600, 4), "cpu_hours": None,
-        "machine": f"one {device.get('name')} (torch {device.get('torch')}, {run.get('created_utc')})",
-        "gpu_hours": round(float(train["seconds"]) / 3600, 4),
-        "params": {"model": train.get("model"), "train": {
-            k: train.get(k) for k in ("start_resolution", "batch_sizes", "fade_kimg", "stab_kimg", "amp",
-                                      "channels_last", "r1_interval")} | {"lr": run.get("settings", {}).get(
-                                          "train_lr")}},
-        "fd_effnet_on_device": train.get("fd_effnet"),
-    }
-
-
 def _release(args: argparse.Namespace) -> int:
     from stylegan import pretrained, release
     from stylegan.checkpoint import load_generator
@@ -113,7 +44,12 @@ def _release(args: argparse.Namespace) -> int:
 
     check_dir_arg(args.export, "--export")
     cfg = section(load_params(args.params), "evaluate")
-    training = _gpu_training_record(args) if args.gpu_record else _training_record(args)
+    if args.gpu_record:
+        training = release.gpu_training_record(args.export, args.data, args.gpu_record, commit=args.commit)
+    else:
+        training = release.training_record(args.export, args.data, params=args.params, profile=args.profile,
+                                           run_dir=args.run_dir, command=args.command_line,
+                                           cpu_hours=args.cpu_hours, machine=args.machine, commit=args.commit)
     record = {"description": args.description, "limits": args.limit, "training": training}
     record["kimg"] = record["training"]["kimg"]
     compare = {}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stylegan.config import DISCRIMINATOR_KEYS, ModelConfig, TrainConfig, from_dict, stable_dict
-from stylegan.io import atomic_write, check_safetensors_fit, remove_stale_temp_files
+from stylegan.io import atomic_write, check_safetensors_fit, read_format_json, remove_stale_temp_files
 
 __all__ = ["atomic_write", "remove_stale_temp_files"]  # re-exported: callers import them from here
 
@@ -303,13 +303,7 @@ def read_generator_info(path: str | Path) -> tuple[Path, dict[str, Any]]:
     config = weights.with_name(CONFIG_NAME) if weights.name == WEIGHTS_NAME else weights.with_suffix(".json")
     if not config.is_file():
         raise FileNotFoundError(f"{weights} has no {config.name} next to it; re-export the generator")
-    try:
-        info = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{config} is corrupt ({exc}); re-export the generator") from exc
-    if not isinstance(info, dict) or info.get("format") != GENERATOR_FORMAT:
-        raise CheckpointError(f"{config} is not a pokegan generator config")
-    return weights, info
+    return weights, read_format_json(config, GENERATOR_FORMAT, "generator", "re-export the generator", CheckpointError)
 
 
 def _check_weights_fit(weights: Path, cfg: ModelConfig) -> None:

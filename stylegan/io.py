@@ -44,6 +44,17 @@ class OutputDirError(ValueError):
     """An output folder that the project must not replace (not its own, or a file)."""
 
 
+def read_format_json(config: Path, fmt: str, what: str, fix: str, error: type[Exception]) -> dict[str, Any]:
+    """``config`` parsed, or ``error`` saying it is corrupt or not a ``fmt`` file, and ``fix``."""
+    try:
+        info = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{config} is corrupt ({exc}); {fix}") from exc
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        raise error(f"{config} is not a pokegan {what} config; {fix}")
+    return info
+
+
 def fsync_dir(folder: str | Path) -> None:
     """Make renames inside ``folder`` durable (best effort: not every filesystem allows it)."""
     with contextlib.suppress(OSError):

@@ -9,11 +9,24 @@ replays to its own callbacks with ``dispatch_event``.
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A package's ``__getattr__`` (PEP 562) importing each exported name from its module on first
+    use, so that importing the package stays cheap (no torch or PIL until a name is needed)."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    return __getattr__
 
 
 class PipelineMissing(RuntimeError):

@@ -6,8 +6,7 @@ importing torch, which only the training-side ``PackedDataset`` needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from stylegan.shared import lazy_exports
 
 _EXPORTS = {
     "PackedDataset": "stylegan.data.dataset",
@@ -29,7 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'stylegan.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

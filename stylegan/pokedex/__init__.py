@@ -9,8 +9,7 @@ importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from stylegan.shared import lazy_exports
 
 _EXPORTS = {
     "Match": "stylegan.pokedex.store",
@@ -22,7 +21,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'stylegan.pokedex' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

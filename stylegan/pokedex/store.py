@@ -8,7 +8,6 @@ architecture before building anything, so a swapped or edited file is refused, n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stylegan.io import atomic_write, atomic_write_json, check_safetensors_fit, sha256_file
+from stylegan.io import atomic_write, atomic_write_json, check_safetensors_fit, read_format_json, sha256_file
 from stylegan.pokedex.network import DexNet
 
 FORMAT = "pokegan-pokedex"
@@ -69,12 +68,7 @@ def read_pokedex_info(path: str | Path) -> tuple[Path, dict[str, Any]]:
     fix = "train it with `pokegan pokedex` (or `dvc repro pokedex`)"
     if not weights.is_file() or not config.is_file():
         raise PokedexError(f"no Pokédex at {folder} (expected {WEIGHTS_NAME} and {CONFIG_NAME}); {fix}")
-    try:
-        info = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PokedexError(f"{config} is corrupt ({exc}); {fix}") from exc
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise PokedexError(f"{config} is not a pokegan Pokédex config; {fix}")
+    info = read_format_json(config, FORMAT, "Pokédex", fix, PokedexError)
     if info.get("version") != FORMAT_VERSION:
         raise PokedexError(f"{config} has format version {info.get('version')}, this code reads {FORMAT_VERSION}")
     for key, top in LIMITS.items():

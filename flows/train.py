@@ -42,7 +42,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import METRICS_DIR, MODEL_DIR, REGISTERED, RUNS_DIR, base_parser, load_run_params, resolve, write_json
 from flows.tracking import callback, datasets, logged_model, provenance, registry, runs, store
 from stylegan.config import ModelConfig, RegistryConfig, TrainConfig, section
-from stylegan.io import atomic_write_bytes
+from stylegan.io import atomic_write_bytes, sha256_file
 
 POKEDEX_DIR = "models/pokedex"  # the pokedex stage's output (pokedex.out_dir), logged beside the generator
 
@@ -314,24 +314,26 @@ def publish(job: TrainJob, final_resolution: int, log: Any = print) -> dict[str,
 
     client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
     reg = job.registry
-    existing = _version_with_sha(client, reg.name, sha)
+    # The Pokédex (the pokedex stage's output), when there is one: the served model names its images.
+    pokedex = job.root / POKEDEX_DIR if job.root is not None else None
+    # The stage writes only skipped.json for data without species labels: then no names.
+    pokedex = pokedex if pokedex is not None and (pokedex / "pokedex.json").is_file() else None
+    # A version is the generator and the Pokédex logged with it: a retrained Pokédex is a new version.
+    pokedex_sha = sha256_file(pokedex / "pokedex.safetensors") if pokedex is not None else "none"
+    existing = registry.version_with_tags(client, reg.name, {"generator.sha256": sha, "pokedex.sha256": pokedex_sha})
     if existing is not None:
-        # Same weights as an already registered version (a forced re-run, or one killed before
-        # its alias was set): reuse it.
+        # Same weights and Pokédex as an already registered version (a forced re-run, or one killed
+        # before its alias was set): reuse it.
         version, model_uri = existing.version, existing.source
         client.set_registered_model_alias(reg.name, reg.candidate_alias, version)
         log(f"generator unchanged; {reg.name} v{version} is {reg.candidate_alias} again")
     else:
-        # The Pokédex (the pokedex stage's output), when there is one: the served model names its images.
-        pokedex = job.root / POKEDEX_DIR if job.root is not None else None
-        # The stage writes only skipped.json for data without species labels: then no names.
-        pokedex = pokedex if pokedex is not None and (pokedex / "pokedex.json").is_file() else None
         info = logged_model.log_generator_model(job.mlflow_run_id, out, step=round(kimg * 1000), pokedex_dir=pokedex)
         model_uri = info.model_uri
         version = registry.register(client, model_uri, reg.name, reg.candidate_alias, job.mlflow_run_id,
-                                    tags={"generator.sha256": sha, "resolution": str(final_resolution),
-                                          "kimg": f"{kimg:.3f}", "run_key": job.key,
-                                          **job.lineage})
+                                    tags={"generator.sha256": sha, "pokedex.sha256": pokedex_sha,
+                                          "resolution": str(final_resolution), "kimg": f"{kimg:.3f}",
+                                          "run_key": job.key, **job.lineage})
         log(f"registered {reg.name} v{version} ({reg.candidate_alias}) from run {job.mlflow_run_id}")
     registered = {"name": reg.name, "version": str(version), "alias": reg.candidate_alias, "model_uri": model_uri,
                   "run_id": job.mlflow_run_id, "generator_sha256": sha, "resolution": final_resolution,
@@ -339,9 +341,6 @@ def publish(job: TrainJob, final_resolution: int, log: Any = print) -> dict[str,
     write_json(job.registered_path, registered)
     return registered
 
-
-def _version_with_sha(client: Any, name: str, sha: str) -> Any | None:
-    return registry.version_with_tag(client, name, "generator.sha256", sha)
 
 
 def _end_mlflow_run(status: str, reason: str) -> Any:
@@ -423,7 +422,7 @@ def resolve_init_from(client: Any, params: dict[str, Any], root: Path, registry_
     tags.update({"parent.sha256": source.sha256, "parent.kind": source.kind,
                  "parent.resolution": str(source.resolution)})
     if "parent.version" not in tags and source.kind == "export":
-        same = _version_with_sha(client, registry_name, source.sha256)
+        same = registry.version_with_tag(client, registry_name, "generator.sha256", source.sha256)
         if same is not None:
             tags["parent.version"] = f"{registry_name}/{same.version}"
     return tags

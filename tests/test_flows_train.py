@@ -83,11 +83,28 @@ def test_train_flow_resumes_skips_and_registers(
     assert again["version"] == "1" and again["run_id"] == reg["run_id"]
     assert len(client.search_model_versions("name = 'pokemon-stylegan'")) == 1
 
+    # The same generator with a (re)trained Pokédex beside it: a new version that serves names, reused
+    # when nothing changes again.
+    import torch
+
+    from stylegan.pokedex import save_pokedex
+    from stylegan.pokedex.network import DexNet
+
+    torch.manual_seed(0)
+    save_pokedex(DexNet(2, width=8), tmp_path / "models" / "pokedex", [1, 4], ["Bulbasaur", "Charmander"],
+                 {"top1": 0.5, "top5": 1.0})
+    named = train_flow(params_path="params.yaml", root=str(tmp_path))
+    assert named["version"] == "2" and named["generator_sha256"] == reg["generator_sha256"]
+    tags = client.get_model_version("pokemon-stylegan", "2").tags
+    assert tags["pokedex.sha256"] != "none" and tags["generator.sha256"] == reg["generator_sha256"]
+    assert client.get_model_version("pokemon-stylegan", "1").tags["pokedex.sha256"] == "none"
+    assert train_flow(params_path="params.yaml", root=str(tmp_path))["version"] == "2"
+
     # A changed training param gets its own run directory and MLflow run, and a new version.
     changed = train_flow(params_path="params.yaml", root=str(tmp_path), overrides=["train.seed=1"])
-    assert changed["version"] == "2" and changed["run_id"] != reg["run_id"]
+    assert changed["version"] == "3" and changed["run_id"] != reg["run_id"]
     assert len(list((tmp_path / "runs" / "train").iterdir())) == 2
-    assert client.get_registered_model("pokemon-stylegan").aliases == {"candidate": 2}
+    assert client.get_registered_model("pokemon-stylegan").aliases == {"candidate": 3}
 
     # Edited training code (same params and data) must train afresh, not skip to the old checkpoints.
     import stylegan.checkpoint

@@ -35,6 +35,11 @@ def register(client: MlflowClient, model_uri: str, name: str, alias: str, run_id
 def version_with_tag(client: MlflowClient, name: str, tag: str, value: str) -> Any | None:
     """The newest version of ``name`` whose tag ``tag`` is ``value`` (e.g. the weights' sha256), or None:
     a re-run that produced the same weights reuses that version instead of registering them twice."""
+    return version_with_tags(client, name, {tag: value})
+
+
+def version_with_tags(client: MlflowClient, name: str, tags: dict[str, str]) -> Any | None:
+    """The newest version of ``name`` carrying every one of ``tags`` with its value, or None."""
     try:
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException:
@@ -42,7 +47,7 @@ def version_with_tag(client: MlflowClient, name: str, tag: str, value: str) -> A
     # Search results may come without tags; read each version (a handful) in full.
     for v in sorted(versions, key=lambda v: -int(v.version)):
         full = client.get_model_version(name, str(v.version))
-        if full.tags.get(tag) == value:
+        if all(full.tags.get(k) == v for k, v in tags.items()):
             return full
     return None
 

@@ -20,7 +20,7 @@ from stylegan.io import sha256_file
 PREFIX = "pretrained:"
 ROOT = Path(__file__).resolve().parents[1] / "pretrained"  # beside stylegan/ in the checkout
 INDEX_NAME = "index.json"
-DEFAULT = "sprites-64"  # what `pokegan studio` opens when given no --model
+DEFAULT = "sprites-32"  # what `pokegan studio` opens when given no --model (the best shipped model)
 POKEDEX_DIR = "pokedex"
 
 

@@ -261,7 +261,7 @@ def write_tiny_pokedex(folder: Path) -> Path:
     return save_pokedex(DexNet(4, width=8), folder, [1, 2, 4, 7], POKEDEX_NAMES, {})
 
 
-def write_fake_pretrained(root: Path, G: torch.nn.Module, name: str = "sprites-64") -> Path:
+def write_fake_pretrained(root: Path, G: torch.nn.Module, name: str = "sprites-32") -> Path:
     """A ``pretrained/`` root holding ``name``: the export of ``G``, a tiny Pokédex and index.json (sha256s)."""
     from stylegan.checkpoint import export_generator
     from stylegan.io import sha256_file

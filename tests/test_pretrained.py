@@ -142,7 +142,7 @@ def test_finetune_starts_from_a_shipped_model(shipped: Path, tmp_path: Path, mon
 
 def test_a_checkout_without_shipped_models_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(pretrained.PretrainedError, match=r"index\.json is missing.*scripts/release\.sh"):
-        pretrained.folder("pretrained:sprites-64", tmp_path)
+        pretrained.folder("pretrained:sprites-32", tmp_path)
 
 
 def test_release_from_a_gpu_check_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,7 @@
-"""The generator that ships in the repository (pretrained/sprites-64): it loads with its sha256s
-checked, draws its committed grid again bit for bit on the CPU, names its samples as its card
-says, and samples and fine-tunes on a fresh clone with no network and no pipeline run."""
+"""The generators that ship in the repository (pretrained/sprites-32, pretrained/sprites-64): each
+loads with its sha256s checked, draws its committed grid again bit for bit on the CPU, names its
+samples as its card says, and samples and fine-tunes on a fresh clone with no network and no
+pipeline run."""
 
 from __future__ import annotations
 
@@ -15,30 +16,41 @@ from PIL import Image
 from stylegan import pretrained, release, sampling
 from stylegan.cli import main
 
-NAME = "sprites-64"
+NAME = "sprites-64"  # the GPU one: the fine-tuning overlay targets it
 FOLDER = pretrained.ROOT / NAME
+SHIPPED = {"sprites-32": 32, "sprites-64": 64}
 
 
-def test_the_shipped_model_is_indexed_small_and_loads_checked() -> None:
-    entry = pretrained.index()[NAME]
-    assert entry["resolution"] == 64 and entry["files"]["generator.safetensors"]
-    assert (FOLDER / "generator.safetensors").stat().st_size <= release.MAX_WEIGHTS_BYTES
-    G = pretrained.load(pretrained.PREFIX + NAME)  # checks every sha256 in the index
-    assert G.cfg.max_resolution == 64 and sum(p.numel() for p in G.parameters()) == json.loads(
-        (FOLDER / "release.json").read_text())["parameters"]
-    assert pretrained.DEFAULT == NAME  # what pokegan studio opens without --model
+@pytest.mark.parametrize(("name", "resolution"), sorted(SHIPPED.items()))
+def test_the_shipped_model_is_indexed_small_and_loads_checked(name: str, resolution: int) -> None:
+    folder = pretrained.ROOT / name
+    entry = pretrained.index()[name]
+    assert entry["resolution"] == resolution and entry["files"]["generator.safetensors"]
+    assert (folder / "generator.safetensors").stat().st_size <= release.MAX_WEIGHTS_BYTES
+    G = pretrained.load(pretrained.PREFIX + name)  # checks every sha256 in the index
+    assert G.cfg.max_resolution == resolution and sum(p.numel() for p in G.parameters()) == json.loads(
+        (folder / "release.json").read_text())["parameters"]
 
 
-def test_the_committed_grid_is_redrawn_bit_for_bit_and_named_as_committed() -> None:
+def test_the_default_is_the_best_shipped_model() -> None:
+    """pokegan studio opens pretrained.DEFAULT: the shipped model with the lowest fd_dex."""
+    fd = {name: json.loads((pretrained.ROOT / name / "release.json").read_text())["metrics"]["fd_dex"]
+          for name in SHIPPED}
+    assert pretrained.DEFAULT == min(fd, key=fd.get) == "sprites-32"
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_the_committed_grid_is_redrawn_bit_for_bit_and_named_as_committed(name: str) -> None:
     from stylegan.pokedex import load_pokedex
     from stylegan.pokedex.explain import explain
 
-    G = pretrained.load(pretrained.PREFIX + NAME)
+    folder = pretrained.ROOT / name
+    G = pretrained.load(pretrained.PREFIX + name)
     images = sampling.generate(G, seeds=release.GRID_SEEDS, truncation_psi=release.GRID_PSI)
     drawn = np.asarray(sampling.image_grid(images, cols=8))
-    assert np.array_equal(drawn, np.asarray(Image.open(FOLDER / "samples.png").convert("RGB")))
-    committed = json.loads((FOLDER / "looks_like.json").read_text())["samples"]
-    found = explain(load_pokedex(pretrained.pokedex_dir(pretrained.PREFIX + NAME)), images)
+    assert np.array_equal(drawn, np.asarray(Image.open(folder / "samples.png").convert("RGB")))
+    committed = json.loads((folder / "looks_like.json").read_text())["samples"]
+    found = explain(load_pokedex(pretrained.pokedex_dir(pretrained.PREFIX + name)), images)
     assert {str(s): e.to_dict() for s, e in zip(release.GRID_SEEDS, found, strict=True)} == committed
 
 
@@ -56,20 +68,22 @@ def test_a_corrupted_or_swapped_shipped_file_is_refused(tmp_path: Path) -> None:
         pretrained.load(pretrained.PREFIX + NAME, root=root)
 
 
-def test_sample_named_creatures_out_of_the_box(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize(("name", "resolution"), sorted(SHIPPED.items()))
+def test_sample_named_creatures_out_of_the_box(name: str, resolution: int, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's quick start, from a folder with no pipeline outputs and no network."""
     monkeypatch.chdir(tmp_path)
     assert main(["models"]) == 0
-    assert f"pretrained:{NAME}" in capsys.readouterr().out
+    assert f"pretrained:{name}" in capsys.readouterr().out
     out = tmp_path / "samples"
-    assert main(["sample", "--model", f"pretrained:{NAME}", "--seeds", "0-3", "--explain", "--out", str(out)]) == 0
+    assert main(["sample", "--model", f"pretrained:{name}", "--seeds", "0-3", "--explain", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "looks_like.json").read_text())["samples"]
     assert sorted(report) == ["0", "1", "2", "3"]
     for seed, entry in report.items():
         assert f"seed {seed}: {entry['name']} (looks like" in printed and len(entry["looks_like"]) == 3
-        assert Image.open(out / f"seed{int(seed):04d}.png").size == (64, 64)
+        assert Image.open(out / f"seed{int(seed):04d}.png").size == (resolution, resolution)
 
 
 def test_finetune_from_the_shipped_model(tmp_path: Path) -> None:

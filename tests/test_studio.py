@@ -195,11 +195,11 @@ def test_a_shipped_model_is_the_default_and_brings_its_pokedex(export: Path, pok
 
     G = load_generator(export)
     root = write_fake_pretrained(tmp_path / "pretrained", G)
-    source = ModelSource("pretrained:sprites-64", pretrained_root=root)
-    assert source.name == "pretrained:sprites-64" and source.pokedex is not None  # its own Pokédex
+    source = ModelSource("pretrained:sprites-32", pretrained_root=root)
+    assert source.name == "pretrained:sprites-32" and source.pokedex is not None  # its own Pokédex
     c = TestClient(create_app(source, perceptual=False))
     info = c.get("/api/info").json()
-    assert info["model"] == info["name"] == "pretrained:sprites-64" and info["pokedex"] and not info["registry"]
+    assert info["model"] == info["name"] == "pretrained:sprites-32" and info["pokedex"] and not info["registry"]
     r = c.post("/api/render", json={"items": [{"seed": 3}]}).json()
     np.testing.assert_array_equal(decode(r["images"][0]), generate(G, seeds=[3], truncation_psi=0.7)[0])
     assert len(r["looks_like"]) == 1 and len(r["looks_like"][0]["looks_like"]) == 3
@@ -210,8 +210,8 @@ def test_a_shipped_model_is_the_default_and_brings_its_pokedex(export: Path, pok
     monkeypatch.setattr(pretrained, "ROOT", root)
     assert main(["studio"]) == 0
     opened = apps[-1].state.studio.source
-    assert opened.spec == "pretrained:sprites-64" and opened.pokedex is not None
-    assert "serving pretrained:sprites-64" in capsys.readouterr().err
+    assert opened.spec == "pretrained:sprites-32" and opened.pokedex is not None
+    assert "serving pretrained:sprites-32" in capsys.readouterr().err
     # --pokedex names an export folder's images; one that does not load is said, and serving goes on.
     assert main(["studio", "--model", str(export), "--pokedex", str(pokedex_dir)]) == 0
     assert apps[-1].state.studio.source.pokedex is not None
@@ -221,11 +221,11 @@ def test_a_shipped_model_is_the_default_and_brings_its_pokedex(export: Path, pok
     monkeypatch.setattr(pretrained, "ROOT", tmp_path / "nothing")
     assert _default_model(str(tmp_path / "no-params.yaml")) == "models:/pokemon-stylegan@champion"
     # A damaged shipped file is refused before serving.
-    weights = root / "sprites-64" / "generator.safetensors"
+    weights = root / "sprites-32" / "generator.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(pretrained.PretrainedError, match="damaged or swapped"):
-        ModelSource("pretrained:sprites-64", pretrained_root=root)
+        ModelSource("pretrained:sprites-32", pretrained_root=root)
 
 
 class FakeRegistry:

@@ -21,7 +21,7 @@ def _default_model_uri(params_path: str) -> str:
 
 
 def _default_model(params_path: str) -> str:
-    """The shipped model (pretrained:sprites-64) when the checkout has it, else the registry's champion."""
+    """The shipped model (pretrained:sprites-32) when the checkout has it, else the registry's champion."""
     from stylegan import pretrained
 
     try:
@@ -63,7 +63,7 @@ def add_studio(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("studio", help="a local web page to explore a model: seeds, truncation, mixing, "
                        "interpolation, projection, registered versions, \"looks like\" names")
     model_options(p, required=False)
-    p._option_string_actions["--model"].help += (" (default: the shipped pretrained:sprites-64 when the checkout "
+    p._option_string_actions["--model"].help += (" (default: the shipped pretrained:sprites-32 when the checkout "
                                                  "has it, else the registry's champion, from --params)")
     p.add_argument("--params", default="params.yaml",
                    help="without the shipped model, where the default model's name and alias come from "

@@ -213,8 +213,10 @@ def _compute_line(train: dict[str, Any]) -> str:
     if train.get("gpu_hours") is not None:
         return (f"- Compute: {kimg} in {float(train['gpu_hours']) * 60:.1f} minutes of training on "
                 f"{train.get('machine')}.")
-    return (f"- Compute: {kimg} in {_fmt(train.get('wall_hours'))} hours of wall time and "
-            f"{_fmt(train.get('cpu_hours'))} CPU hours on {train.get('machine', 'a 2-core CPU')}.")
+    spent = [f"{_fmt(train[k])} {what}" for k, what in (("wall_hours", "hours of wall time"),
+                                                        ("cpu_hours", "CPU hours")) if train.get(k) is not None]
+    return (f"- Compute: {kimg}{' in ' + ' and '.join(spent) if spent else ''} on "
+            f"{train.get('machine', 'a 2-core CPU')}.")
 
 
 def model_card(release: dict[str, Any]) -> str:
@@ -261,7 +263,8 @@ def model_card(release: dict[str, Any]) -> str:
         "computes in fp32 after loading. `generator.json` holds its config; loading checks the sha256 in "
         "`pretrained/index.json`, the model limits and the safetensors header, and runs no pickle.",
         f"- `pokedex/`: the Pokédex network that names its samples (held-out top-1 {_fmt(dex.get('top1'))}, "
-        f"top-5 {_fmt(dex.get('top5'))}; names from the npm package `{dex.get('names_package')}`).",
+        f"top-5 {_fmt(dex.get('top5'))}"
+        + (f"; names from the npm package `{dex['names_package']}`)." if dex.get("names_package") else ")."),
         "",
         "## What it was trained on",
         "",

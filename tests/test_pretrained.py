@@ -53,6 +53,7 @@ def test_package_writes_a_checked_folder(shipped: Path) -> None:
     assert next(G.parameters()).dtype == torch.float32  # fp16 storage, fp32 compute
     card = (folder / "README.md").read_text()
     assert "pretrained:toy" in card and "fd_dex" in card and "grid.png" in card and "- tiny" in card
+    assert "None" not in card  # facts the record lacks (wall time, CPU hours) are left out, not printed
     metrics = json.loads((folder / "release.json").read_text())["metrics"]
     assert "fd_dex" in metrics and "recall_dex" in metrics
 

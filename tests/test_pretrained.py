@@ -20,16 +20,23 @@ from tests.helpers import blob_images, tiny_generator
 NAMES = ["Bulbasaur", "Ivysaur", "Charmander", "Squirtle"]
 
 
+def toy_release_inputs(tmp: Path, kimg: float) -> Path:
+    """What pokegan release reads, in ``tmp``: prepared/ (40 blob images), export/ (a tiny
+    generator trained ``kimg``) and pokedex/ (an untrained 4-species Pokédex); returns prepared/."""
+    data = tmp / "prepared"
+    data.mkdir()
+    np.save(data / "images_32.npy", blob_images(40, 11))
+    export_generator(tiny_generator(), tmp / "export", metadata={"kimg": kimg})
+    torch.manual_seed(0)
+    save_pokedex(DexNet(4, width=8), tmp / "pokedex", [1, 2, 4, 7], NAMES, {"top1": 0.5, "top5": 1.0})
+    return data
+
+
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pretrained/ root holding one packaged tiny model, "toy"."""
     tmp = tmp_path_factory.mktemp("release")
-    data = tmp / "prepared"
-    data.mkdir()
-    np.save(data / "images_32.npy", blob_images(40, 11))
-    export_generator(tiny_generator(), tmp / "export", metadata={"kimg": 1.5})
-    torch.manual_seed(0)
-    save_pokedex(DexNet(4, width=8), tmp / "pokedex", [1, 2, 4, 7], NAMES, {"top1": 0.5, "top5": 1.0})
+    data = toy_release_inputs(tmp, kimg=1.5)
     cfg = EvaluateConfig(num_samples=16, num_real=24, batch_size=16, kid_subsets=5, kid_subset_size=8,
                          novelty_samples=4, report_grid_size=4, interpolation_steps=2, cache_dir=str(tmp / "cache"))
     root = tmp / "pretrained"
@@ -149,12 +156,7 @@ def test_a_checkout_without_shipped_models_says_how_to_make_one(tmp_path: Path) 
 def test_release_from_a_gpu_check_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`pokegan release --gpu-record`: the card's training facts come from the GPU check's JSON
     (device, minutes, kimg, schedule), and a record of a failed training is refused."""
-    data = tmp_path / "prepared"
-    data.mkdir()
-    np.save(data / "images_32.npy", blob_images(40, 11))
-    export_generator(tiny_generator(), tmp_path / "export", metadata={"kimg": 114.3})
-    torch.manual_seed(0)
-    save_pokedex(DexNet(4, width=8), tmp_path / "pokedex", [1, 2, 4, 7], NAMES, {"top1": 0.5, "top5": 1.0})
+    data = toy_release_inputs(tmp_path, kimg=114.3)
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  num_samples: 16\n  num_real: 24\n  batch_size: 16\n  kid_subsets: 5\n"
                       "  kid_subset_size: 8\n  novelty_samples: 4\n  report_grid_size: 4\n  interpolation_steps: 2\n"

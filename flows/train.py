@@ -342,7 +342,6 @@ def publish(job: TrainJob, final_resolution: int, log: Any = print) -> dict[str,
     return registered
 
 
-
 def _end_mlflow_run(status: str, reason: str) -> Any:
     """A flow-run state hook: terminate the MLflow run(s) this flow run opened with ``status``."""
 

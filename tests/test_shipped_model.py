@@ -1,6 +1,6 @@
 """The generators that ship in the repository (pretrained/sprites-32, pretrained/sprites-64): each
-loads with its sha256s checked, draws its committed grid again bit for bit on the CPU, names its
-samples as its card says, and samples and fine-tunes on a fresh clone with no network and no
+loads with its sha256s checked, draws its committed grid again on the CPU (bit for bit on the CPU
+that drew it), names its samples as its card says, and samples and fine-tunes on a fresh clone with no network and no
 pipeline run."""
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def test_the_default_is_the_best_shipped_model() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_the_committed_grid_is_redrawn_bit_for_bit_and_named_as_committed(name: str) -> None:
+def test_the_committed_grid_is_redrawn_and_named_as_committed(name: str) -> None:
+    """Bit for bit on the CPU that drew it; another CPU's float kernels (AVX-512 vs AVX2, oneDNN's
+    choice of algorithm) round a few pixels one level the other way, and nothing more."""
     from stylegan.pokedex import load_pokedex
     from stylegan.pokedex.explain import explain
 
@@ -48,10 +50,18 @@ def test_the_committed_grid_is_redrawn_bit_for_bit_and_named_as_committed(name: 
     G = pretrained.load(pretrained.PREFIX + name)
     images = sampling.generate(G, seeds=release.GRID_SEEDS, truncation_psi=release.GRID_PSI)
     drawn = np.asarray(sampling.image_grid(images, cols=8))
-    assert np.array_equal(drawn, np.asarray(Image.open(folder / "samples.png").convert("RGB")))
+    diff = np.abs(drawn.astype(int) - np.asarray(Image.open(folder / "samples.png").convert("RGB")).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
     committed = json.loads((folder / "looks_like.json").read_text())["samples"]
     found = explain(load_pokedex(pretrained.pokedex_dir(pretrained.PREFIX + name)), images)
-    assert {str(s): e.to_dict() for s, e in zip(release.GRID_SEEDS, found, strict=True)} == committed
+    drawn_names = {str(s): e.to_dict() for s, e in zip(release.GRID_SEEDS, found, strict=True)}
+    assert drawn_names.keys() == committed.keys()
+    for seed, entry in drawn_names.items():  # same names and species; probabilities to the rounding above
+        want = committed[seed]
+        assert entry["name"] == want["name"], seed
+        assert [m["species_id"] for m in entry["looks_like"]] == [m["species_id"] for m in want["looks_like"]], seed
+        assert [m["prob"] for m in entry["looks_like"]] == pytest.approx([m["prob"] for m in want["looks_like"]],
+                                                                          abs=2e-3), seed
 
 
 def test_a_corrupted_or_swapped_shipped_file_is_refused(tmp_path: Path) -> None:
@@ -91,7 +101,7 @@ def test_finetune_from_the_shipped_model(tmp_path: Path) -> None:
     import torch
 
     from stylegan.training import Trainer
-    from stylegan.transfer import read_init_source
+    from stylegan.training.transfer import read_init_source
     from tests.helpers import tiny_train_config, write_toy_data
 
     source = read_init_source(f"pretrained:{NAME}")
@@ -112,7 +122,7 @@ def test_the_finetune_overlay_matches_the_shipped_architecture() -> None:
     architecture check against the shipped model and starts the schedule at its resolution."""
     from stylegan import profile
     from stylegan.config import section
-    from stylegan.transfer import effective_train_config
+    from stylegan.training.transfer import effective_train_config
 
     repo = pretrained.ROOT.parent
     _, overlay, merged = profile.load(repo / "params-finetune-64.yaml", repo / "params.yaml")

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stylegan.data.dataset import PackedDataset
-from stylegan.device import pin_memory_available
+from stylegan.training.dataset import PackedDataset
+from stylegan.training.device import pin_memory_available
 
 
 @dataclass

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from stylegan import distributed
-from stylegan.augment import AdaController
 from stylegan.config import TrainConfig
 from stylegan.sampling import generate, image_grid
-from stylegan.schedule import Phase
+from stylegan.training import distributed
+from stylegan.training.augment import AdaController
+from stylegan.training.schedule import Phase
 
 
 class TickMeter:

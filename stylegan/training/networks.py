@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from stylegan.config import ModelConfig
-from stylegan.device import fp32_region
-from stylegan.layers import (
+from stylegan.training.device import fp32_region
+from stylegan.training.layers import (
     AdaIN,
     BatchShard,
     Blur,

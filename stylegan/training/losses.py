@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from stylegan.config import ConfigError
-from stylegan.device import autocast
+from stylegan.training.device import autocast
 
 if TYPE_CHECKING:
-    from stylegan.augment import AdaController, AugmentPipe
     from stylegan.config import TrainConfig
+    from stylegan.training.augment import AdaController, AugmentPipe
 
 
 def _check_logits(*logits: torch.Tensor) -> None:
@@ -349,7 +349,7 @@ class WganGpLoss(GANLoss):
 
 
 class ProjectedLoss(GANLoss):
-    """A projected D's loss (``stylegan.projected``) on its patch logits: hinge (Projected GAN's) or the
+    """A projected D's loss (``stylegan.training.projected``) on its patch logits: hinge (Projected GAN's) or the
     non-saturating logistic, means over every image and patch. No R1 or other penalty (the official
     uses none: "no regularization needed for PG"). What D sees is blurred first (StyleGAN-XL's blur,
     ``sigma_at``; off by default, as Projected GAN), then augmented."""
@@ -379,7 +379,7 @@ class ProjectedLoss(GANLoss):
         return left * self.blur_sigma * at.resolution / self.blur_resolution
 
     def seen(self, x: torch.Tensor, at: StepArgs) -> torch.Tensor:
-        from stylegan.projected import d_blur
+        from stylegan.training.projected import d_blur
 
         sigma = self.sigma_at(at)
         return self.augment(d_blur(x, sigma) if sigma > 0 else x)

@@ -1,7 +1,7 @@
 """Projected discriminator (Sauer et al., "Projected GANs Converge Faster", NeurIPS 2021).
 
 D looks at images through a frozen pretrained feature network: EfficientNet-Lite0 (the network
-``stylegan/metrics/effnet.py`` already loads; the official code uses timm's
+``stylegan/training/effnet.py`` already loads; the official code uses timm's
 ``tf_efficientnet_lite0``, converted from the same TensorFlow checkpoint), tapped at the ends of
 its stride-4, 8, 16 and 32 stages (after blocks 2, 4, 10 and 15 of the flat block list: 24, 40,
 112 and 320 channels). Fixed random 1x1 convolutions mix the channels of each tap (CCM, widths
@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylegan.config import ConfigError, ModelConfig
-from stylegan.metrics import effnet
-from stylegan.networks import Discriminator
+from stylegan.training import effnet
+from stylegan.training.networks import Discriminator
 
 # Flat block indices of EfficientNet-Lite0 after which the pyramid taps (the last block of its
 # stride-4, 8, 16, 32 stages; the official code's timm stages [0:2], [2:3], [3:5], [5:9]).

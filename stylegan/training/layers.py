@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylegan.device import fp32_region
+from stylegan.training.device import fp32_region
 
 SQRT2 = math.sqrt(2.0)
 
@@ -169,7 +169,7 @@ def downsample2x(x: torch.Tensor) -> torch.Tensor:
 # One process's share of a batch that several processes compute together (torchrun): the
 # global batch size and the rows of it this process computes. Random inputs are drawn for the
 # global batch and these rows kept, so N processes draw exactly what one would
-# (``stylegan.distributed.shard_rows`` picks the rows).
+# (``stylegan.training.distributed.shard_rows`` picks the rows).
 BatchShard = tuple[int, torch.Tensor]
 
 

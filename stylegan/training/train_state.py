@@ -21,9 +21,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from stylegan import transfer
-from stylegan.augment import AdaController
-from stylegan.batches import RealBatches, check_data
 from stylegan.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -41,7 +38,10 @@ from stylegan.checkpoint import (
     stage_name,
 )
 from stylegan.config import ModelConfig, TrainConfig, to_dict
-from stylegan.schedule import Phase, Stage, phase_at, stages
+from stylegan.training import transfer
+from stylegan.training.augment import AdaController
+from stylegan.training.batches import RealBatches, check_data
+from stylegan.training.schedule import Phase, Stage, phase_at, stages
 
 DEVICE_SEED_OFFSET = 0x5EED  # the device generator starts from train.seed + this
 AUG_SEED_OFFSET = 0xA6E  # the augmentation generator: its own stream, not a copy of the latents'
@@ -336,7 +336,7 @@ def run_progress(run_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainCo
 
 def _check_shapes(state: dict[str, Any], path: Path, model_cfg: ModelConfig) -> None:
     """load_state_dict's strict check, against networks built on the meta device (no memory)."""
-    from stylegan.networks import Discriminator, Generator
+    from stylegan.training.networks import Discriminator, Generator
 
     with torch.device("meta"):
         nets = {"G": Generator(model_cfg), "D": Discriminator(model_cfg)}

@@ -22,10 +22,14 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from stylegan.config import TrainConfig
+    from stylegan.training.schedule import Stage
 
 # Set by torchrun in every worker it starts (torch.distributed.elastic).
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -95,6 +99,16 @@ def shutdown(barrier: bool = True) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Which samples of the global batch a rank trains on
+
+
+def check_global_batches(stages: Sequence[Stage], train_cfg: TrainConfig, world_size: int) -> None:
+    """Every stage's batch (a global figure: all processes together) must split evenly over them."""
+    for s in stages:
+        batch = train_cfg.batch_size_at(s.resolution)
+        if batch % world_size:
+            raise ValueError(f"batch size {batch} at {s.resolution}x{s.resolution} is not divisible by {world_size} "
+                             "processes; batch sizes are global (split over the processes): change "
+                             "train.batch_size(s) or --nproc-per-node")
 
 
 def shard_rows(batch_size: int, world_size: int, rank: int, group_size: int) -> torch.Tensor:

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stylegan import distributed
 from stylegan.config import ModelConfig, TrainConfig
-from stylegan.data import PackedDataset, available_resolutions
-from stylegan.data.prefetch import BatchPrefetcher
-from stylegan.layers import downsample2x, upsample2x
-from stylegan.schedule import Phase, Stage, phase_at
+from stylegan.training import distributed
+from stylegan.training.dataset import PackedDataset, available_resolutions
+from stylegan.training.layers import downsample2x, upsample2x
+from stylegan.training.prefetch import BatchPrefetcher
+from stylegan.training.schedule import Phase, Stage, phase_at
 
 
 def check_data(data_root: Path, stages: Sequence[Stage]) -> None:
@@ -40,13 +40,9 @@ def check_sharding(stages: Sequence[Stage], train_cfg: TrainConfig, model_cfg: M
     """Every stage's batch must split evenly over the processes; warn when D's groups would shrink."""
     if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ValueError(f"world_size={world_size} needs torch.distributed initialised before the Trainer")
+    distributed.check_global_batches(stages, train_cfg, world_size)
     for s in stages:
         B = train_cfg.batch_size_at(s.resolution)
-        if B % world_size:
-            raise ValueError(
-                f"batch size {B} at {s.resolution}x{s.resolution} must be divisible by the number of "
-                f"processes ({world_size}); change train.batch_size(s) or --nproc-per-node"
-            )
         g = distributed.mbstd_group(B, model_cfg.mbstd_group_size)
         if world_size > 1 and rank == 0 and not distributed.groups_preserved(B, world_size, g):
             warnings.warn(

@@ -2,15 +2,15 @@
 
 The Trainer orchestrates; the rest lives beside it: the state and RNG streams a checkpoint
 carries (``train_state``: a run resumed by a new ``Trainer`` on the same ``run_dir`` continues
-bit for bit on CPU), real batches (``batches``), the tick meter and snapshots (``ticks``) and
-the loss (``losses``).
+bit for bit on CPU), real batches (``batches``), Adam, the gradient step over ranks and G_ema
+(``optim``), the tick meter and snapshots (``ticks``) and the loss (``losses``).
 
 A step never waits for the device: losses stay device tensors (summed on the device, read
 once per tick), random draws happen on the device, the next real batch is gathered in the
-background (``data/prefetch.py``), and a compiled graph reads alpha from a device tensor.
+background (``training/prefetch.py``), and a compiled graph reads alpha from a device tensor.
 Trackers are reached only through callbacks; only rank 0 saves files or reports.
 
-Several processes (torchrun; ``stylegan.distributed``) train as one: each draws the whole
+Several processes (torchrun; ``stylegan.training.distributed``) train as one: each draws the whole
 global batch from the same seeded streams and computes its share of the rows (whole
 minibatch-stddev groups), gradients are averaged with one flattened all-reduce per network,
 and G's ``w_avg`` rides along. N processes therefore compute what one process computes with
@@ -28,23 +28,19 @@ from typing import Any
 
 import torch
 
-from stylegan import augment, distributed, losses, train_state, transfer
-from stylegan.batches import RankRows, RealBatches, check_data, check_sharding
 from stylegan.checkpoint import export_generator, params_hash, remove_stale_temp_files, stage_name
 from stylegan.config import ModelConfig, TrainConfig
-from stylegan.device import amp_dtype, compile_forward, resolve_device
-from stylegan.networks import Generator
-from stylegan.projected import build_discriminator
 from stylegan.sampling import save_png
-from stylegan.schedule import Phase, Stage, phase_at, stage_for, stages
-from stylegan.shared import StageResult, TrainerCallback  # shared: distributed builds and logs them too
-from stylegan.ticks import TickMeter, snapshot_grid
+from stylegan.shared import StageResult  # shared: distributed builds and logs them too
+from stylegan.training import augment, distributed, losses, optim, train_state, transfer
+from stylegan.training.batches import RankRows, RealBatches, check_data, check_sharding
+from stylegan.training.device import amp_dtype, compile_forward, resolve_device
+from stylegan.training.networks import Generator
+from stylegan.training.projected import build_discriminator
+from stylegan.training.schedule import Phase, Stage, phase_at, stage_for, stages
+from stylegan.training.ticks import TickMeter, snapshot_grid
 
-__all__ = ["StageResult", "Trainer", "TrainerCallback", "resolve_device"]  # resolve_device: old import path
-
-# Buffers that a training step changes: G_ema copies them from G. Every other buffer (the const
-# noise maps) never changes, so the EMA does not copy it.
-EMA_FOLLOWED_BUFFERS = ("mapping.w_avg",)
+__all__ = ["Trainer"]
 
 
 class Trainer:
@@ -71,7 +67,7 @@ class Trainer:
         self.world_size = world_size
         self.callbacks = list(callbacks)
         self.device = resolve_device(train_cfg.device if device == "auto" else device)
-        # Fine-tuning starts the schedule at the source's resolution (stylegan/transfer.py).
+        # Fine-tuning starts the schedule at the source's resolution (stylegan/training/transfer.py).
         self.train_cfg, self.init_source = transfer.effective_train_config(train_cfg, model_cfg)
         train_cfg = self.train_cfg
         self.stages: list[Stage] = stages(train_cfg, model_cfg)
@@ -91,8 +87,8 @@ class Trainer:
         if train_cfg.channels_last:
             for net in (self.G, self.D, self.G_ema):
                 net.to(memory_format=torch.channels_last)
-        self.opt_G = self._make_optimizer(self.G)
-        self.opt_D = self._make_optimizer(self.D)
+        self.opt_G = optim.make_optimizer(self.G, train_cfg, self.device)
+        self.opt_D = optim.make_optimizer(self.D, train_cfg, self.device)
         # torch.compile wraps the forward passes; state dicts stay those of the plain modules.
         # R1 / GP need double backward, which compiled graphs lack, so those passes use plain D.
         self._G_fwd = compile_forward(self.G, train_cfg.compile)
@@ -112,7 +108,7 @@ class Trainer:
         # The loss augments what D sees (reals, fakes, the R1 pass) with these; ada tunes p. Kept here
         # as training state: the checkpoint carries ada and aug_gen, ticks report p.
         self.augment_pipe, self.ada = augment.from_train_config(train_cfg, self.device)
-        # train.loss's phases (stylegan/losses.py): G/D forwards, penalties, augmentation, autocast.
+        # train.loss's phases (stylegan/training/losses.py): G/D forwards, penalties, augmentation, autocast.
         self.loss = losses.build_loss(
             train_cfg, G_fwd=self._G_fwd, D=self.D, D_fwd=self._D_fwd, device=self.device,
             amp_dtype=self.amp_dtype, mixing_prob=model_cfg.style_mixing_prob, augment_pipe=self.augment_pipe,
@@ -187,7 +183,7 @@ class Trainer:
         return train_state.save(self)
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """What a checkpoint written now holds (``stylegan.train_state``)."""
+        """What a checkpoint written now holds (``stylegan.training.train_state``)."""
         return train_state.checkpoint_state(self)
 
     def close(self) -> None:
@@ -195,20 +191,6 @@ class Trainer:
         self.batches.close()
 
     # -- setup -------------------------------------------------------------------------------
-
-    def _make_optimizer(self, net: torch.nn.Module) -> torch.optim.Adam:
-        # The mapping network's 0.01 learning-rate multiplier lives in its layers (equalized lr);
-        # the noise strengths' multiplier (train.noise_lr_mul) rides in their param group as lr_mul.
-        # On CUDA the fused Adam: one kernel, step counters on the device, and GradScaler hands
-        # it the scale without a host read. Elsewhere torch's default (foreach) implementation.
-        t = self.train_cfg
-        fused = True if self.device.type == "cuda" else None
-        noise = [p for n, p in net.named_parameters() if ".noise" in n and n.endswith(".weight")]
-        rest = [p for n, p in net.named_parameters() if not (".noise" in n and n.endswith(".weight"))]
-        groups = [{"params": rest, "lr_mul": 1.0}]
-        if noise:
-            groups.append({"params": noise, "lr_mul": t.noise_lr_mul})
-        return torch.optim.Adam(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=fused)
 
     def _stage_path(self, resolution: int) -> Path | None:
         return self.ckpt_dir / stage_name(resolution) if self.rank == 0 else None
@@ -254,8 +236,8 @@ class Trainer:
 
     def _enter_stage(self, phase: Phase) -> None:
         if self.cur_resolution is not None and self.train_cfg.reset_optimizer_at_growth:
-            self.opt_G = self._make_optimizer(self.G)
-            self.opt_D = self._make_optimizer(self.D)
+            self.opt_G = optim.make_optimizer(self.G, self.train_cfg, self.device)
+            self.opt_D = optim.make_optimizer(self.D, self.train_cfg, self.device)
         self.cur_resolution = phase.resolution
 
     def _latents(self, n: int) -> torch.Tensor:
@@ -270,9 +252,8 @@ class Trainer:
         phase = phase or self.phase
         if phase.resolution != self.cur_resolution:
             self._enter_stage(phase)
-        for opt in (self.opt_G, self.opt_D):
-            for group in opt.param_groups:
-                group["lr"] = phase.lr * group.get("lr_mul", 1.0)
+        optim.set_lr(self.opt_G, phase.lr)
+        optim.set_lr(self.opt_D, phase.lr)
         alpha_in: float | torch.Tensor = phase.alpha
         if self.train_cfg.compile is not False:
             alpha_in = self._alpha.fill_(phase.alpha)  # in place: no new host tensor, no recompile
@@ -285,50 +266,22 @@ class Trainer:
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
         d = self.loss.d_phase(self.step, reals, z, at)
-        self._update(self.D, self.opt_D, self.scaler_D, d.loss)
+        optim.gradient_step(self.D, self.opt_D, self.scaler_D, d.loss, self.world_size)
 
         z = self._latents(b)
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
         loss_G = self.loss.g_phase(z, at)
-        self._update(self.G, self.opt_G, self.scaler_G, loss_G)
+        optim.gradient_step(self.G, self.opt_G, self.scaler_G, loss_G, self.world_size, extra=[self.G.mapping.w_avg])
         self.D.requires_grad_(True)
 
-        self._update_ema(phase.batch_size)
+        optim.update_ema(self.G_ema, self.G, self.train_cfg, self.cur_nimg, phase.batch_size)
         if self.ada is not None and self.ada.due():
             self.ada.update(self.world_size)  # on the device: no host sync
         self.cur_nimg += phase.batch_size
         self.step += 1
         self._r1_applied = d.regularised  # lazy R1: ticks average r1 over these steps only
         return {"loss_G": loss_G.detach(), "loss_D": d.loss.detach(), "r1": d.penalty.detach()}
-
-    def _update(self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                loss: torch.Tensor) -> None:
-        """Backward ``loss`` into ``net`` (scaled: fp16), average over ranks, step (the scaler skips a
-        step whose gradients overflowed). One flattened all-reduce per network (StyleGAN2-ADA's way;
-        DDP's hooks and R1's double backward mix poorly, pytorch 63812) of means over each rank's rows
-        is the global batch's mean; G's ``w_avg`` (moved by this rank's mean w) rides along."""
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        extra = [self.G.mapping.w_avg] if net is self.G else []
-        distributed.average_gradients(net.parameters(), self.world_size, extra=extra)
-        scaler.step(opt)
-        scaler.update()
-
-    @torch.no_grad()
-    def _update_ema(self, batch_size: int) -> None:
-        t = self.train_cfg
-        ema_nimg = t.ema_kimg * 1000
-        if t.ema_rampup is not None:
-            # Early in a run a long half-life would keep G_ema at its random init (StyleGAN2-ADA's ramp-up).
-            ema_nimg = min(ema_nimg, self.cur_nimg * t.ema_rampup)
-        beta = 0.5 ** (batch_size / ema_nimg) if ema_nimg > 0 else 0.0
-        # p_ema <- p + beta (p_ema - p), as one multi-tensor kernel (lerp's weight >= 0.5 branch makes
-        # beta = 0 an exact copy).
-        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1.0 - beta)
-        # Buffers: only those a step changes (w_avg follows G directly); const noise never changes.
-        ema_bufs, bufs = dict(self.G_ema.named_buffers()), dict(self.G.named_buffers())
-        torch._foreach_copy_([ema_bufs[n] for n in EMA_FOLLOWED_BUFFERS], [bufs[n] for n in EMA_FOLLOWED_BUFFERS])
 
     # -- reporting ---------------------------------------------------------------------------
 

@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> int:
     from stylegan.config import EvaluateConfig
     from stylegan.metrics import stats
-    from stylegan.metrics.effnet import FeatureExtractor, MissingWeightsError
     from stylegan.metrics.evaluate import random_features
     from stylegan.metrics.reference import ReferenceSet
     from stylegan.metrics.swd import swd
     from stylegan.pokedex import load_pokedex
+    from stylegan.training.effnet import FeatureExtractor, MissingWeightsError
     from tests.helpers import blob_images, blur
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stylegan.metrics.effnet import FeatureExtractor, preprocess, weights_available
+from stylegan.training.effnet import FeatureExtractor, preprocess, weights_available
 
 
 def novelty_search(rows: int, samples: int, resolution: int) -> None:

@@ -413,11 +413,11 @@ def release_worker(job_file: Path, out_file: Path) -> int:
     from stylegan.checkpoint import export_generator, load_generator
     from stylegan.config import EvaluateConfig, TrainConfig
     from stylegan.metrics import stats
-    from stylegan.metrics.effnet import FeatureExtractor, MissingWeightsError, weights_path
     from stylegan.metrics.evaluate import evaluation_samples
     from stylegan.metrics.reference import ReferenceSet
     from stylegan.reports import sample_grid
     from stylegan.training import Trainer
+    from stylegan.training.effnet import FeatureExtractor, MissingWeightsError, weights_path
 
     job = json.loads(job_file.read_text())
     s, data, res = job["settings"], Path(job["data_root"]), job["settings"]["train_resolution"]
@@ -548,7 +548,7 @@ def join_release(release_dir: Path, to: Path) -> Path:
 
     from stylegan.checkpoint import export_generator, load_generator
     from stylegan.config import ModelConfig, from_dict
-    from stylegan.networks import Generator
+    from stylegan.training.networks import Generator
 
     try:
         info = json.loads((release_dir / "generator.json").read_text())

@@ -72,7 +72,7 @@ def folder_bytes(folder: Path, skip: str | None = None) -> int:
 
 
 def _weights_package() -> Path:
-    from stylegan.metrics.effnet import weights_path
+    from stylegan.training.effnet import weights_path
 
     return weights_path().resolve().parents[1]  # <package>/models/<file>.pth -> <package>
 

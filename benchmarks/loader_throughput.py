@@ -13,7 +13,7 @@ the loader's speed depends on the array's shape, not on what the pixels show.
 
 It then measures what the training thread waits for per batch while a step "computes" for
 ``--step-ms`` (a sleep, as a GPU step leaves the host idle): gathering in line versus taking the
-batch that ``stylegan.data.prefetch.BatchPrefetcher`` gathered in the background meanwhile.
+batch that ``stylegan.training.prefetch.BatchPrefetcher`` gathered in the background meanwhile.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stylegan.data.dataset import PackedDataset, array_path, available_resolutions
-from stylegan.data.prefetch import BatchPrefetcher
+from stylegan.training.dataset import PackedDataset, array_path, available_resolutions
+from stylegan.training.prefetch import BatchPrefetcher
 
 SYNTHETIC_IMAGES = 30_000  # about the default sprites subset after dedupe, when there is no prepared data
 SYNTHETIC_MAX_BYTES = 2 << 30  # fewer synthetic images at large resolutions, so they fit in memory and disk

@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stylegan.config import PRESETS, ModelConfig, from_dict
-from stylegan.networks import Generator
 from stylegan.projector import load_perceptual, project
+from stylegan.training.networks import Generator
 
 
 def main() -> int:

@@ -114,8 +114,8 @@ def noise_strengths(G: torch.nn.Module) -> dict[str, float]:
 def noise_to_signal(G: torch.nn.Module, seeds: int = 64) -> dict[str, dict[str, float]]:
     """Per noise input: mean |strength|, the median over (sample, channel) of |strength| divided
     by the spatial std of the activation it is added to, and the share of channels above 0.5."""
-    from stylegan.layers import NoiseInjection
     from stylegan.sampling import seeds_to_z
+    from stylegan.training.layers import NoiseInjection
 
     out: dict[str, dict[str, float]] = {}
     hooks = []
@@ -137,10 +137,10 @@ def noise_to_signal(G: torch.nn.Module, seeds: int = 64) -> dict[str, dict[str, 
 
 def measure(G: torch.nn.Module, data: Path, cfg: EvaluateConfig) -> dict[str, float]:
     from stylegan.metrics import stats
-    from stylegan.metrics.effnet import FeatureExtractor
     from stylegan.metrics.evaluate import evaluation_samples, random_features
     from stylegan.metrics.reference import ReferenceSet
     from stylegan.metrics.swd import swd
+    from stylegan.training.effnet import FeatureExtractor
 
     ref = ReferenceSet(data, int(G.img_resolution), num_real=cfg.num_real, seed=cfg.seed, cache_dir=cfg.cache_dir)
     fake = evaluation_samples(G, cfg)

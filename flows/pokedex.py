@@ -99,10 +99,10 @@ def publish(client: MlflowClient, run_id: str, cfg: PokedexConfig, out_dir: Path
 def pokedex_flow(params_path: str = "params.yaml", overrides: list[str] | None = None,
                  root: str = ".") -> dict[str, Any]:
     """Train the Pokédex on the prepared data, log it to MLflow, register it, write metrics/pokedex.json."""
-    from stylegan.device import resolve_device
     from stylegan.pokedex.names import load_names
     from stylegan.pokedex.store import read_pokedex_info
     from stylegan.pokedex.train import NoSpeciesError
+    from stylegan.training.device import resolve_device
 
     logger = get_run_logger()
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Staged progressive training as a Prefect flow: one task per resolution.
 
-Each stage task reads where the run directory stands (``stylegan.train_state.run_progress``)
+Each stage task reads where the run directory stands (``stylegan.training.train_state.run_progress``)
 and trains on from the newest checkpoint there (the previous stage's final one, or a rolling
 one of this stage if an earlier attempt died), so a retry continues where it stopped and a
 finished stage is skipped. The run directory is keyed by the model and train params, the prepared data and
@@ -73,7 +73,7 @@ def run_key(model_cfg: ModelConfig, train_cfg: TrainConfig, fingerprint: str, co
     a fine-tuning source counted by its weights' hash), the data's fingerprint and the training
     code's (``code``; default: the installed library's)."""
     from stylegan.checkpoint import code_fingerprint, params_hash
-    from stylegan.transfer import read_init_source
+    from stylegan.training.transfer import read_init_source
 
     code = code_fingerprint() if code is None else code
     init_sha = read_init_source(train_cfg.init_from).sha256 if train_cfg.init_from else None
@@ -198,7 +198,7 @@ class TrainJob:
 
 def torchrun_stage_command(resolution: int, job: TrainJob, events: Path) -> list[str]:
     """torchrun, one process per GPU, running `pokegan train` up to the end of this stage."""
-    from stylegan.distributed import torchrun_command
+    from stylegan.training.distributed import torchrun_command
 
     train_cfg: TrainConfig = job.train_cfg
     args = ["train", "--params", str(job.params_file), "--data", str(job.data_root),
@@ -228,8 +228,8 @@ def train_stage(resolution: int, job: TrainJob) -> dict[str, Any]:
     inputs serialise and the MLflow client and progress bar are made here, in the task.
     """
     from stylegan.shared import StageResult
-    from stylegan.train_state import run_progress
     from stylegan.training import Trainer
+    from stylegan.training.train_state import run_progress
 
     logger = get_run_logger()
     model_cfg, train_cfg = job.model_cfg, job.train_cfg
@@ -302,7 +302,7 @@ def publish(job: TrainJob, final_resolution: int, log: Any = print) -> dict[str,
     registering the same weights twice; ``registered.json`` is written last, atomically, and the
     evaluate flow refuses to promote when it and the export disagree (``check_export_matches``).
     """
-    from stylegan.train_state import export_run, run_progress
+    from stylegan.training.train_state import export_run, run_progress
 
     run_dir, model_cfg, train_cfg = job.run_dir, job.model_cfg, job.train_cfg
     kimg = run_progress(run_dir, model_cfg, train_cfg, job.data_root).kimg
@@ -385,7 +385,7 @@ def resolve_init_from(client: Any, params: dict[str, Any], root: Path, registry_
     import mlflow
 
     from stylegan import pretrained
-    from stylegan.transfer import read_init_source
+    from stylegan.training.transfer import read_init_source
 
     spec = (params.get("train") or {}).get("init_from")
     if not spec:
@@ -434,7 +434,7 @@ def resolve_init_from(client: Any, params: dict[str, Any], root: Path, registry_
       on_cancellation=[_end_mlflow_run("KILLED", "the flow run was cancelled")])
 def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".") -> dict[str, Any]:
     """Train every progressive stage up to train.max_resolution, export G_ema, register the candidate."""
-    from stylegan.schedule import stages
+    from stylegan.training.schedule import stages
 
     logger = get_run_logger()
     root_p = Path(root).resolve()
@@ -481,7 +481,7 @@ def train_flow(params_path: str = "params.yaml", overrides: list[str] | None = N
     client.set_tag(run_id, "data.fingerprint", fingerprint)
     datasets.log_dataset(client, run_id, datasets.prepared_dataset(root_p, data_cfg), "training")
 
-    from stylegan.transfer import effective_train_config
+    from stylegan.training.transfer import effective_train_config
 
     plan = stages(effective_train_config(train_cfg, model_cfg)[0], model_cfg)  # init_from: starts at its resolution
     total_kimg = float(plan[-1].end_kimg)

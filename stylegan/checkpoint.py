@@ -72,30 +72,25 @@ def params_hash(model_cfg: ModelConfig, train_cfg: TrainConfig, init_sha256: str
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# The sources whose bytes define what a training run computes. An orchestrator keys its run
-# folders by this too, so editing the model or the trainer retrains instead of resuming (or
-# silently skipping to) checkpoints that older code wrote.
-TRAINING_CODE = ("layers.py", "networks.py", "losses.py", "schedule.py", "training.py", "train_state.py", "batches.py",
-                 "ticks.py", "augment.py", "transfer.py", "device.py", "distributed.py", "data/dataset.py",
-                 "data/prefetch.py", "projected.py", "metrics/effnet.py")
-# The train stage's library code: dvc.yaml's train deps under stylegan/ are exactly these
-# (tests/test_checkpoint.py), and every module the trainer imports is one of them. The ones
-# past TRAINING_CODE are read by training but do not decide the weights it computes, so they
-# are not hashed into the run key: config.py's defaults reach it through the params hash, and
-# checkpoint.py, io.py (file formats), sampling.py (snapshot grids) and shared.py (the stage
-# result record) are bookkeeping, and pretrained.py only finds a shipped source (whose sha256 the
-# run key holds). Editing one reruns the DVC stage, which finds its run folder
-# and resumes or skips; editing TRAINING_CODE starts a fresh run.
-TRAIN_STAGE_CODE = (*TRAINING_CODE, "config.py", "checkpoint.py", "io.py", "sampling.py", "shared.py",
-                    "pretrained.py")
+# The code whose bytes define what a training run computes is the ``stylegan/training`` package,
+# whole: dvc.yaml's train stage depends on that folder and the run key hashes its sources, so
+# the two cannot drift. An orchestrator keys its run folders by this hash, so editing the model
+# or the trainer retrains instead of resuming (or silently skipping to) checkpoints that older
+# code wrote. The train stage's other library deps (config, checkpoint, io, sampling, shared,
+# pretrained) are bookkeeping: editing one reruns the DVC stage, which resumes or skips.
+TRAINING_PACKAGE = Path(__file__).resolve().parent / "training"
+
+
+def training_sources() -> list[Path]:
+    """The training package's Python sources, in a fixed order (bytecode and caches left out)."""
+    return sorted(TRAINING_PACKAGE.rglob("*.py"))
 
 
 def code_fingerprint() -> str:
-    """A hash of the library's training code (``TRAINING_CODE``)."""
-    root = Path(__file__).resolve().parent
+    """A hash of the training package's sources (names relative to it, and bytes)."""
     h = hashlib.sha256()
-    for name in TRAINING_CODE:
-        h.update(name.encode() + b"\0" + (root / name).read_bytes())
+    for path in training_sources():
+        h.update(path.relative_to(TRAINING_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -210,7 +205,7 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
 
 
 def _generator_class() -> type:
-    from stylegan.networks import Generator
+    from stylegan.training.networks import Generator
 
     return Generator
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
-# Names of stylegan/augment.py's transforms (kept here so the config needs no torch import).
+# Names of stylegan/training/augment.py's transforms (kept here so the config needs no torch import).
 AugmentOp = Literal["xflip", "rotate90", "translate", "brightness", "contrast", "saturation", "hue", "cutout"]
 AUGMENT_OPS: tuple[str, ...] = typing.get_args(AugmentOp)
 
@@ -164,7 +164,7 @@ MODEL_LIMITS: dict[str, int] = {
     "projected_channels": 256,
 }
 
-# The discriminators model.discriminator names (stylegan/projected.py build_discriminator).
+# The discriminators model.discriminator names (stylegan/training/projected.py build_discriminator).
 DISCRIMINATORS: tuple[str, ...] = ("progan", "projected", "both")
 
 
@@ -192,7 +192,7 @@ class ModelConfig:
     # Same parameters and the same outputs either way, 2.25x fewer FLOPs in those convs.
     fused_scale: bool | str = "auto"
     # D: progan (the mirror of G above) | projected (a frozen EfficientNet-Lite0 with fixed random
-    # projections and four trained patch heads, stylegan/projected.py) | both (the two, losses summed).
+    # projections and four trained patch heads, stylegan/training/projected.py) | both (the two, losses summed).
     discriminator: Literal["progan", "projected", "both"] = "progan"
     projected_input: int = 128  # the projected D resizes every image to this (multiple of 32; official: 224)
     projected_channels: int = 64  # width of the random channel mixing (official 64); the heads scale with it
@@ -295,7 +295,7 @@ class TrainRecipe:
     reset_optimizer_at_growth: bool = False  # fresh Adam state when a new stage starts
     mirror: bool = True  # random horizontal flips of real images
     noise_lr_mul: float = 1.0  # learning-rate multiplier of G's noise strengths (1 = StyleGAN's)
-    # Augmentation of everything D sees (stylegan/augment.py): none | fixed (augment_p) | ada (p adapts).
+    # Augmentation of everything D sees (stylegan/training/augment.py): none | fixed (augment_p) | ada (p adapts).
     augment: Literal["none", "fixed", "ada"] = "none"
     augment_p: float = 0.0  # fixed: the probability of each transform; ada: where p starts
     augment_ops: list[AugmentOp] = field(default_factory=lambda: list(AUGMENT_OPS))
@@ -372,7 +372,7 @@ class TrainRuntime:
     prefetch: bool = True  # gather the next real batch in a background thread (same batches either way)
     threads: int = 0  # torch CPU threads for the train flow; 0 = torch's default (one per core)
     # > 1: torchrun starts this many training processes (one per GPU); batch sizes are global. N processes
-    # compute what one does (stylegan.distributed): the same run, the same checkpoints.
+    # compute what one does (stylegan.training.distributed): the same run, the same checkpoints.
     nproc_per_node: int = 1
     tick_kimg: float = 4.0  # report through on_tick every this many kimg
     snapshot_kimg: float = 50.0  # checkpoint + sample grid every this many kimg (and at stage end)

@@ -104,7 +104,7 @@ class EffnetPerceptual(torch.nn.Module):
         size: int = 128,  # input side; 224 is the network's own, 128 is ~3x cheaper and enough for sprites
     ) -> None:
         super().__init__()
-        from stylegan.metrics.effnet import fold_batchnorm, load_effnet_lite0
+        from stylegan.training.effnet import fold_batchnorm, load_effnet_lite0
 
         self.net = fold_batchnorm(net if net is not None else load_effnet_lite0()).requires_grad_(False)
         self.size = size
@@ -131,7 +131,7 @@ class EffnetPerceptual(torch.nn.Module):
 
 def load_perceptual(size: int = 128, log: Callable[[str], None] | None = None) -> EffnetPerceptual | None:
     """The perceptual distance, or None (with one line through ``log``) when the weights are missing."""
-    from stylegan.metrics.effnet import MissingWeightsError
+    from stylegan.training.effnet import MissingWeightsError
 
     try:
         return EffnetPerceptual(size=size)

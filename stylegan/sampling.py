@@ -158,7 +158,7 @@ def style_range(styles: StyleRange, num_ws: int) -> range:
     studio, the reports and ``mix_styles`` resolve them; ValueError when nothing or too much is
     selected."""
     if isinstance(styles, str):
-        from stylegan.networks import style_layer_range
+        from stylegan.training.networks import style_layer_range
 
         r = style_layer_range(styles, num_ws)
         r = r if isinstance(r, range) else range(*r)

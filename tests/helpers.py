@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from stylegan.config import ModelConfig, TrainConfig
-from stylegan.networks import Generator
+from stylegan.training.networks import Generator
 
 if TYPE_CHECKING:  # not imported at run time: modules that need no trainer need not import it
     from stylegan.training import Trainer

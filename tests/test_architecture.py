@@ -264,7 +264,7 @@ def test_graph_is_plausible() -> None:
     assert len(graph.modules) >= 40, sorted(graph.modules)
     assert len(graph.edges) >= 150, len(graph.edges)
     kinds = {(e.src, e.dst): e.kind for e in graph.edges}
-    assert kinds[("stylegan.training", "stylegan.networks")] == "top"
+    assert kinds[("stylegan.training.trainer", "stylegan.training.networks")] == "top"
     assert kinds[("stylegan.cli.models", "flows.sample")] == "lazy"  # the allowed registry hook
     assert kinds[("stylegan.cli.models", "flows.studio_registry")] == "lazy"
     assert kinds[("stylegan.cli.train", "stylegan.config")] in {"typing", "lazy"}

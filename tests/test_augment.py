@@ -1,4 +1,4 @@
-"""Augmentation of what D sees and the ADA controller (stylegan/augment.py) and their trainer hooks."""
+"""Augmentation of what D sees and the ADA controller (stylegan/training/augment.py) and their trainer hooks."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from stylegan import augment
-from stylegan.augment import OPS, AdaController, AugmentPipe
 from stylegan.config import ConfigError, TrainConfig
-from stylegan.networks import Discriminator, Generator
-from stylegan.training import Trainer
+from stylegan.training import Trainer, augment
+from stylegan.training.augment import OPS, AdaController, AugmentPipe
+from stylegan.training.networks import Discriminator, Generator
 from tests.helpers import tiny_model_config, tiny_train_config, write_toy_data
 
 

@@ -21,7 +21,7 @@ from stylegan.checkpoint import (
     save_checkpoint,
 )
 from stylegan.config import TrainConfig
-from stylegan.networks import Generator
+from stylegan.training.networks import Generator
 from tests.helpers import tiny_model_config as tiny_model
 
 
@@ -224,10 +224,11 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path: Pat
         assert stat.S_IMODE(p.stat().st_mode) == usual, f"{p.name}: {oct(p.stat().st_mode)} != {oct(usual)}"
 
 
-def test_dvc_train_stage_and_the_run_key_read_one_list_of_training_code() -> None:
-    """dvc.yaml's train deps under stylegan/ are ``TRAIN_STAGE_CODE`` (whose ``TRAINING_CODE`` part the
-    run key hashes), no more, no less, and cover every library module the train stage imports: a
-    module added to one list, or a new import of the trainer, fails here until the other follows."""
+def test_dvc_train_stage_and_the_run_key_read_one_list_of_training_code(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The train stage depends on the ``stylegan/training`` folder, whose sources are exactly what the
+    run key hashes; its other library deps cover every module the train stage imports, and a file
+    added to the package (or edited in it) changes the run key with no list to update."""
     import subprocess
     import sys
 
@@ -235,15 +236,39 @@ def test_dvc_train_stage_and_the_run_key_read_one_list_of_training_code() -> Non
     root = Path(ckpt.__file__).resolve().parents[1]
     deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["deps"]
     lib = [d.removeprefix("stylegan/") for d in deps if d.startswith("stylegan/")]
-    assert len(lib) == len(set(lib)) and len(ckpt.TRAIN_STAGE_CODE) == len(set(ckpt.TRAIN_STAGE_CODE))
-    assert sorted(lib) == sorted(ckpt.TRAIN_STAGE_CODE)
-    assert ckpt.TRAIN_STAGE_CODE[: len(ckpt.TRAINING_CODE)] == ckpt.TRAINING_CODE
-    assert all((root / "stylegan" / name).is_file() for name in ckpt.TRAIN_STAGE_CODE)
+    assert len(lib) == len(set(lib)) and "training" in lib
+    assert all((root / "stylegan" / name).exists() for name in lib)
+    assert root / "stylegan" / "training" == ckpt.TRAINING_PACKAGE
+    hashed = {p.relative_to(root / "stylegan").as_posix() for p in ckpt.training_sources()}
+    package = root / "stylegan" / "training"
+    assert hashed == {p.relative_to(root / "stylegan").as_posix() for p in package.rglob("*.py")}
+    assert {"training/networks.py", "training/trainer.py", "training/losses.py", "training/dataset.py"} <= hashed
     # What the train flow imports from the library (flows/train.py, its workers, the trainer).
-    mods = ("training", "checkpoint", "config", "distributed", "io", "schedule", "shared", "transfer", "sampling")
+    mods = ("training.trainer", "checkpoint", "config", "training.distributed", "io", "training.schedule", "shared",
+            "training.transfer", "sampling")
     probe = (f"import sys; import {', '.join('stylegan.' + m for m in mods)}; "
              "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'stylegan'))")
     files = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=root).stdout
     imported = {Path(f).resolve().relative_to(root / "stylegan").as_posix() for f in files.split()}
+    covered = {f for f in imported if f.split("/")[0] in lib or f in lib}
     # Package __init__ files only name things (stylegan.data's and stylegan.metrics' lazily): they compute nothing.
-    assert imported - {"__init__.py", "data/__init__.py", "metrics/__init__.py"} <= set(ckpt.TRAIN_STAGE_CODE), imported
+    assert imported - covered <= {"__init__.py", "data/__init__.py", "metrics/__init__.py"}, imported - covered
+
+    # One list: a new module in the package, or an edit to one, is a new run key.
+    copy = tmp_path / "stylegan" / "training"
+    copy.mkdir(parents=True)
+    for src in ckpt.training_sources():
+        (copy / src.name).write_bytes(src.read_bytes())
+    monkeypatch.setattr(ckpt, "TRAINING_PACKAGE", copy)
+    same = ckpt.code_fingerprint()
+    monkeypatch.setattr(ckpt, "TRAINING_PACKAGE", root / "stylegan" / "training")
+    assert same == ckpt.code_fingerprint()
+    monkeypatch.setattr(ckpt, "TRAINING_PACKAGE", copy)
+    (copy / "new_loss.py").write_text("X = 1\n")
+    added = ckpt.code_fingerprint()
+    (copy / "networks.py").write_bytes((copy / "networks.py").read_bytes() + b"\n")
+    assert len({same, added, ckpt.code_fingerprint()}) == 3
+    (copy / "__pycache__").mkdir()
+    edited = ckpt.code_fingerprint()
+    (copy / "__pycache__" / "networks.cpython-311.pyc").write_bytes(b"bytecode")
+    assert ckpt.code_fingerprint() == edited  # bytecode is not code

@@ -11,8 +11,8 @@ from PIL import Image
 
 from stylegan.checkpoint import load_checkpoint, load_generator
 from stylegan.cli import main
-from stylegan.networks import Generator
 from stylegan.sampling import generate
+from stylegan.training.networks import Generator
 from tests.helpers import tiny_model_config, write_cli_project
 
 

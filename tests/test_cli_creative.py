@@ -13,8 +13,8 @@ from PIL import Image
 
 from stylegan.checkpoint import export_generator
 from stylegan.cli import build_parser, main
-from stylegan.networks import Generator
 from stylegan.sampling import generate, mix_styles
+from stylegan.training.networks import Generator
 from tests.helpers import tiny_model_config
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from stylegan.checkpoint import export_generator
 from stylegan.cli import main
 from stylegan.config import ModelConfig
-from stylegan.networks import Generator
+from stylegan.training.networks import Generator
 from tests.helpers import TINY_MODEL, write_cli_project
 
 

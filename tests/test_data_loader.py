@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from stylegan.config import DataConfig
-from stylegan.data.dataset import PackedDataset, available_resolutions
 from stylegan.data.prepare import FrameResult, write_prepared
 from stylegan.data.transforms import pyramid
+from stylegan.training.dataset import PackedDataset, available_resolutions
 
 
 @pytest.fixture

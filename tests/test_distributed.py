@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from stylegan import distributed, shared
+from stylegan import shared
 from stylegan.checkpoint import load_checkpoint, load_generator
 from stylegan.config import ModelConfig, TrainConfig
-from stylegan.layers import MinibatchStd
-from stylegan.training import Trainer
+from stylegan.training import Trainer, distributed
+from stylegan.training.layers import MinibatchStd
 from tests.helpers import (
     assert_nets_close,
     one_process_trainer,
@@ -150,7 +150,7 @@ def test_shard_rows_keep_minibatch_stddev_groups() -> None:
 
 
 def test_generator_draws_the_global_batch_randomness_for_its_rows() -> None:
-    from stylegan.networks import Generator
+    from stylegan.training.networks import Generator
 
     G = Generator(ModelConfig(**MODEL))
     with torch.no_grad():

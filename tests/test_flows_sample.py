@@ -24,7 +24,7 @@ def registered(tmp_path: Path, mlflow_store: str) -> dict[str, str]:
 
     from stylegan.checkpoint import export_generator
     from stylegan.config import section
-    from stylegan.networks import Generator
+    from stylegan.training.networks import Generator
 
     params = tiny_params()
     torch.manual_seed(0)
@@ -86,9 +86,9 @@ def test_pyfunc_names_images_with_a_logged_pokedex(tmp_path: Path, mlflow_store:
 
     from stylegan.checkpoint import export_generator
     from stylegan.config import section
-    from stylegan.networks import Generator
     from stylegan.pokedex import PokedexError, load_pokedex
     from stylegan.pokedex.explain import explain
+    from stylegan.training.networks import Generator
     from tests.helpers import POKEDEX_NAMES, write_tiny_pokedex
 
     torch.manual_seed(0)

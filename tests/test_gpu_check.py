@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stylegan.metrics.effnet import weights_available
+from stylegan.training.effnet import weights_available
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("warmup_s", "sec_per_step", "img_per_s", "sec_per_kimg", "peak_mem_bytes", "gflop_per_step", "tflops", "mfu")
@@ -278,7 +278,7 @@ def test_release_shards_fit_and_join_back(tmp_path: Path) -> None:
 
     from benchmarks.gpu_check import join_release, write_shards
     from stylegan.checkpoint import export_generator, load_generator
-    from stylegan.networks import Generator
+    from stylegan.training.networks import Generator
     from tests.helpers import tiny_model_config
 
     torch.manual_seed(0)
@@ -306,7 +306,7 @@ def test_join_release_finds_the_index_in_the_run_record(tmp_path: Path) -> None:
 
     from benchmarks.gpu_check import join_release, write_shards
     from stylegan.checkpoint import export_generator, load_generator
-    from stylegan.networks import Generator
+    from stylegan.training.networks import Generator
     from tests.helpers import tiny_model_config
 
     torch.manual_seed(1)

@@ -15,7 +15,7 @@ import torch
 
 from stylegan.checkpoint import CheckpointError, export_generator, load_generator
 from stylegan.config import ConfigError, ModelConfig
-from stylegan.networks import Generator
+from stylegan.training.networks import Generator
 from tests.helpers import tiny_model_config
 
 

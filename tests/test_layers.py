@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylegan.layers import (
+from stylegan.training.layers import (
     AdaIN,
     Blur,
     EqualizedConv2d,
@@ -162,7 +162,7 @@ def test_adain_on_cpu_keeps_instance_norm_bits_in_every_layout() -> None:
 
 
 def test_adain_keeps_channels_last_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylegan import layers
+    from stylegan.training import layers
 
     cl = torch.channels_last
     meta = torch.empty(2, 16, 8, 8, device="meta")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stylegan.config import TrainConfig
-from stylegan.losses import (
+from stylegan.training.losses import (
     GANLoss,
     LogisticLoss,
     StepArgs,
@@ -22,7 +22,7 @@ from stylegan.losses import (
     wgan_g_loss,
     wgan_gp_d_loss,
 )
-from stylegan.networks import Discriminator, Generator
+from stylegan.training.networks import Discriminator, Generator
 from tests.helpers import tiny_model_config
 
 
@@ -234,7 +234,7 @@ class _SpyPipe:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_autocast_regions_and_fp32_islands(dtype: torch.dtype) -> None:
-    from stylegan.augment import AdaController
+    from stylegan.training.augment import AdaController
 
     pipe = _SpyPipe()
     aug = {"augment_pipe": pipe, "ada": AdaController(p=0.5), "aug_gen": torch.Generator()}

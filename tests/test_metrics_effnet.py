@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from stylegan.metrics import effnet, stats
+from stylegan.metrics import stats
+from stylegan.training import effnet
 from tests.helpers import blob_images, blur
 
 pytestmark = pytest.mark.skipif(

@@ -15,8 +15,9 @@ import yaml
 from stylegan.checkpoint import export_generator
 from stylegan.cli import main
 from stylegan.config import EvaluateConfig
-from stylegan.metrics import effnet, evaluate_generator, inception, reference
+from stylegan.metrics import evaluate_generator, inception, reference
 from stylegan.metrics.reference import ReferenceSet, file_hash
+from stylegan.training import effnet
 from tests.helpers import blob_images, tiny_generator
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stylegan.metrics import effnet, inception
+from stylegan.metrics import inception
+from stylegan.training import effnet
 
 
 def test_batched_features_is_the_features_of_each_chunk_concatenated() -> None:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from stylegan import reports
-from stylegan.networks import Generator
+from stylegan.training.networks import Generator
 from tests.helpers import tiny_generator
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from stylegan.config import ModelConfig
-from stylegan.layers import downsample2x, upsample2x
-from stylegan.networks import Discriminator, Generator, style_layer_range, ws_for_resolution
+from stylegan.training.layers import downsample2x, upsample2x
+from stylegan.training.networks import Discriminator, Generator, style_layer_range, ws_for_resolution
 from tests.helpers import tiny_model_config
 
 TINY = tiny_model_config(fmap_base=128)

@@ -129,7 +129,7 @@ def test_finetune_starts_from_a_shipped_model(shipped: Path, tmp_path: Path, mon
     """train.init_from: pretrained:NAME is the checked folder: G and G_ema start from its (fp16-stored)
     weights, the schedule starts at its resolution, and a damaged file is refused before training."""
     from stylegan.training import Trainer
-    from stylegan.transfer import read_init_source
+    from stylegan.training.transfer import read_init_source
     from tests.helpers import tiny_train_config, write_toy_data
 
     monkeypatch.setattr(pretrained, "ROOT", shipped)

@@ -1,4 +1,4 @@
-"""The projected discriminator (stylegan/projected.py), its losses and its place in the Trainer.
+"""The projected discriminator (stylegan/training/projected.py), its losses and its place in the Trainer.
 
 Tiny: projected_input 32 (the smallest the feature network's stride 32 allows) and a CCM width
 of 8, so a whole schedule trains in a few seconds. Skipped when the EfficientNet-Lite0 weights
@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from stylegan import losses
 from stylegan.checkpoint import load_checkpoint, load_generator, params_hash
 from stylegan.config import LATE_KEYS, ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
-from stylegan.metrics import effnet
-from stylegan.networks import Discriminator
-from stylegan.projected import build_discriminator
-from stylegan.training import Trainer
+from stylegan.training import Trainer, effnet, losses
+from stylegan.training.networks import Discriminator
+from stylegan.training.projected import build_discriminator
 from tests.helpers import (
     assert_nets_close,
     assert_same_training_state,
@@ -80,7 +78,7 @@ def test_at_224_the_heads_are_the_official_ones() -> None:
 def test_feature_pyramid_taps_the_pretrained_network() -> None:
     """Taps after blocks 2, 4, 10, 15: 24/40/112/320 channels at strides 4/8/16/32, equal to the
     unfolded network's activations there."""
-    from stylegan.projected import TAPS, FeaturePyramid
+    from stylegan.training.projected import TAPS, FeaturePyramid
 
     net = effnet.load_effnet_lite0()
     x = torch.randn(2, 3, 64, 64)
@@ -129,7 +127,7 @@ def test_same_seed_same_discriminator() -> None:
 
 
 def test_spectral_norm_conv_is_torchs_spectral_norm() -> None:
-    from stylegan.projected import SNConv2d
+    from stylegan.training.projected import SNConv2d
 
     torch.manual_seed(0)
     ours = SNConv2d(in_channels=6, out_channels=5, kernel_size=4, stride=2, padding=1)
@@ -150,7 +148,7 @@ def test_spectral_norm_conv_is_torchs_spectral_norm() -> None:
 
 
 def test_global_batch_norm_is_batch_norm_in_one_process() -> None:
-    from stylegan.projected import GlobalBatchNorm2d
+    from stylegan.training.projected import GlobalBatchNorm2d
 
     ours, ref = GlobalBatchNorm2d(5), torch.nn.BatchNorm2d(5)
     x = torch.randn(6, 5, 4, 4) * 3 + 1
@@ -226,7 +224,7 @@ def test_both_sums_the_two_losses_on_the_same_fakes() -> None:
 
 
 def test_blur_fades_to_zero_and_keeps_flat_images_inside() -> None:
-    from stylegan.projected import d_blur
+    from stylegan.training.projected import d_blur
 
     loss = losses.ProjectedLoss(kind="hinge", blur_sigma=2.0, blur_fade_kimg=1.0, blur_resolution=32,
                                 G_fwd=None, D=torch.nn.Identity(), D_fwd=None,  # type: ignore[arg-type]

@@ -11,9 +11,9 @@ from PIL import Image
 
 from stylegan.checkpoint import export_generator
 from stylegan.cli import main
-from stylegan.networks import Generator
 from stylegan.projector import load_projected_w, load_target, noise_regularization, project, render_ws, w_stats
 from stylegan.sampling import generate
+from stylegan.training.networks import Generator
 from tests.flows_helpers import sprite_folder
 from tests.helpers import tiny_model_config
 
@@ -94,8 +94,8 @@ def test_cli_project_a_sprite_then_sample_it(G: Generator, tmp_path: Path, capsy
 
 
 def test_perceptual_loss_runs_when_the_weights_are_installed(G: Generator) -> None:
-    from stylegan.metrics.effnet import weights_available
     from stylegan.projector import EffnetPerceptual
+    from stylegan.training.effnet import weights_available
 
     if not weights_available():
         pytest.skip("EfficientNet-Lite0 weights (metrics extra) not installed")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stylegan.metrics.effnet import weights_available
+from stylegan.training.effnet import weights_available
 from tests.helpers import alarm, write_noise_data
 
 TINY = ["model.max_resolution=16", "model.z_dim=16", "model.w_dim=16", "model.mapping_layers=2",

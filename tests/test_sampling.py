@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 from stylegan import sampling
-from stylegan.networks import Generator
 from stylegan.sampling import (
     generate,
     image_grid,
@@ -27,6 +26,7 @@ from stylegan.sampling import (
     synthesize,
     to_uint8,
 )
+from stylegan.training.networks import Generator
 from tests.helpers import tiny_generator
 
 

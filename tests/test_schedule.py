@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from stylegan.config import PRESETS, ConfigError, ModelConfig, TrainConfig, from_dict
-from stylegan.schedule import phase_at, stage_for, stages, total_kimg
+from stylegan.training.schedule import phase_at, stage_for, stages, total_kimg
 
 
 def _cfgs(**train: object) -> tuple[TrainConfig, ModelConfig]:

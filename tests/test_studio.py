@@ -15,10 +15,10 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from stylegan.checkpoint import export_generator, load_generator
-from stylegan.networks import Generator
 from stylegan.projector import load_projected_w, render_ws
 from stylegan.sampling import generate, mix_styles, save_png
 from stylegan.studio import ModelSource, StudioLimits, create_app
+from stylegan.training.networks import Generator
 from tests.helpers import POKEDEX_NAMES, tiny_model_config, write_fake_pretrained, write_tiny_pokedex
 
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from stylegan.checkpoint import export_generator
-from stylegan.networks import Generator
 from stylegan.sampling import generate, save_png
 from stylegan.studio import ModelSource, StudioLimits, create_app
+from stylegan.training.networks import Generator
 from tests.helpers import tiny_model_config, write_tiny_pokedex
 
 CHROMIUM = "/usr/bin/chromium"

@@ -28,9 +28,9 @@ def test_studio_lists_and_switches_registered_versions(tmp_path: Path, mlflow_st
 
     from stylegan.checkpoint import export_generator, load_generator
     from stylegan.cli import main
-    from stylegan.networks import Generator
     from stylegan.sampling import generate
     from stylegan.studio import ModelSource, create_app
+    from stylegan.training.networks import Generator
     from tests.helpers import tiny_model_config
 
     client = store.setup(tmp_path)

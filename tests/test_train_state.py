@@ -1,4 +1,4 @@
-"""A run folder read without a trainer (``stylegan.train_state.run_progress`` / ``export_run``):
+"""A run folder read without a trainer (``stylegan.training.train_state.run_progress`` / ``export_run``):
 the same answers, refusals and export bytes as building a ``Trainer`` on it."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from stylegan.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from stylegan.train_state import export_run, run_progress
 from stylegan.training import Trainer
+from stylegan.training.train_state import export_run, run_progress
 from tests.helpers import tiny_model_config as tiny_model
 from tests.helpers import tiny_train_config as tiny_train
 from tests.helpers import write_toy_data

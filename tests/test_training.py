@@ -264,7 +264,7 @@ def test_reset_optimizer_at_growth(data: Path, tmp_path: Path, reset: bool) -> N
 def test_lazy_r1_is_added_to_the_d_loss_scaled_by_gamma_and_interval(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stylegan import losses
+    from stylegan.training import losses
 
     base: list[float] = []
     penalties: list[float] = []
@@ -293,7 +293,7 @@ def test_lazy_r1_is_added_to_the_d_loss_scaled_by_gamma_and_interval(
 def test_reals_fade_in_like_the_generator_output(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from stylegan.layers import downsample2x, upsample2x
+    from stylegan.training.layers import downsample2x, upsample2x
 
     root = write_noise_data(tmp_path / "data", n=16)
     trainer = Trainer(tiny_model(), tiny_train(), root, tmp_path / "run")

@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from stylegan.config import ConfigError, TrainConfig, from_dict
-from stylegan.data.dataset import PackedDataset
-from stylegan.data.prefetch import BatchPrefetcher
-from stylegan.device import amp_dtype, normalize_amp
-from stylegan.training import EMA_FOLLOWED_BUFFERS, Trainer
+from stylegan.training import Trainer
+from stylegan.training.dataset import PackedDataset
+from stylegan.training.device import amp_dtype, normalize_amp
+from stylegan.training.optim import EMA_FOLLOWED_BUFFERS, update_ema
+from stylegan.training.prefetch import BatchPrefetcher
 from tests.helpers import assert_same_training_state as _assert_same_state
 from tests.helpers import tiny_model_config as tiny_model
 from tests.helpers import tiny_train_config as tiny_train
@@ -167,7 +168,7 @@ def test_ema_matches_the_per_tensor_formula_and_skips_constant_buffers(noisy_dat
         trainer.G.synthesis.b8.noise0.noise_const.add_(1.0)  # a buffer no step changes
     ema_before = copy.deepcopy(trainer.G_ema)
     trainer.cur_nimg = 64
-    trainer._update_ema(4)
+    update_ema(trainer.G_ema, trainer.G, trainer.train_cfg, trainer.cur_nimg, 4)
     beta = 0.5 ** (4 / 10.0)
     for (name, p_ema), p, p_old in zip(trainer.G_ema.named_parameters(), trainer.G.parameters(),
                                        ema_before.parameters(), strict=True):
@@ -194,7 +195,7 @@ def test_amp_modes_and_the_old_booleans() -> None:
 
 
 def test_statistics_stay_fp32_under_autocast() -> None:
-    from stylegan.networks import Discriminator, Generator
+    from stylegan.training.networks import Discriminator, Generator
 
     m = tiny_model()
     G, D = Generator(m), Discriminator(m)
@@ -246,7 +247,7 @@ def test_fp16_uses_a_gradient_scaler_that_the_checkpoint_keeps(noisy_data: Path,
 def _compiled_vs_eager(data: Path, tmp_path: Path, backend: str | bool) -> None:
     from torch._dynamo.utils import counters
 
-    from stylegan.schedule import phase_at
+    from stylegan.training.schedule import phase_at
 
     torch._dynamo.reset()
     counters.clear()

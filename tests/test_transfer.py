@@ -10,7 +10,7 @@ import torch
 
 from stylegan.checkpoint import CheckpointError, params_hash
 from stylegan.training import Trainer
-from stylegan.transfer import read_init_source
+from stylegan.training.transfer import read_init_source
 from tests.helpers import tiny_model_config, tiny_train_config, write_toy_data
 
 

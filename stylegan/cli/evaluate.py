@@ -15,7 +15,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from stylegan.metrics import evaluate_generator
 
     params = load_params(args.params, args.set)
-    from stylegan.device import resolve_device
+    from stylegan.training.device import resolve_device
 
     cfg = section(params, "evaluate")
     if args.pokedex is not None or args.model.startswith("pretrained:"):

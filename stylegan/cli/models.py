@@ -33,7 +33,7 @@ def load_model(spec: str, device: object) -> object:
 
 def open_model(args: argparse.Namespace) -> object:
     """The generator for --model on --device (a PipelineMissing for a registry URI without mlflow)."""
-    from stylegan.device import resolve_device
+    from stylegan.training.device import resolve_device
 
     device = resolve_device(args.device)  # clear error for cuda on a machine without it
     return load_model(args.model, device)

@@ -10,9 +10,9 @@ from stylegan.cli.options import check_dir_arg, int_at_least, set_threads
 
 def _pokedex(args: argparse.Namespace) -> int:
     from stylegan.config import load_params, section
-    from stylegan.device import resolve_device
     from stylegan.pokedex.names import load_names
     from stylegan.pokedex.train import train_pokedex
+    from stylegan.training.device import resolve_device
 
     params = load_params(args.params, args.set)
     cfg = section(params, "pokedex")

@@ -33,15 +33,11 @@ class _ConsoleReporter:
 def _launch_torchrun(args: argparse.Namespace, nproc: int, model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
     """Check what can be checked here, then run torchrun with this same command line (less the
     process count) in the foreground; its workers are the branch of ``_train`` below."""
-    from stylegan import distributed
-    from stylegan.device import resolve_device
-    from stylegan.schedule import stages
+    from stylegan.training import distributed
+    from stylegan.training.device import resolve_device
+    from stylegan.training.schedule import stages
 
-    for st in stages(train_cfg, model_cfg):
-        batch = train_cfg.batch_size_at(st.resolution)
-        if batch % nproc:
-            raise ValueError(f"batch size {batch} at {st.resolution}x{st.resolution} is not divisible by "
-                             f"{nproc} processes; batch sizes are global: change them or --nproc-per-node")
+    distributed.check_global_batches(stages(train_cfg, model_cfg), train_cfg, nproc)
     device = resolve_device(train_cfg.device)
     if device.type == "cuda":
         import torch
@@ -60,10 +56,10 @@ def _launch_torchrun(args: argparse.Namespace, nproc: int, model_cfg: ModelConfi
 
 
 def _train(args: argparse.Namespace) -> int:
-    from stylegan import distributed, profile, shared
+    from stylegan import profile, shared
     from stylegan.config import section
-    from stylegan.device import resolve_device
-    from stylegan.training import Trainer
+    from stylegan.training import Trainer, distributed
+    from stylegan.training.device import resolve_device
 
     check_dir_arg(args.run_dir, "--run-dir")
     if args.export:

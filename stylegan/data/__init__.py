@@ -9,9 +9,9 @@ from __future__ import annotations
 from stylegan.shared import lazy_exports
 
 _EXPORTS = {
-    "PackedDataset": "stylegan.data.dataset",
-    "array_path": "stylegan.data.dataset",
-    "available_resolutions": "stylegan.data.dataset",
+    "PackedDataset": "stylegan.training.dataset",
+    "array_path": "stylegan.training.dataset",
+    "available_resolutions": "stylegan.training.dataset",
     "InputItem": "stylegan.data.sources",
     "fetch_package": "stylegan.data.sources",
     "list_inputs": "stylegan.data.sources",

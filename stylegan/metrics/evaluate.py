@@ -37,7 +37,6 @@ from stylegan import sampling
 from stylegan.config import EvaluateConfig
 from stylegan.io import atomic_write_json
 from stylegan.metrics import novelty, stats
-from stylegan.metrics.effnet import FeatureExtractor, MissingWeightsError
 from stylegan.metrics.inception import InceptionFeatureExtractor
 from stylegan.metrics.reference import ReferenceSet
 from stylegan.metrics.swd import swd
@@ -46,6 +45,7 @@ from stylegan.pokedex.network import random_network
 from stylegan.pokedex.store import Pokedex, PokedexError, load_pokedex
 from stylegan.reports import captioned_grid, write_reports
 from stylegan.sampling import save_png
+from stylegan.training.effnet import FeatureExtractor, MissingWeightsError
 
 TICKS_NAME = "train_ticks.csv"  # the flows copy the trainer's tick log here, next to eval.json
 RANDOM_NET_SEED = 0  # fd_random's network: the same random weights in every evaluation

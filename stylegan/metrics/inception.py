@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylegan.metrics.effnet import MissingWeightsError, batched_features, load_state_dict_file
+from stylegan.training.effnet import MissingWeightsError, batched_features, load_state_dict_file
 
 WEIGHTS_GLOB = "pt_inception-2015-12-05-*.pth"
 INPUT_SIZE = 299

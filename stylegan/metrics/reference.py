@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stylegan.data.dataset import PackedDataset, array_path
 from stylegan.io import atomic_write_bytes, atomic_write_json
 from stylegan.metrics.stats import seeded_rows
+from stylegan.training.dataset import PackedDataset, array_path
 
 _HASH_CHUNK = 16 << 20
 # Bump whenever a feature network, its weights handling or its preprocessing (resize,

@@ -105,7 +105,7 @@ class Pokedex:
         return self.names[self.species_ids.index(species_id)]
 
     def _batches(self, images: np.ndarray | torch.Tensor, fn: Any, width: int) -> np.ndarray:
-        from stylegan.metrics.effnet import batched_features
+        from stylegan.training.effnet import batched_features
 
         with torch.inference_mode():
             return batched_features(images, self.batch_size, self.device, lambda x: x, fn, width)

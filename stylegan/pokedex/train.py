@@ -235,7 +235,7 @@ def fit(cfg: PokedexConfig, images: torch.Tensor, split: Split, device: str | to
 
 def load_images(data_root: str | Path, resolution: int) -> torch.Tensor:
     """``images_<R>.npy`` of a prepared folder, in memory, as a uint8 tensor (N, 3, R, R)."""
-    from stylegan.data.dataset import PackedDataset, array_path
+    from stylegan.training.dataset import PackedDataset, array_path
 
     if not array_path(data_root, resolution).is_file():
         try:

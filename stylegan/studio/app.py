@@ -155,7 +155,7 @@ class Studio:
             raise HTTPException(413, f"{n} {what} asked for; at most {limit} per request")
 
     def info(self, version: str | None) -> dict[str, Any]:
-        from stylegan.networks import style_layer_range
+        from stylegan.training.networks import style_layer_range
 
         G = self.generator(version)
         styles = {}

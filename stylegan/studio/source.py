@@ -57,7 +57,7 @@ class ModelSource:
         pokedex: Any = None,
         pretrained_root: Path | None = None,  # where pretrained:NAME lives; None = stylegan.pretrained.ROOT
     ) -> None:
-        from stylegan.device import resolve_device
+        from stylegan.training.device import resolve_device
 
         self.spec = spec
         self.device = resolve_device(str(device))

@@ -32,7 +32,7 @@ def context() -> Any:
     if _CTX is None:
         _CTX = multiprocessing.get_context("forkserver")
         # torch._dynamo: Adam's constructor imports it (seconds), once here instead of in every child.
-        _CTX.set_forkserver_preload(["torch", "torch._dynamo", "stylegan.training", "stylegan.cli",
+        _CTX.set_forkserver_preload(["torch", "torch._dynamo", "stylegan.training.trainer", "stylegan.cli",
                                      "stylegan.data.prepare", "flows.train", "flows.sample", "tests.faults._faultlib"])
     return _CTX
 

@@ -54,7 +54,7 @@ def server(tmp_path: Path) -> Any:
     from flows.tracking import logged_model
     from stylegan.checkpoint import export_generator
     from stylegan.config import section
-    from stylegan.networks import Generator
+    from stylegan.training.networks import Generator
     from tests.flows_helpers import tiny_params
 
     torch.manual_seed(0)  # an untrained 16x16 generator serves as well as a trained one here
